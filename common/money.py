@@ -1,0 +1,32 @@
+"""Money and quantities: Decimal quantised in one place, never float."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+FEN = Decimal("0.01")
+UNIT_PLACES = Decimal("0.000001")  # standard compute units are kept to 6 decimal places
+
+
+def to_decimal(value: Decimal | int | str) -> Decimal:
+    if isinstance(value, float):
+        raise TypeError("money and quantities are never floats")
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+def quantize_cny(value: Decimal | int | str) -> Decimal:
+    """CNY to the fen, banker's rounding."""
+    return to_decimal(value).quantize(FEN, rounding=ROUND_HALF_EVEN)
+
+
+def cny_to_fen(value: Decimal | int | str) -> int:
+    """CNY to integer fen; refuses values that are not a whole number of fen."""
+    amount = to_decimal(value)
+    fen = amount * 100
+    if fen != fen.to_integral_value():
+        raise ValueError(f"{amount} CNY is not a whole number of fen")
+    return int(fen)
+
+
+def fen_to_cny(fen: int) -> Decimal:
+    return (Decimal(fen) / 100).quantize(FEN)

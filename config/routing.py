@@ -1,0 +1,3 @@
+"""Websocket routes, collected from the apps that serve them."""
+
+websocket_urlpatterns: list = []

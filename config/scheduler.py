@@ -1,0 +1,45 @@
+"""In-process periodic jobs for the embedded default (production uses `celery beat`).
+
+One daemon thread runs each task in settings.PERIODIC_TASKS at its interval. Tasks are idempotent, so a
+late or repeated run is harmless; a failing run is logged and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import current_app
+from django.conf import settings
+from django.db import close_old_connections
+
+log = logging.getLogger(__name__)
+_started = threading.Event()
+
+
+def start_embedded_scheduler() -> bool:
+    """Start the scheduler thread once per process; returns whether this call started it."""
+    if not settings.EMBEDDED_SCHEDULER or _started.is_set():
+        return False
+    _started.set()
+    thread = threading.Thread(target=_loop, name="suanli-scheduler", daemon=True)
+    thread.start()
+    return True
+
+
+def _loop() -> None:
+    next_run = {name: 0.0 for name in settings.PERIODIC_TASKS}
+    while True:
+        now = time.monotonic()
+        for name, interval in settings.PERIODIC_TASKS.items():
+            if now >= next_run[name]:
+                next_run[name] = now + interval
+                close_old_connections()
+                try:
+                    current_app.tasks[name].apply()
+                except Exception:  # a failing job must not stop the others
+                    log.exception("periodic task %s failed", name)
+                finally:
+                    close_old_connections()
+        time.sleep(1.0)
