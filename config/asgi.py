@@ -2,8 +2,12 @@
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# whitenoise hands Django a synchronous file iterator; under ASGI Django reads it in a thread, which is
+# correct but warns on every static file.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 
