@@ -12,6 +12,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from common.errors import ServiceError
+
 
 class Pagination(PageNumberPagination):
     page_size = 50
@@ -42,6 +44,8 @@ def _django_error_detail(exc: DjangoValidationError) -> Any:
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's handler, plus model/service ValidationErrors as HTTP 400 with field-level messages."""
+    if isinstance(exc, ServiceError):
+        return Response(exc.detail, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(_django_error_detail(exc))
     elif isinstance(exc, Http404):

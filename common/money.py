@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 
 FEN = Decimal("0.01")
-UNIT_PLACES = Decimal("0.000001")  # standard compute units are kept to 6 decimal places
 
 
 def to_decimal(value: Decimal | int | str) -> Decimal:
@@ -29,4 +28,9 @@ def cny_to_fen(value: Decimal | int | str) -> int:
 
 
 def fen_to_cny(fen: int) -> Decimal:
+    """Integer fen as a Decimal CNY amount with two places."""
     return (Decimal(fen) / 100).quantize(FEN)
+
+
+def format_cny(fen: int) -> str:
+    return str(fen_to_cny(fen))

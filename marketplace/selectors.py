@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
+from common.errors import ServiceError
 from marketplace.models import DataCentre, DeviceInventory, Listing, Organisation, User
 from marketplace.regions import is_shanghai
 from marketplace.units import ComputeUnit
@@ -108,3 +109,37 @@ def inventory_report(*, group_by: str = "region", supplier: Organisation | None 
         ],
         "total": render(total),
     }
+
+
+class NotAMember(ServiceError):
+    """The user is not a member (in a required role) of the organisation asked for (404, so ids of other
+    organisations do not leak), or belongs to several and must name one (400)."""
+
+    status_code = 404
+    field = "organisation"
+
+    def __init__(self, message: str, *, ambiguous: bool = False):
+        super().__init__(message, status_code=400 if ambiguous else 404)
+
+
+def acting_organisation(user: User, organisation_id: int | str | None, roles: tuple[str, ...] | None = None) -> Organisation:
+    """The organisation a request acts for: the one named (the user must be a member in one of `roles`),
+    or the user's only qualifying organisation when none is named."""
+    memberships = user.memberships.select_related("organisation") if user.is_authenticated else None
+    if memberships is None:
+        raise NotAMember("Sign in first.")
+    if roles:
+        memberships = memberships.filter(role__in=roles)
+    if organisation_id in (None, ""):
+        orgs = [m.organisation for m in memberships]
+        if len(orgs) == 1:
+            return orgs[0]
+        if not orgs:
+            raise NotAMember("You are not a member of an organisation that may do this.")
+        raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
+    if not str(organisation_id).isdigit():
+        raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
+    membership = memberships.filter(organisation_id=int(organisation_id)).first()
+    if membership is None:
+        raise NotAMember("No such organisation among yours.")
+    return membership.organisation

@@ -1,0 +1,1 @@
+"""Payments in and out of the ledger through a provider interface (Stripe, offline bank transfer)."""

@@ -1,0 +1,349 @@
+"""Ledger writes: the only code that changes balances.
+
+Every movement is a balanced journal entry posted by `entries_post`, which locks the accounts it touches
+(in primary-key order, so concurrent posters never deadlock), refuses any entry that would take a
+non-negative account below zero, writes the entry and its postings, and updates the cached balances in the
+same transaction. Entries are idempotent on the caller's key: the same key with the same request returns
+the original entry; the same key with a different request raises IdempotencyConflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from common.errors import ServiceError
+from ledger.models import (
+    NON_NEGATIVE_KINDS,
+    ORGANISATION_KINDS,
+    Account,
+    AccountKind,
+    EntryKind,
+    Hold,
+    HoldStatus,
+    JournalEntry,
+    Posting,
+)
+from marketplace.models import Organisation, User
+
+_NON_NEGATIVE = frozenset(k.value for k in NON_NEGATIVE_KINDS)
+
+
+class LedgerError(ServiceError):
+    """A refused ledger operation; `field` names the input at fault for API error messages."""
+
+
+class InsufficientFunds(LedgerError):
+    field = "amount"
+
+
+class IdempotencyConflict(LedgerError):
+    status_code = 409
+    field = "idempotency_key"
+
+
+class InvalidEntry(LedgerError):
+    pass
+
+
+@dataclass(frozen=True)
+class EntryRequest:
+    idempotency_key: str
+    kind: str
+    postings: Sequence[tuple[int, int]]  # (account id, amount in fen)
+    memo: str = ""
+    reference: str = ""
+    reverses_id: int | None = None
+    created_by_id: int | None = None
+    digest: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(
+            [self.kind, sorted(self.postings), self.reference, self.reverses_id], separators=(",", ":")
+        )
+        object.__setattr__(self, "digest", hashlib.sha256(canonical.encode()).hexdigest())
+
+
+# --- Accounts --------------------------------------------------------------------------------------------
+
+def accounts_open(*, organisation: Organisation) -> dict[str, Account]:
+    """The organisation's four accounts, created on first use."""
+    existing = {a.kind: a for a in Account.objects.filter(organisation=organisation)}
+    for kind in ORGANISATION_KINDS:
+        if kind not in existing:
+            existing[kind], _ = Account.objects.get_or_create(organisation=organisation, kind=kind)
+    return existing
+
+
+def account_for(*, organisation: Organisation, kind: str) -> Account:
+    return accounts_open(organisation=organisation)[kind]
+
+
+def platform_account(*, kind: str, name: str = "") -> Account:
+    account, _ = Account.objects.get_or_create(organisation=None, kind=kind, name=name)
+    return account
+
+
+# --- Posting ---------------------------------------------------------------------------------------------
+
+def _validate(request: EntryRequest) -> None:
+    if not request.idempotency_key or len(request.idempotency_key) > 200:
+        raise InvalidEntry("An idempotency key of 1 to 200 characters is required.", field="idempotency_key")
+    if len(request.postings) < 2:
+        raise InvalidEntry("An entry needs at least two postings.")
+    for account_id, amount in request.postings:
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise InvalidEntry("Amounts are integer fen.", field="amount")
+        if amount == 0:
+            raise InvalidEntry("A posting of zero moves nothing.", field="amount")
+    if sum(amount for _, amount in request.postings) != 0:
+        raise InvalidEntry("Postings must sum to zero.")
+    if len({account_id for account_id, _ in request.postings}) != len(request.postings):
+        raise InvalidEntry("An account appears twice in one entry.")
+
+
+def entries_post(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
+    """Post several entries in one transaction (all or nothing). Returns the entries in request order;
+    a replayed request returns the entry stored under its key. Locks every account involved, by id."""
+    for request in requests:
+        _validate(request)
+    keys = [r.idempotency_key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise IdempotencyConflict("The same idempotency key appears twice in one batch.")
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                return _post_locked(requests)
+        except IntegrityError:
+            # A concurrent poster stored one of these keys between our check and our insert; on the retry
+            # the key is found and answered as a replay or a conflict.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _post_locked(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
+    account_ids = sorted({account_id for r in requests for account_id, _ in r.postings})
+    accounts = {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=account_ids).order_by("pk")}
+    missing = set(account_ids) - set(accounts)
+    if missing:
+        raise InvalidEntry(f"Unknown account {min(missing)}.", field="account")
+
+    existing = {e.idempotency_key: e for e in JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in requests])}
+    fresh: list[EntryRequest] = []
+    for request in requests:
+        found = existing.get(request.idempotency_key)
+        if found is None:
+            fresh.append(request)
+        elif found.request_digest != request.digest:
+            raise IdempotencyConflict(
+                f"Idempotency key {request.idempotency_key!r} was already used for a different request."
+            )
+
+    balances = {pk: a.balance_fen for pk, a in accounts.items()}
+    after: list[list[int]] = []
+    for request in fresh:
+        row = []
+        for account_id, amount in request.postings:
+            balances[account_id] += amount
+            row.append(balances[account_id])
+        after.append(row)
+    for pk, balance in balances.items():
+        account = accounts[pk]
+        if balance < 0 and account.kind in _NON_NEGATIVE:
+            short = -balance
+            raise InsufficientFunds(
+                f"Insufficient funds in {account.kind}: short by {short // 100}.{short % 100:02d} CNY "
+                f"(balance {account.balance_fen // 100}.{account.balance_fen % 100:02d} CNY)."
+            )
+    if not fresh:
+        return [existing[r.idempotency_key] for r in requests]
+
+    created = JournalEntry.objects.bulk_create(
+        [
+            JournalEntry(
+                idempotency_key=r.idempotency_key, request_digest=r.digest, kind=r.kind, memo=r.memo[:300],
+                reference=r.reference[:100], reverses_id=r.reverses_id, created_by_id=r.created_by_id,
+            )
+            for r in fresh
+        ]
+    )
+    if any(e.pk is None for e in created):  # backends that cannot return ids from a bulk insert
+        created = list(JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in fresh]).order_by("pk"))
+    by_key = {e.idempotency_key: e for e in created}
+    Posting.objects.bulk_create(
+        [
+            Posting(entry=by_key[r.idempotency_key], account_id=account_id, amount_fen=amount, balance_after_fen=bal)
+            for r, row in zip(fresh, after, strict=True)
+            for (account_id, amount), bal in zip(r.postings, row, strict=True)
+        ]
+    )
+    changed = [accounts[pk] for pk, bal in balances.items() if bal != accounts[pk].balance_fen]
+    for account in changed:
+        account.balance_fen = balances[account.pk]
+    Account.objects.bulk_update(changed, ["balance_fen"])
+    return [by_key.get(r.idempotency_key) or existing[r.idempotency_key] for r in requests]
+
+
+def entry_post(
+    *,
+    idempotency_key: str,
+    kind: str,
+    postings: Iterable[tuple[Account, int]],
+    memo: str = "",
+    reference: str = "",
+    created_by: User | None = None,
+) -> JournalEntry:
+    request = EntryRequest(
+        idempotency_key=idempotency_key, kind=kind, postings=[(a.pk, amount) for a, amount in postings], memo=memo,
+        reference=reference, created_by_id=created_by.pk if created_by else None,
+    )
+    return entries_post([request])[0]
+
+
+def transfer(
+    *,
+    source: Account,
+    destination: Account,
+    amount_fen: int,
+    idempotency_key: str,
+    kind: str = EntryKind.TRANSFER,
+    memo: str = "",
+    reference: str = "",
+    created_by: User | None = None,
+) -> JournalEntry:
+    """Move a positive amount from one account to another."""
+    if not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
+    return entry_post(
+        idempotency_key=idempotency_key, kind=kind, postings=[(source, -amount_fen), (destination, amount_fen)],
+        memo=memo, reference=reference, created_by=created_by,
+    )
+
+
+def entry_reverse(*, entry: JournalEntry, idempotency_key: str, memo: str = "", created_by: User | None = None) -> JournalEntry:
+    """Correct an entry by posting its mirror image; the original stays as it was."""
+    if JournalEntry.objects.filter(reverses=entry).exclude(idempotency_key=idempotency_key).exists():
+        raise IdempotencyConflict(f"Entry {entry.pk} is already reversed.", field="entry")
+    postings = [(p.account_id, -p.amount_fen) for p in entry.postings.all()]
+    request = EntryRequest(
+        idempotency_key=idempotency_key, kind=EntryKind.REVERSAL, postings=postings,
+        memo=memo or f"reversal of entry {entry.pk}", reference=entry.reference, reverses_id=entry.pk,
+        created_by_id=created_by.pk if created_by else None,
+    )
+    return entries_post([request])[0]
+
+
+# --- Holds -----------------------------------------------------------------------------------------------
+
+def hold_place(*, organisation: Organisation, amount_fen: int, reference: str, memo: str = "") -> Hold:
+    """Reserve funds: available -> held. Idempotent on `reference` (one hold per purpose)."""
+    if not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise InvalidEntry("A hold must be a positive number of fen.", field="amount")
+    accounts = accounts_open(organisation=organisation)
+    with transaction.atomic():
+        existing = Hold.objects.filter(reference=reference).first()
+        if existing is not None:
+            if existing.organisation_id != organisation.pk or existing.amount_fen != amount_fen:
+                raise IdempotencyConflict(f"A different hold already exists for {reference!r}.", field="reference")
+            return existing
+        transfer(
+            source=accounts[AccountKind.AVAILABLE], destination=accounts[AccountKind.HELD], amount_fen=amount_fen,
+            idempotency_key=f"hold:{reference}:place", kind=EntryKind.HOLD, memo=memo or f"hold for {reference}",
+            reference=reference,
+        )
+        # A concurrent call with the same reference waited on the account lock and replayed the entry above;
+        # the hold it created is now visible and is the answer.
+        return Hold.objects.filter(reference=reference).first() or Hold.objects.create(
+            organisation=organisation, reference=reference, amount_fen=amount_fen
+        )
+
+
+def _hold_locked(hold: Hold) -> Hold:
+    return Hold.objects.select_for_update().get(pk=hold.pk)
+
+
+@transaction.atomic
+def hold_release(*, hold: Hold, idempotency_key: str, amount_fen: int | None = None) -> Hold:
+    """Give back part (or, by default, all that remains) of a hold: held -> available."""
+    hold = _hold_locked(hold)
+    if JournalEntry.objects.filter(idempotency_key=idempotency_key).exists():
+        return hold  # a replay: already applied
+    amount = hold.remaining_fen if amount_fen is None else amount_fen
+    if amount == 0 and amount_fen is None:
+        return hold
+    _check_hold_amount(hold, amount)
+    accounts = accounts_open(organisation=hold.organisation)
+    transfer(
+        source=accounts[AccountKind.HELD], destination=accounts[AccountKind.AVAILABLE], amount_fen=amount,
+        idempotency_key=idempotency_key, kind=EntryKind.RELEASE, memo=f"release of {hold.reference}", reference=hold.reference,
+    )
+    Hold.objects.filter(pk=hold.pk).update(released_fen=F("released_fen") + amount)
+    return _close_if_spent(hold)
+
+
+@transaction.atomic
+def hold_capture(
+    *,
+    hold: Hold,
+    amount_fen: int,
+    destination: Account,
+    idempotency_key: str,
+    kind: str = EntryKind.CAPTURE,
+    memo: str = "",
+) -> Hold:
+    """Take part or all of a hold: held -> destination (escrow for a trade, the fee account, a provider)."""
+    hold = _hold_locked(hold)
+    if JournalEntry.objects.filter(idempotency_key=idempotency_key).exists():
+        return hold
+    _check_hold_amount(hold, amount_fen)
+    accounts = accounts_open(organisation=hold.organisation)
+    transfer(
+        source=accounts[AccountKind.HELD], destination=destination, amount_fen=amount_fen,
+        idempotency_key=idempotency_key, kind=kind, memo=memo or f"capture of {hold.reference}", reference=hold.reference,
+    )
+    Hold.objects.filter(pk=hold.pk).update(captured_fen=F("captured_fen") + amount_fen)
+    return _close_if_spent(hold)
+
+
+def _check_hold_amount(hold: Hold, amount: int) -> None:
+    if hold.status != HoldStatus.OPEN:
+        raise InvalidEntry(f"Hold {hold.reference} is closed.", field="hold")
+    if not isinstance(amount, int) or amount <= 0:
+        raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
+    if amount > hold.remaining_fen:
+        raise InsufficientFunds(f"Hold {hold.reference} has {hold.remaining_fen} fen left, not {amount}.")
+
+
+def _close_if_spent(hold: Hold) -> Hold:
+    hold.refresh_from_db()
+    if hold.remaining_fen == 0 and hold.status == HoldStatus.OPEN:
+        hold.status = HoldStatus.CLOSED
+        hold.save(update_fields=["status", "updated_at"])
+    return hold
+
+
+# --- Fees ------------------------------------------------------------------------------------------------
+
+def fee_amount(*, notional_fen: int, bps: int) -> int:
+    """A fee in whole fen: notional x bps / 10,000, rounded half up (never float)."""
+    if notional_fen < 0 or bps < 0:
+        raise ValueError("notional and bps are non-negative")
+    return (notional_fen * bps + 5_000) // 10_000
+
+
+def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: str, reference: str = "", hold: Hold | None = None) -> JournalEntry | Hold:
+    """Charge a fee into the platform fee account, from a hold when given (a buyer's order hold covers its
+    maximum fee), else from available funds."""
+    fees = platform_account(kind=AccountKind.FEES)
+    if hold is not None:
+        return hold_capture(hold=hold, amount_fen=amount_fen, destination=fees, idempotency_key=idempotency_key, kind=EntryKind.FEE, memo=f"fee {reference}")
+    return transfer(
+        source=account_for(organisation=organisation, kind=AccountKind.AVAILABLE), destination=fees, amount_fen=amount_fen,
+        idempotency_key=idempotency_key, kind=EntryKind.FEE, memo=f"fee {reference}", reference=reference,
+    )
