@@ -96,7 +96,7 @@ def _validate(request: EntryRequest) -> None:
         raise InvalidEntry("An idempotency key of 1 to 200 characters is required.", field="idempotency_key")
     if len(request.postings) < 2:
         raise InvalidEntry("An entry needs at least two postings.")
-    for account_id, amount in request.postings:
+    for _, amount in request.postings:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise InvalidEntry("Amounts are integer fen.", field="amount")
         if amount == 0:
