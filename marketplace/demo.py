@@ -1,7 +1,24 @@
 """Demo market data modelled on Shanghai's compute landscape (see shared DOMAIN notes for sources)."""
 
+import datetime as dt
 from decimal import Decimal as D
 
+from django.utils import timezone
+
+from common.demo import DEFAULT_PASSWORD, SeedContext, step
+from marketplace import services
+from marketplace.models import (
+    DataCentre,
+    DeviceModel,
+    Instrument,
+    Listing,
+    MemberRole,
+    Membership,
+    Organisation,
+    PlatformRole,
+    Product,
+    User,
+)
 from marketplace.regions import Metro, Region
 from marketplace.validators import make_credit_code
 
@@ -128,4 +145,89 @@ LISTINGS = [
 ]
 
 LISTING_DAYS = 14
-DEFAULT_PASSWORD = "suanli-demo"
+
+
+# --- The seeding step ------------------------------------------------------------------------------------
+
+def _user(ctx: SeedContext, username: str, **extra) -> User:
+    user, created = User.objects.get_or_create(username=username, defaults=extra)
+    if created or ctx.password:
+        user.set_password(ctx.password or DEFAULT_PASSWORD)
+        user.save(update_fields=["password"])
+    ctx.created += created
+    return user
+
+
+def _org(ctx: SeedContext, row: tuple, kind: str) -> Organisation:
+    username, name, name_zh, code, size, founded, region = row
+    user = _user(ctx, username, email=f"{username}@demo.suanli.example")
+    org = Organisation.objects.filter(credit_code=code).first()
+    if org is None:
+        org = Organisation(name=name, name_zh=name_zh, credit_code=code, kind=kind, size_class=size,
+                           founded_on=dt.date.fromisoformat(founded), registration_region=region)
+        org.full_clean()
+        org.save()
+        ctx.created += 1
+    Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": MemberRole.ADMIN})
+    return org
+
+
+@step(order=10)
+def seed_catalogue(ctx: SeedContext) -> None:
+    """Platform users, device models, products, suppliers with data centres and listings, SME buyers,
+    and instruments for the coming week."""
+    for role in (PlatformRole.OPERATOR, PlatformRole.REGULATOR, PlatformRole.AUTHORITY):
+        extra = {"platform_role": role, "email": f"{role}@demo.suanli.example"}
+        if role == PlatformRole.OPERATOR:
+            extra |= {"is_staff": True, "is_superuser": True}
+        _user(ctx, str(role), **extra)
+
+    models = {}
+    for vendor, name, chip, domestic, fp16, fp32, fp64, mem, power in DEVICE_MODELS:
+        model, created = DeviceModel.objects.get_or_create(
+            vendor=vendor, name=name,
+            defaults=dict(chip_class=chip, is_domestic=domestic, fp16_tflops=fp16, fp32_tflops=fp32, fp64_tflops=fp64, memory_gb=mem, power_w=power),
+        )
+        models[name] = model
+        ctx.created += created
+
+    products = {}
+    for spec in PRODUCTS:
+        spec = dict(spec)
+        product = Product.objects.filter(code=spec["code"]).first()
+        if product is None:
+            product = Product(**spec)
+            product.full_clean()
+            product.save()
+            ctx.created += 1
+        products[product.code] = product
+
+    centres = {}
+    for row in SUPPLIERS:
+        org = _org(ctx, row, "supplier")
+        for name, region, pue, green, carbon, level, gbps, latencies, devices in DATA_CENTRES[row[0]]:
+            dc = DataCentre.objects.filter(owner=org, name=name).first()
+            if dc is None:
+                dc = services.data_centre_save(
+                    fields=dict(owner=org, name=name, region=region, pue=pue, renewable_share=green, carbon_intensity=carbon, security_level=level, interconnect_gbps=gbps),
+                    latencies=[{"metro": m, "rtt_ms": ms} for m, ms in latencies.items()],
+                    devices=[services.DeviceLine(device_model=models[m], count=n) for m, n in devices.items()],
+                )
+                ctx.created += 1
+            centres[name] = dc
+    for row in BUYERS:
+        _org(ctx, row, "buyer")
+
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    for _, dc_name, product_code, model_name, count in LISTINGS:
+        dc, product, model = centres[dc_name], products[product_code], models[model_name]
+        if Listing.objects.filter(data_centre=dc, product=product, device_model=model, is_active=True).exists():
+            continue
+        services.listing_create(
+            data_centre=dc, product=product, device_model=model, device_count=count,
+            available_from=start, available_until=start + dt.timedelta(days=LISTING_DAYS),
+        )
+        ctx.created += 1
+    roll = services.instruments_roll()
+    ctx.created += roll["listed"]
+    ctx.notes.append(f"Instruments: {Instrument.objects.filter(status='open').count()} open.")

@@ -2,6 +2,8 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
+from ledger.selectors import balances_get
+from ledger.verify import ledger_verify
 from marketplace.models import DataCentre, Instrument, Listing, Organisation, Product, User
 
 pytestmark = pytest.mark.django_db
@@ -35,6 +37,10 @@ def test_seed_demo_builds_a_market_and_running_it_again_duplicates_nothing():
         assert authenticate(username=name, password="suanli-demo") is not None, name
     assert User.objects.get(username="regulator").platform_role == "regulator"
     assert User.objects.get(username="supplier3").memberships.get().organisation.kind == "supplier"
+    # Buyers are funded once, through the ledger, and the ledger verifies.
+    for buyer in buyers:
+        assert balances_get(organisation=buyer)["available"] > 0
+    assert ledger_verify().ok
 
 
 def test_password_option_sets_every_demo_password():
