@@ -1,9 +1,12 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from common.money import format_cny
 from ledger.models import Account, Posting
 
 
+@extend_schema_field(OpenApiTypes.DECIMAL)
 class CnyFromFenField(serializers.Field):
     """Renders integer fen as a CNY decimal string, e.g. 12345 -> "123.45"."""
 
