@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -247,6 +248,11 @@ class Product(models.Model):
     def __str__(self) -> str:
         return self.code
 
+    def clean(self) -> None:
+        problem = tick_lot_problem(self.tick_size, self.lot_size)
+        if problem:
+            raise ValidationError({"tick_size": [problem]})
+
     def grade_failures(self, data_centre: DataCentre) -> list[str]:
         """Why a data centre does not meet this product's grade; empty when it does."""
         reasons = []
@@ -274,6 +280,22 @@ class Product(models.Model):
         if not rating_tflops(device_model, self.unit):
             reasons.append(f"{device_model} has no rating at the product's precision ({self.unit})")
         return reasons
+
+
+def tick_lot_problem(tick_size: Decimal | None, lot_size: Decimal | None) -> str | None:
+    """Every order's value must be whole fen, so one tick on one lot must be a whole number of fen."""
+    if tick_size is None or lot_size is None:
+        return None
+    fen = tick_size * lot_size * 100
+    if fen != fen.to_integral_value():
+        def plain(d: Decimal) -> str:
+            return format(d.normalize(), "f")
+
+        return (
+            f"One tick ({plain(tick_size)} CNY) on one lot ({plain(lot_size)} units) is {plain(fen)} fen; "
+            "it must be a whole number of fen."
+        )
+    return None
 
 
 class InstrumentStatus(models.TextChoices):
@@ -316,6 +338,16 @@ class Instrument(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    @property
+    def tick_fen_per_lot(self) -> int:
+        """The tick in the engine's integer price unit: fen per lot."""
+        return int(self.tick_size * self.lot_size * 100)
+
+    def price_to_fen_per_lot(self, price: Decimal) -> int | None:
+        """A CNY-per-unit price in fen per lot, or None if it is not a whole number of fen per lot."""
+        fen = price * self.lot_size * 100
+        return int(fen) if fen == fen.to_integral_value() else None
 
     @property
     def window_hours(self) -> Decimal:

@@ -13,6 +13,7 @@ from marketplace.models import (
     MemberRole,
     Organisation,
     Product,
+    tick_lot_problem,
 )
 from marketplace.selectors import organisation_ids_for_user
 
@@ -95,6 +96,12 @@ class ProductSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         hi = attrs.get("max_order_lots", getattr(self.instance, "max_order_lots", 100000))
         if hi < lo:
             raise serializers.ValidationError({"max_order_lots": ["Must be at least min_order_lots."]})
+        problem = tick_lot_problem(
+            attrs.get("tick_size", getattr(self.instance, "tick_size", None)),
+            attrs.get("lot_size", getattr(self.instance, "lot_size", None)),
+        )
+        if problem:
+            raise serializers.ValidationError({"tick_size": [problem]})
         return attrs
 
 

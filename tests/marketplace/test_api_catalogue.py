@@ -90,6 +90,17 @@ def test_only_operators_create_products(api):
     assert Product.objects.get(code="NEW").tick_size == Decimal("0.01")
 
 
+def test_product_tick_on_one_lot_must_be_whole_fen(api):
+    api.force_authenticate(UserFactory(platform_role=PlatformRole.OPERATOR))
+    payload = {"code": "EDGE", "name": "Edge", "unit": "FP16_PFH", "lot_size": "0.1", "tick_size": "0.01", "reference_price": "24.00"}
+    response = api.post("/api/v1/products/", payload)
+    assert response.status_code == 400
+    assert response.json()["tick_size"] == [
+        "One tick (0.01 CNY) on one lot (0.1 units) is 0.1 fen; it must be a whole number of fen."
+    ]
+    assert api.post("/api/v1/products/", payload | {"tick_size": "0.10"}).status_code == 201
+
+
 def test_register_organisation_makes_the_user_its_admin(api):
     user = UserFactory()
     api.force_authenticate(user)
