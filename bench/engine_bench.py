@@ -236,9 +236,9 @@ def generate(n: int, seed: int, nbooks: int) -> list[tuple[Any, ...]]:
                 price = (ask if ask is not None else ref) + through
             else:
                 price = (bid if bid is not None else ref) - through
-            order = Order(oid, acct, side, price, rng.randint(1, 20), LIMIT, IOC)
+            order = Order(oid, acct, side, price, rng.randint(1, 40), LIMIT, IOC)
         else:  # market
-            order = Order(oid, acct, side, 0, rng.randint(1, 20), MARKET, IOC)
+            order = Order(oid, acct, side, 0, rng.randint(1, 40), MARKET, IOC)
         cmds.append((SUBMIT, b, order))
         sh.submit(order, 0)
     return cmds
@@ -301,6 +301,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--books", type=int, default=4)
     ap.add_argument("--check", action="store_true", help="check invariants of our books at the end")
+    ap.add_argument("--gc", choices=("on", "off"), default="on", help="cyclic GC during the timed runs")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -317,6 +318,8 @@ def main() -> None:
     )
     gc.collect()
     gc.freeze()
+    if args.gc == "off":
+        gc.disable()
 
     results: dict[str, dict[str, float]] = {}
     factories: dict[str, Callable[[], Any]] = {"engine": lambda: Book(CONFIG), "bare": BareBook}

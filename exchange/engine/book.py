@@ -241,16 +241,17 @@ class Book:
         decrement), and a ``BOOK`` for the level where the remainder rests.
         """
         oid, acct, side, price, qty, otype, tif, exp, post, minq, stp = order
-        ev: list[Event] = []
+        ev: list[Event] | None = None  # built only when needed: most orders return a literal
         gtd = self._gtd
         if gtd and gtd[0][0] <= now:
+            ev = []
             self._expire(now, ev)
-        # Fast path: a plain GTC limit order in continuous trading that passes every check.
+        # Fast path: a plain GTC or IOC limit order in continuous trading that passes every check.
         # Anything else goes to _submit_general, which checks everything again and names the
         # reason; the two must agree on every order the guard lets through.
         if (
             otype != LIMIT
-            or tif != GTC
+            or (tif != GTC and tif != IOC)
             or post
             or minq
             or exp
@@ -266,33 +267,38 @@ class Book:
             or stp > 4
             or oid in self._orders
         ):
-            return self._submit_general(order, now, ev)
+            return self._submit_general(order, now, [] if ev is None else ev)
         if side == BUY:
             opx = self._ask_px
-            if opx and -opx[-1] <= price:
-                ev.append((E_ACCEPTED, oid))
-                qty = self._take(oid, acct, BUY, price, qty, stp, ev)
-                if not qty:
-                    return ev
-            else:
-                ev.append((E_ACCEPTED, oid))
+            crossing = opx and -opx[-1] <= price
             lvls = self._bid_lvls
             spx = self._bid_px
             key = price
         elif side == SELL:
             opx = self._bid_px
-            if opx and opx[-1] >= price:
-                ev.append((E_ACCEPTED, oid))
-                qty = self._take(oid, acct, SELL, price, qty, stp, ev)
-                if not qty:
-                    return ev
-            else:
-                ev.append((E_ACCEPTED, oid))
+            crossing = opx and opx[-1] >= price
             lvls = self._ask_lvls
             spx = self._ask_px
             key = -price
         else:
-            return self._submit_general(order, now, ev)
+            return self._submit_general(order, now, [] if ev is None else ev)
+        if crossing:
+            if ev is None:
+                ev = [(E_ACCEPTED, oid)]
+            else:
+                ev.append((E_ACCEPTED, oid))
+            qty = self._take(oid, acct, side, price, qty, stp, ev)
+            if not qty:
+                return ev
+            if tif == IOC:
+                ev.append((E_CANCELLED, oid, qty, C_IOC))
+                return ev
+        elif tif == IOC:
+            if ev is None:
+                return [(E_ACCEPTED, oid), (E_CANCELLED, oid, qty, C_IOC)]
+            ev.append((E_ACCEPTED, oid))
+            ev.append((E_CANCELLED, oid, qty, C_IOC))
+            return ev
         self._arrival = arrival = self._arrival + 1
         rec = [qty, oid, acct, price, side, 0, stp, arrival, False]
         self._orders[oid] = rec
@@ -307,6 +313,10 @@ class Book:
             lvl[1] += 1
             lvl[2].append(rec)
         self._seq = seq = self._seq + 1
+        if ev is None:
+            return [(E_ACCEPTED, oid), (E_BOOK, side, price, total, seq)]
+        if not crossing:
+            ev.append((E_ACCEPTED, oid))
         ev.append((E_BOOK, side, price, total, seq))
         return ev
 
@@ -601,16 +611,18 @@ class Book:
 
     def cancel(self, order_id: int, now: int) -> list[Event]:
         """Cancel a resting order: ``CANCELLED`` (reason USER) and ``BOOK``, or ``CANCEL_REJECTED``."""
-        ev: list[Event] = []
+        ev: list[Event] | None = None
         gtd = self._gtd
         if gtd and gtd[0][0] <= now:
+            ev = []
             self._expire(now, ev)
         rec = self._orders.pop(order_id, None)
         if rec is None:
+            if ev is None:
+                return [(E_CANCEL_REJECTED, order_id, R.UNKNOWN_ORDER)]
             ev.append((E_CANCEL_REJECTED, order_id, R.UNKNOWN_ORDER))
             return ev
         qty = rec[0]
-        ev.append((E_CANCELLED, order_id, qty, C_USER))
         # _unlink, inlined: cancels are a quarter of the traffic.
         rec[0] = 0
         price = rec[3]
@@ -636,8 +648,11 @@ class Book:
             else:
                 del spx[bisect_left(spx, key)]
         self._seq = seq = self._seq + 1
-        ev.append((E_BOOK, side, price, total, seq))
-        return ev
+        if ev is not None:
+            ev.append((E_CANCELLED, order_id, qty, C_USER))
+            ev.append((E_BOOK, side, price, total, seq))
+            return ev
+        return [(E_CANCELLED, order_id, qty, C_USER), (E_BOOK, side, price, total, seq)]
 
     def cancel_all(self, account_id: int, now: int) -> list[Event]:
         """Cancel every resting order of the account, bids best first, then asks best first, each
