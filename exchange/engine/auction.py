@@ -99,10 +99,8 @@ def uncross(book: Book, ev: list[Event]) -> int:
         total += traded
 
 
-def _head(dq: Any) -> list[Any]:
-    while not dq[0][0]:
-        dq.popleft()
-    return dq[0]
+def _head(queue: dict[int, list[Any]]) -> list[Any]:
+    return next(iter(queue.values()))
 
 
 def _reduce(book: Book, rec: list[Any], q: int, touched: dict[tuple[int, int], None]) -> None:
@@ -118,7 +116,7 @@ def _reduce(book: Book, rec: list[Any], q: int, touched: dict[tuple[int, int], N
     if rec[0]:
         return
     del book._orders[rec[1]]
-    lvl[1] -= 1
+    del lvl[1][rec[1]]
     if not lvl[1]:
         del lvls[rec[3]]
         del keys[bisect_left(keys, key)]
@@ -131,8 +129,8 @@ def _execute(book: Book, price: int, ev: list[Event]) -> int:
     traded = 0
     while bpx and apx and bpx[-1] >= price and -apx[-1] <= price:
         bprice, aprice = bpx[-1], -apx[-1]
-        b = _head(bids[bprice][2])
-        a = _head(asks[aprice][2])
+        b = _head(bids[bprice][1])
+        a = _head(asks[aprice][1])
         maker, taker = (b, a) if b[7] < a[7] else (a, b)
         if b[2] == a[2]:
             stp = taker[6]
