@@ -75,12 +75,13 @@ class EntryKind(models.TextChoices):
 class JournalEntry(models.Model):
     """Immutable. Corrections are reversing entries; PostgreSQL refuses UPDATE and DELETE on this table."""
 
-    idempotency_key = models.CharField(max_length=200, unique=True)
+    # Unique through a constraint rather than unique=True: PostgreSQL then builds no extra LIKE index.
+    idempotency_key = models.CharField(max_length=200)
     # A digest of what the caller asked for: the same key with a different request is a conflict, not a replay.
     request_digest = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     memo = models.CharField(max_length=300, blank=True)
-    reference = models.CharField(max_length=100, blank=True, db_index=True, help_text="e.g. order:123, trade:45")
+    reference = models.CharField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
     reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -88,6 +89,8 @@ class JournalEntry(models.Model):
     class Meta:
         ordering = ["id"]
         verbose_name_plural = "journal entries"
+        constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="journalentry_idempotency_key_unique")]
+        indexes = [models.Index(fields=["reference"], name="journalentry_reference_idx")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.memo}"
@@ -95,7 +98,8 @@ class JournalEntry(models.Model):
 
 class Posting(models.Model):
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
+    # Indexed by (account, id) below, which also serves lookups by account alone.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False)
     amount_fen = models.BigIntegerField()
     # The account's balance right after this posting: statements need no running sum.
     balance_after_fen = models.BigIntegerField()

@@ -14,8 +14,9 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from common.errors import ServiceError
 from ledger.models import (
@@ -128,24 +129,25 @@ def entries_post(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
 
 
 def _post_locked(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
+    store = _PostgresStore() if connection.vendor == "postgresql" else _OrmStore()
     account_ids = sorted({account_id for r in requests for account_id, _ in r.postings})
-    accounts = {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=account_ids).order_by("pk")}
+    accounts = store.lock_accounts(account_ids)  # {id: (kind, balance)}, locked in id order
     missing = set(account_ids) - set(accounts)
     if missing:
         raise InvalidEntry(f"Unknown account {min(missing)}.", field="account")
 
-    existing = {e.idempotency_key: e for e in JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in requests])}
+    existing = store.find_entries([r.idempotency_key for r in requests])  # {key: (id, digest)}
     fresh: list[EntryRequest] = []
     for request in requests:
         found = existing.get(request.idempotency_key)
         if found is None:
             fresh.append(request)
-        elif found.request_digest != request.digest:
+        elif found[1] != request.digest:
             raise IdempotencyConflict(
                 f"Idempotency key {request.idempotency_key!r} was already used for a different request."
             )
 
-    balances = {pk: a.balance_fen for pk, a in accounts.items()}
+    balances = {pk: balance for pk, (_, balance) in accounts.items()}
     after: list[list[int]] = []
     for request in fresh:
         row = []
@@ -154,40 +156,132 @@ def _post_locked(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
             row.append(balances[account_id])
         after.append(row)
     for pk, balance in balances.items():
-        account = accounts[pk]
-        if balance < 0 and account.kind in _NON_NEGATIVE:
+        kind, old = accounts[pk]
+        if balance < 0 and kind in _NON_NEGATIVE:
             short = -balance
             raise InsufficientFunds(
-                f"Insufficient funds in {account.kind}: short by {short // 100}.{short % 100:02d} CNY "
-                f"(balance {account.balance_fen // 100}.{account.balance_fen % 100:02d} CNY)."
+                f"Insufficient funds in {kind}: short by {short // 100}.{short % 100:02d} CNY "
+                f"(balance {old // 100}.{old % 100:02d} CNY)."
             )
     if not fresh:
-        return [existing[r.idempotency_key] for r in requests]
+        return store.load_entries([existing[r.idempotency_key][0] for r in requests])
 
-    created = JournalEntry.objects.bulk_create(
+    now = timezone.now()
+    ids = store.insert_entries(fresh, now)  # {key: id}
+    store.insert_postings(
         [
-            JournalEntry(
-                idempotency_key=r.idempotency_key, request_digest=r.digest, kind=r.kind, memo=r.memo[:300],
-                reference=r.reference[:100], reverses_id=r.reverses_id, created_by_id=r.created_by_id,
-            )
-            for r in fresh
-        ]
-    )
-    if any(e.pk is None for e in created):  # backends that cannot return ids from a bulk insert
-        created = list(JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in fresh]).order_by("pk"))
-    by_key = {e.idempotency_key: e for e in created}
-    Posting.objects.bulk_create(
-        [
-            Posting(entry=by_key[r.idempotency_key], account_id=account_id, amount_fen=amount, balance_after_fen=bal)
+            (ids[r.idempotency_key], account_id, amount, bal)
             for r, row in zip(fresh, after, strict=True)
             for (account_id, amount), bal in zip(r.postings, row, strict=True)
         ]
     )
-    changed = [accounts[pk] for pk, bal in balances.items() if bal != accounts[pk].balance_fen]
-    for account in changed:
-        account.balance_fen = balances[account.pk]
-    Account.objects.bulk_update(changed, ["balance_fen"])
-    return [by_key.get(r.idempotency_key) or existing[r.idempotency_key] for r in requests]
+    store.update_balances({pk: bal for pk, bal in balances.items() if bal != accounts[pk][1]})
+    by_key = {r.idempotency_key: r for r in fresh}
+    out = []
+    for request in requests:
+        if request.idempotency_key in ids:
+            r = by_key[request.idempotency_key]
+            out.append(
+                JournalEntry(
+                    pk=ids[r.idempotency_key], idempotency_key=r.idempotency_key, request_digest=r.digest, kind=r.kind,
+                    memo=r.memo[:300], reference=r.reference[:100], reverses_id=r.reverses_id,
+                    created_by_id=r.created_by_id, created_at=now,
+                )
+            )
+        else:
+            out.extend(store.load_entries([existing[request.idempotency_key][0]]))
+    for entry in out:
+        entry._state.adding = False
+        entry._state.db = "default"
+    return out
+
+
+class _OrmStore:
+    """Portable statements through the ORM (SQLite, the embedded default)."""
+
+    def lock_accounts(self, ids: list[int]) -> dict[int, tuple[str, int]]:
+        rows = Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "kind", "balance_fen")
+        return {pk: (kind, balance) for pk, kind, balance in rows}
+
+    def find_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        rows = JournalEntry.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk", "request_digest")
+        return {key: (pk, digest) for key, pk, digest in rows}
+
+    def load_entries(self, ids: list[int]) -> list[JournalEntry]:
+        found = JournalEntry.objects.in_bulk(ids)
+        return [found[pk] for pk in ids]
+
+    def insert_entries(self, fresh: list[EntryRequest], now) -> dict[str, int]:
+        created = JournalEntry.objects.bulk_create(
+            [
+                JournalEntry(
+                    idempotency_key=r.idempotency_key, request_digest=r.digest, kind=r.kind, memo=r.memo[:300],
+                    reference=r.reference[:100], reverses_id=r.reverses_id, created_by_id=r.created_by_id, created_at=now,
+                )
+                for r in fresh
+            ]
+        )
+        if any(e.pk is None for e in created):  # backends that cannot return ids from a bulk insert
+            return dict(JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in fresh]).values_list("idempotency_key", "pk"))
+        return {e.idempotency_key: e.pk for e in created}
+
+    def insert_postings(self, rows: list[tuple[int, int, int, int]]) -> None:
+        Posting.objects.bulk_create(
+            [Posting(entry_id=e, account_id=a, amount_fen=amount, balance_after_fen=bal) for e, a, amount, bal in rows]
+        )
+
+    def update_balances(self, balances: dict[int, int]) -> None:
+        for pk, balance in balances.items():
+            Account.objects.filter(pk=pk).update(balance_fen=balance)
+
+
+class _PostgresStore(_OrmStore):
+    """The same statements as array-parameter SQL: one round trip each, whatever the batch size. The ORM
+    spent most of a transfer's CPU building per-row expressions (bench/RESULTS.md, ledger section)."""
+
+    def lock_accounts(self, ids: list[int]) -> dict[int, tuple[str, int]]:
+        with connection.cursor() as cur:
+            cur.execute("SELECT id, kind, balance_fen FROM ledger_account WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
+            return {pk: (kind, balance) for pk, kind, balance in cur.fetchall()}
+
+    def find_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        with connection.cursor() as cur:
+            cur.execute("SELECT idempotency_key, id, request_digest FROM ledger_journalentry WHERE idempotency_key = ANY(%s)", [keys])
+            return {key: (pk, digest) for key, pk, digest in cur.fetchall()}
+
+    def insert_entries(self, fresh: list[EntryRequest], now) -> dict[str, int]:
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO ledger_journalentry "
+                "(idempotency_key, request_digest, kind, memo, reference, reverses_id, created_by_id, created_at) "
+                "SELECT k, d, kd, m, r, rv, cb, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+                "%s::text[], %s::bigint[], %s::bigint[]) AS v(k, d, kd, m, r, rv, cb) RETURNING idempotency_key, id",
+                [
+                    now, [r.idempotency_key for r in fresh], [r.digest for r in fresh], [str(r.kind) for r in fresh],
+                    [r.memo[:300] for r in fresh], [r.reference[:100] for r in fresh], [r.reverses_id for r in fresh],
+                    [r.created_by_id for r in fresh],
+                ],
+            )
+            return dict(cur.fetchall())
+
+    def insert_postings(self, rows: list[tuple[int, int, int, int]]) -> None:
+        entry_ids, account_ids, amounts, balances = (list(col) for col in zip(*rows, strict=True))
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO ledger_posting (entry_id, account_id, amount_fen, balance_after_fen) "
+                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])",
+                [entry_ids, account_ids, amounts, balances],
+            )
+
+    def update_balances(self, balances: dict[int, int]) -> None:
+        if not balances:
+            return
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE ledger_account AS a SET balance_fen = v.bal "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, bal) WHERE a.id = v.id",
+                [list(balances), list(balances.values())],
+            )
 
 
 def entry_post(
