@@ -22,7 +22,9 @@ then replayed into fresh books; ``now`` is the command's index (1, 2, ...).
 What is timed:
 
 * throughput: one ``perf_counter`` pair around the whole loop over all commands (the loop, the
-  dispatch on command kind and the book call; nothing else) -> commands per second;
+  dispatch on command kind and the book call; nothing else) -> commands per second. Engine and
+  bare passes alternate ``--repeat`` times (default 3) on fresh books; the best pass of each is
+  reported (the median too), and ``bare_ratio`` is best engine / best bare;
 * latency: a second, separate pass on fresh books with ``perf_counter_ns`` immediately before and
   after each book call (dispatch excluded) -> p50/p99/p99.9 per command. The timer itself costs
   ~50-80 ns per reading on this machine and is included in the latency figures; it is why
@@ -300,6 +302,7 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--books", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved throughput passes per book type")
     ap.add_argument("--check", action="store_true", help="check invariants of our books at the end")
     ap.add_argument("--gc", choices=("on", "off"), default="on", help="cyclic GC during the timed runs")
     args = ap.parse_args()
@@ -323,43 +326,57 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     factories: dict[str, Callable[[], Any]] = {"engine": lambda: Book(CONFIG), "bare": BareBook}
+    rates: dict[str, list[float]] = {name: [] for name in factories}
+    resting: dict[str, int] = {}
+    # Throughput: engine and bare passes alternate, so load from other processes on this shared
+    # machine hits both alike; the best pass of each is reported (noise only ever adds time).
+    for rep in range(args.repeat):
+        for name, make in factories.items():
+            books = [make() for _ in range(args.books)]
+            secs = run_throughput(books, cmds)
+            rates[name].append(n / secs)
+            if name == "engine" and args.check and rep == 0:
+                for bk in books:
+                    bk.check_invariants()
+            resting[name] = sum(len(bk._orders if name == "engine" else bk.orders) for bk in books)
+            del books
+            gc.collect()
+        print(
+            f"pass {rep + 1}: engine {rates['engine'][-1]:,.0f}/s, bare {rates['bare'][-1]:,.0f}/s, "
+            f"ratio {rates['engine'][-1] / rates['bare'][-1]:.3f}"
+        )
     for name, make in factories.items():
-        books = [make() for _ in range(args.books)]
-        secs = run_throughput(books, cmds)
-        if name == "engine" and args.check:
-            for bk in books:
-                bk.check_invariants()
-        resting = sum(len(bk._orders if name == "engine" else bk.orders) for bk in books)
-        del books
-        gc.collect()
         lat = sorted(run_latency([make() for _ in range(args.books)], cmds))
         gc.collect()
         results[name] = {
-            "commands_per_s": n / secs,
+            "commands_per_s": max(rates[name]),
+            "median_commands_per_s": sorted(rates[name])[len(rates[name]) // 2],
             "p50_us": pct(lat, 50),
             "p99_us": pct(lat, 99),
             "p999_us": pct(lat, 99.9),
-            "resting_at_end": resting,
         }
         r = results[name]
         print(
-            f"{name:6s}: {r['commands_per_s']:>10,.0f} commands/s  "
-            f"p50 {r['p50_us']:.2f} us  p99 {r['p99_us']:.2f} us  p99.9 {r['p999_us']:.2f} us  "
-            f"({resting} orders resting at the end)"
+            f"{name:6s}: {r['commands_per_s']:>10,.0f} commands/s best of {args.repeat} "
+            f"(median {r['median_commands_per_s']:,.0f})  p50 {r['p50_us']:.2f} us  "
+            f"p99 {r['p99_us']:.2f} us  p99.9 {r['p999_us']:.2f} us  ({resting[name]} orders resting at the end)"
         )
     ratio = results["engine"]["commands_per_s"] / results["bare"]["commands_per_s"]
-    print(f"engine / bare throughput: {ratio:.3f}")
+    pair_ratios = sorted(e / b for e, b in zip(rates["engine"], rates["bare"]))
+    print(f"engine / bare throughput: {ratio:.3f} (best / best); per pass median {pair_ratios[len(pair_ratios) // 2]:.3f}")
     out = {
         "commands": n,
         "seed": args.seed,
         "books": args.books,
         "commands_per_s": round(results["engine"]["commands_per_s"]),
+        "median_commands_per_s": round(results["engine"]["median_commands_per_s"]),
         "p50_us": round(results["engine"]["p50_us"], 2),
         "p99_us": round(results["engine"]["p99_us"], 2),
         "p999_us": round(results["engine"]["p999_us"], 2),
         "bare_commands_per_s": round(results["bare"]["commands_per_s"]),
         "bare_p99_us": round(results["bare"]["p99_us"], 2),
         "bare_ratio": round(ratio, 3),
+        "bare_ratio_median_pass": round(pair_ratios[len(pair_ratios) // 2], 3),
     }
     print(json.dumps(out))
 

@@ -137,6 +137,7 @@ class Book:
         "_bid_px",
         "_ask_px",
         "_gtd",
+        "_market_ok",
     )
 
     def __init__(self, config: BookConfig, status: Status = Status.CONTINUOUS) -> None:
@@ -156,6 +157,7 @@ class Book:
         self._bid_px: list[int] = []  # ascending prices; best bid is [-1]
         self._ask_px: list[int] = []  # ascending negated prices; best ask is -[-1]
         self._gtd: list[tuple[int, int]] = []
+        self._market_ok = config.band_bps is not None or config.market_protection_bps is not None
 
     # ------------------------------------------------------------------ queries
 
@@ -245,20 +247,15 @@ class Book:
         if gtd and gtd[0][0] <= now:
             ev = []
             self._expire(now, ev)
-        # Fast path: a plain GTC or IOC limit order in continuous trading that passes every check.
-        # Anything else goes to _submit_general, which checks everything again and names the
-        # reason; the two must agree on every order the guard lets through.
+        # Fast path: a plain GTC or IOC limit order, or an IOC market order, in continuous trading
+        # that passes every check. Anything else goes to _submit_general, which checks everything
+        # again and names the reason; the two must agree on every order the guards let through.
         if (
-            otype != LIMIT
-            or (tif != GTC and tif != IOC)
+            (tif != GTC and tif != IOC)
             or post
             or minq
             or exp
             or self._status != CONTINUOUS
-            or price <= 0
-            or price % self._tick
-            or price < self._lo
-            or price > self._hi
             or qty < self._min_qty
             or qty > self._max_qty
             or qty % self._lot
@@ -267,15 +264,27 @@ class Book:
             or oid in self._orders
         ):
             return self._submit_general(order, now, [] if ev is None else ev)
+        if otype == LIMIT:
+            if price <= 0 or price % self._tick or price < self._lo or price > self._hi:
+                return self._submit_general(order, now, [] if ev is None else ev)
+            limit = price
+        elif otype != MARKET or tif != IOC or not self._market_ok:
+            return self._submit_general(order, now, [] if ev is None else ev)
+        else:
+            limit = 0  # set below from the best opposite price
         if side == BUY:
             opx = self._ask_px
-            crossing = opx and -opx[-1] <= price
+            if otype == MARKET and opx:
+                limit = self._market_limit(BUY, -opx[-1])
+            crossing = opx and -opx[-1] <= limit
             lvls = self._bid_lvls
             spx = self._bid_px
             key = price
         elif side == SELL:
             opx = self._bid_px
-            crossing = opx and opx[-1] >= price
+            if otype == MARKET and opx:
+                limit = self._market_limit(SELL, opx[-1])
+            crossing = opx and opx[-1] >= limit
             lvls = self._ask_lvls
             spx = self._ask_px
             key = -price
@@ -286,7 +295,7 @@ class Book:
                 ev = [(E_ACCEPTED, oid)]
             else:
                 ev.append((E_ACCEPTED, oid))
-            qty = self._take(oid, acct, side, price, qty, stp, ev)
+            qty = self._take(oid, acct, side, limit, qty, stp, ev)
             if not qty:
                 return ev
             if tif == IOC:
@@ -501,11 +510,12 @@ class Book:
                             else:
                                 ev.append((E_CANCELLED, oid, mq, C_STP))
                 elif mq <= rem:
-                    gone.append(m[1])
-                    del orders[m[1]]
+                    moid = m[1]
+                    gone.append(moid)
+                    del orders[moid]
                     total -= mq
                     rem -= mq
-                    ev.append((E_TRADE, m[1], oid, price, mq, side, 0, rem, m[2], acct))
+                    ev.append((E_TRADE, moid, oid, price, mq, side, 0, rem, m[2], acct))
                 else:
                     m[0] = mq = mq - rem
                     total -= rem
