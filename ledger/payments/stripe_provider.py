@@ -33,12 +33,13 @@ def _row_key(kind: str, row: TopUp | Payout) -> str:
 def _error(exc: stripe.StripeError, action: str) -> ProviderError:
     """Translate a Stripe error. Connection errors and 5xx leave the outcome unknown (Stripe may have acted);
     any other error response means Stripe did nothing."""
-    message = f"Stripe could not {action}: {exc.user_message or exc._message or type(exc).__name__}"
+    message = f"Stripe could not {action}: {exc.user_message or type(exc).__name__}"
     if isinstance(exc, stripe.APIConnectionError) or (exc.http_status or 0) >= 500:
         return ProviderError(message + " (outcome unknown: retry with the same Idempotency-Key)", outcome_known=False)
     if isinstance(exc, stripe.InvalidRequestError | stripe.CardError):
         # The request itself was refused (e.g. an amount below Stripe's minimum): the client can fix it.
-        return ProviderError(message, field="amount" if exc.param in ("amount", "unit_amount") else "provider", status_code=400)
+        param = getattr(exc, "param", None) or ""
+        return ProviderError(message, field="amount" if param.rstrip("]").endswith("amount") else "provider", status_code=400)
     return ProviderError(message)
 
 

@@ -99,7 +99,7 @@ def test_a_refused_checkout_fails_the_top_up_and_tells_the_client(api, people, s
     # then a clear 400 names Stripe's reason and the failed top-up; nothing was posted
     assert response.status_code == 400
     body = response.json()
-    assert "at least ¥4.00" in body["provider"][0]
+    assert "at least ¥4.00" in body["amount"][0], body
     top_up = TopUp.objects.get()
     assert body["top_up"] == top_up.pk and top_up.status == TopUpStatus.FAILED
     assert ledger_snapshot() == before
