@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -575,6 +576,7 @@ class Checker:
         assert book.checksum() == zlib.crc32(":".join(parts).encode())
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(auctions=False))
 def test_continuous_trading_matches_reference_and_keeps_invariants(scenario: tuple) -> None:
@@ -582,6 +584,7 @@ def test_continuous_trading_matches_reference_and_keeps_invariants(scenario: tup
     Checker(cfg).run(steps)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(auctions=True))
 def test_with_halts_and_auctions_matches_reference_and_keeps_invariants(scenario: tuple) -> None:
@@ -589,6 +592,7 @@ def test_with_halts_and_auctions_matches_reference_and_keeps_invariants(scenario
     Checker(cfg).run(steps)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(auctions=True), st.integers(0, 59))
 def test_snapshot_restore_gives_identical_events(scenario: tuple, cut: int) -> None:
