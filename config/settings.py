@@ -141,6 +141,13 @@ PERIODIC_TASKS = {
 }
 EMBEDDED_SCHEDULER = env_bool("SUANLI_EMBEDDED_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER)
 
+# The matcher (exchange/transport.py): "thread" runs it inside the server (embedded default), "redis" sends
+# commands to `manage.py runmatcher --shard K --shards N` processes, "inline" runs it in the caller (tests).
+MATCHER_TRANSPORT = os.environ.get("MATCHER_TRANSPORT", "redis" if REDIS_URL and not CELERY_TASK_ALWAYS_EAGER else "thread")
+MATCHER_SHARDS = int(os.environ.get("MATCHER_SHARDS", "1"))
+MATCHER_REPLY_TIMEOUT = float(os.environ.get("MATCHER_REPLY_TIMEOUT", "2.0"))  # seconds an API call waits
+MATCHER_HOUSEKEEPING_SECONDS = float(os.environ.get("MATCHER_HOUSEKEEPING_SECONDS", "1.0"))
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -193,6 +200,7 @@ REST_FRAMEWORK = {
     "COERCE_DECIMAL_TO_STRING": True,
     "EXCEPTION_HANDLER": "common.api.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_RATES": {"orders": os.environ.get("ORDER_RATE_LIMIT", "50/s")},
 }
 
 SPECTACULAR_SETTINGS = {

@@ -441,3 +441,90 @@ def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: 
         source=account_for(organisation=organisation, kind=AccountKind.AVAILABLE), destination=fees, amount_fen=amount_fen,
         idempotency_key=idempotency_key, kind=EntryKind.FEE, memo=f"fee {reference}", reference=reference,
     )
+
+
+# --- Batched hold movements (the matcher settles a whole batch of trades at once) -------------------------
+
+@dataclass(frozen=True)
+class HoldMovement:
+    """Capture part of a hold into `destination_id`, or release it back to available when that is None."""
+
+    hold_id: int
+    amount_fen: int
+    idempotency_key: str
+    destination_id: int | None = None
+    kind: str = EntryKind.CAPTURE
+    memo: str = ""
+
+
+def holds_move(movements: Sequence[HoldMovement]) -> None:
+    """Apply captures and releases to several holds in one transaction, all or nothing. A movement whose
+    key is already in the journal is skipped (a replay). Locks the holds (by id), then the accounts."""
+    movements = [m for m in movements if m.amount_fen]
+    if not movements:
+        return
+    with transaction.atomic():
+        holds = {h.pk: h for h in Hold.objects.select_for_update().filter(pk__in=sorted({m.hold_id for m in movements})).order_by("pk")}
+        done = set(JournalEntry.objects.filter(idempotency_key__in=[m.idempotency_key for m in movements]).values_list("idempotency_key", flat=True))
+        org_ids = {h.organisation_id for h in holds.values()}
+        accounts = {
+            (org, kind): pk
+            for pk, org, kind in Account.objects.filter(organisation_id__in=org_ids, kind__in=[AccountKind.HELD, AccountKind.AVAILABLE]).values_list("pk", "organisation_id", "kind")
+        }
+        captured: dict[int, int] = {}
+        released: dict[int, int] = {}
+        requests = []
+        for m in movements:
+            if m.idempotency_key in done:
+                continue
+            hold = holds.get(m.hold_id)
+            if hold is None:
+                raise InvalidEntry(f"Unknown hold {m.hold_id}.", field="hold")
+            if m.amount_fen < 0:
+                raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
+            left = hold.remaining_fen - captured.get(hold.pk, 0) - released.get(hold.pk, 0)
+            if hold.status != HoldStatus.OPEN or m.amount_fen > left:
+                raise InsufficientFunds(f"Hold {hold.reference} has {left} fen left, not {m.amount_fen}.")
+            held = accounts[(hold.organisation_id, AccountKind.HELD)]
+            if m.destination_id is None:
+                destination, kind, bucket = accounts[(hold.organisation_id, AccountKind.AVAILABLE)], EntryKind.RELEASE, released
+            else:
+                destination, kind, bucket = m.destination_id, m.kind, captured
+            bucket[hold.pk] = bucket.get(hold.pk, 0) + m.amount_fen
+            requests.append(
+                EntryRequest(
+                    idempotency_key=m.idempotency_key, kind=kind, postings=[(held, -m.amount_fen), (destination, m.amount_fen)],
+                    memo=m.memo or f"{kind} {hold.reference}", reference=hold.reference,
+                )
+            )
+        if not requests:
+            return
+        entries_post(requests)
+        changed = []
+        for pk in set(captured) | set(released):
+            hold = holds[pk]
+            hold.captured_fen += captured.get(pk, 0)
+            hold.released_fen += released.get(pk, 0)
+            if hold.remaining_fen == 0:
+                hold.status = HoldStatus.CLOSED
+            hold.updated_at = timezone.now()
+            changed.append(hold)
+        Hold.objects.bulk_update(changed, ["captured_fen", "released_fen", "status", "updated_at"])
+
+
+@transaction.atomic
+def hold_increase(*, hold: Hold, amount_fen: int, idempotency_key: str) -> Hold:
+    """Reserve more for an existing purpose (an order amended up): available -> held."""
+    hold = _hold_locked(hold)
+    if JournalEntry.objects.filter(idempotency_key=idempotency_key).exists():
+        return hold
+    if hold.status != HoldStatus.OPEN:
+        raise InvalidEntry(f"Hold {hold.reference} is closed.", field="hold")
+    accounts = accounts_open(organisation=hold.organisation)
+    transfer(
+        source=accounts[AccountKind.AVAILABLE], destination=accounts[AccountKind.HELD], amount_fen=amount_fen,
+        idempotency_key=idempotency_key, kind=EntryKind.HOLD, memo=f"hold increase for {hold.reference}", reference=hold.reference,
+    )
+    Hold.objects.filter(pk=hold.pk).update(amount_fen=F("amount_fen") + amount_fen)
+    hold.refresh_from_db()
+    return hold

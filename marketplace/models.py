@@ -349,6 +349,12 @@ class Instrument(models.Model):
         fen = price * self.lot_size * 100
         return int(fen) if fen == fen.to_integral_value() else None
 
+    def fen_per_lot_to_price(self, fen: int | None) -> Decimal | None:
+        """Fen per lot back to CNY per unit, to the tick's decimal places."""
+        if fen is None:
+            return None
+        return (Decimal(fen) / 100 / self.lot_size).quantize(self.tick_size)
+
     @property
     def window_hours(self) -> Decimal:
         return Decimal((self.delivery_end - self.delivery_start).total_seconds()) / 3600

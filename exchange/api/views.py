@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import django_filters
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, permissions, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import APIView
+
+from exchange import selectors, services, transport
+from exchange.api import serializers as s
+from exchange.models import Order, OrderStatus, Trade
+from marketplace.models import Instrument
+from marketplace.permissions import IsNotRegulator
+from marketplace.selectors import acting_organisation, organisation_ids_for_user
+
+
+class OrderRateThrottle(UserRateThrottle):
+    """Per-account order-entry rate (settings REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"])."""
+
+    scope = "orders"
+
+
+class OrderFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+
+    class Meta:
+        model = Order
+        fields = ["instrument", "status", "side", "client_order_id", "organisation", "since"]
+
+
+def _refresh(order: Order) -> Order:
+    """The order as stored now (after the matcher's batch, when it answered)."""
+    return selectors.order_with_fills().get(pk=order.pk)
+
+
+class OrderListCreate(generics.ListAPIView):
+    """Your organisations' orders; POST places one (idempotent on client_order_id)."""
+
+    serializer_class = s.OrderSerializer
+    permission_classes = [permissions.IsAuthenticated, IsNotRegulator]
+    filterset_class = OrderFilter
+    ordering_fields = ["id", "created_at"]
+
+    def get_throttles(self):
+        return [OrderRateThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    def get_queryset(self):
+        return selectors.order_list_for_user(self.request.user).order_by("-id")
+
+    @extend_schema(request=s.OrderInSerializer, responses={201: s.OrderSerializer, 200: s.OrderSerializer})
+    def post(self, request):
+        data = s.OrderInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = dict(data.validated_data)
+        organisation = acting_organisation(request.user, v.pop("organisation", None), services.TRADING_ROLES)
+        order, created = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
+        if created:
+            transport.send([{"op": "submit", "order": order.pk}])
+        return Response(s.OrderSerializer(_refresh(order)).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class OrderDetail(APIView):
+    """One of your orders: GET it, PATCH price/quantity (amend), DELETE it (cancel)."""
+
+    permission_classes = [permissions.IsAuthenticated, IsNotRegulator]
+
+    def _order(self, request, pk=None, client_order_id=None) -> Order:
+        qs = selectors.order_list_for_user(request.user)
+        if client_order_id is not None:
+            orgs = organisation_ids_for_user(request.user)
+            qs = qs.filter(client_order_id=client_order_id, organisation_id__in=orgs)
+            return get_object_or_404(qs.order_by("-id")[:1])
+        return get_object_or_404(qs, pk=pk)
+
+    @extend_schema(responses=s.OrderSerializer)
+    def get(self, request, pk=None, client_order_id=None):
+        return Response(s.OrderSerializer(self._order(request, pk, client_order_id)).data)
+
+    @extend_schema(request=s.OrderAmendSerializer, responses=s.OrderSerializer)
+    def patch(self, request, pk=None, client_order_id=None):
+        order = self._order(request, pk, client_order_id)
+        data = s.OrderAmendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        order, price, open_qty = services.order_amend_prepare(user=request.user, order=order, **data.validated_data)
+        replies = transport.send([{"op": "amend", "order": order.pk, "price": price, "quantity": open_qty, "actor": request.user.pk}])
+        if replies and replies[0].get("rejected"):
+            raise ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
+        if replies is None:
+            return Response({"detail": "The matcher did not answer in time; the amend may still apply. Check the order."}, status=status.HTTP_504_GATEWAY_TIMEOUT)
+        return Response(s.OrderSerializer(_refresh(order)).data)
+
+    @extend_schema(responses=s.OrderSerializer)
+    def delete(self, request, pk=None, client_order_id=None):
+        order = services.order_cancel_request(user=request.user, order=self._order(request, pk, client_order_id))
+        replies = transport.send([{"op": "cancel", "order": order.pk, "actor": request.user.pk}])
+        code = status.HTTP_200_OK if replies is not None else status.HTTP_202_ACCEPTED
+        return Response(s.OrderSerializer(_refresh(order)).data, status=code)
+
+
+class CancelAll(APIView):
+    permission_classes = [permissions.IsAuthenticated, IsNotRegulator]
+
+    @extend_schema(request=s.CancelAllSerializer, responses={200: dict})
+    def post(self, request):
+        data = s.CancelAllSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        organisation = acting_organisation(request.user, data.validated_data.get("organisation"), services.TRADING_ROLES)
+        instrument = data.validated_data.get("instrument")
+        # Record the cancels durably first, then ask the matcher.
+        open_orders = list(services.orders_open_for(organisation=organisation, instrument=instrument))
+        for order in open_orders:
+            services.order_cancel_request(user=request.user, order=order)
+        commands = [{"op": "cancel", "order": o.pk, "actor": request.user.pk} for o in open_orders]
+        replies = transport.send(commands) if commands else []
+        return Response({"requested": len(open_orders), "confirmed": replies is not None})
+
+
+class FillList(generics.ListAPIView):
+    """Your organisations' fills, newest first."""
+
+    serializer_class = s.MyFillSerializer
+    permission_classes = [permissions.IsAuthenticated]
+    filterset_fields = ["instrument"]
+
+    def get_queryset(self):
+        return selectors.fill_list_for_user(self.request.user).order_by("-id")
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "organisations": organisation_ids_for_user(self.request.user)}
+
+
+class TradeList(generics.ListAPIView):
+    """The public tape (no counterparties)."""
+
+    serializer_class = s.PublicTradeSerializer
+    permission_classes = [permissions.AllowAny]
+    filterset_fields = ["instrument"]
+
+    def get_queryset(self):
+        return Trade.objects.select_related("instrument").order_by("-id")
+
+
+def _instrument(pk) -> Instrument:
+    return get_object_or_404(Instrument.objects.select_related("product"), pk=pk)
+
+
+def _prices(instrument: Instrument, levels):
+    return [[str(instrument.fen_per_lot_to_price(p)), q] for p, q in levels]
+
+
+class BookView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(parameters=[OpenApiParameter("depth", int, required=False)], responses={200: dict})
+    def get(self, request, pk):
+        instrument = _instrument(pk)
+        raw = request.query_params.get("depth", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise ValidationError({"depth": ["A whole number from 1 to 500."]})
+        book = selectors.book_depth_get(instrument=instrument, depth=int(raw))
+        return Response({
+            "instrument": instrument.pk, "seq": book["seq"], "checksum": book["checksum"],
+            "bids": _prices(instrument, book["bids"]), "asks": _prices(instrument, book["asks"]),
+            "bids_fen_per_lot": book["bids"], "asks_fen_per_lot": book["asks"],
+        })
+
+
+class TickerView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, pk):
+        instrument = _instrument(pk)
+        t = selectors.ticker_get(instrument=instrument, now=timezone.now())
+        price = instrument.fen_per_lot_to_price
+        return Response({
+            "instrument": instrument.pk, "code": instrument.code, "status": instrument.status,
+            **{k: (str(price(t[k])) if t[k] is not None else None) for k in ("last", "best_bid", "best_ask", "open_24h", "high_24h", "low_24h")},
+            "volume_24h": t["volume_24h"], "value_24h": str(t["value_24h_fen"] / 100) if t["value_24h_fen"] else "0",
+            "trades_24h": t["trades_24h"],
+        })
+
+
+class CandlesView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(parameters=[OpenApiParameter("interval", str, enum=list(selectors.INTERVALS)), OpenApiParameter("since", str), OpenApiParameter("until", str)], responses={200: dict})
+    def get(self, request, pk):
+        instrument = _instrument(pk)
+        interval = request.query_params.get("interval", "1h")
+        if interval not in selectors.INTERVALS:
+            raise ValidationError({"interval": [f"One of {', '.join(selectors.INTERVALS)}."]})
+        until = _when(request, "until", timezone.now())
+        since = _when(request, "since", until - dt.timedelta(seconds=selectors.INTERVALS[interval] * 200))
+        price = instrument.fen_per_lot_to_price
+        candles = selectors.candles_get(instrument=instrument, interval=interval, since=since, until=until)
+        return Response({
+            "instrument": instrument.pk, "interval": interval,
+            "candles": [{**c, "start": dt.datetime.fromtimestamp(c["start"], dt.UTC).isoformat(), **{k: str(price(c[k])) for k in ("open", "high", "low", "close")}} for c in candles],
+        })
+
+
+def _when(request, name: str, default: dt.datetime) -> dt.datetime:
+    raw = request.query_params.get(name)
+    if not raw:
+        return default
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationError({name: ["An ISO 8601 date-time."]}) from None
+    return value if value.tzinfo else timezone.make_aware(value)

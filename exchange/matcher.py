@@ -1,0 +1,453 @@
+"""The matcher: the only writer of book state, one per shard of instruments.
+
+It takes a batch of commands, applies them to the in-memory engine, writes every resulting change (orders,
+order events, trades, contracts, ledger movements, capacity, sequence numbers) in ONE transaction, then
+publishes market data and user events, then answers. If the transaction fails, the books it touched are
+dropped and rebuilt from the database on next use, so memory never runs ahead of what is stored.
+
+Recovery is the same code as normal running: a book is loaded from its resting orders in arrival order,
+then pending orders and requested cancels found in the database are processed in arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from exchange import engine as eng
+from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
+from exchange.models import (
+    FINAL_STATUSES,
+    BookState,
+    CapacityHold,
+    Contract,
+    Order,
+    OrderEvent,
+    OrderEventKind,
+    OrderStatus,
+    Side,
+    Trade,
+)
+from exchange.publish import Publication, publish
+from ledger import services as ledger
+from ledger.models import Account, AccountKind, EntryKind, Hold
+from marketplace.models import Instrument, InstrumentStatus
+
+log = logging.getLogger(__name__)
+EK = eng.EventKind
+
+
+def shard_of(instrument_id: int, shards: int) -> int:
+    return instrument_id % shards
+
+
+@dataclass
+class _Batch:
+    """What one batch changes, kept until it is written in one transaction."""
+
+    now: Any
+    orders: dict[int, Order] = field(default_factory=dict)  # every order touched, by id
+    dirty: set[int] = field(default_factory=set)
+    events: list[OrderEvent] = field(default_factory=list)
+    trades: list[Trade] = field(default_factory=list)
+    contracts: list[Contract] = field(default_factory=list)
+    # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
+    captures: list[tuple] = field(default_factory=list)
+    releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
+    capacity: dict[int, CapacityHold] = field(default_factory=dict)
+    states: dict[int, BookState] = field(default_factory=dict)
+    publications: list[Publication] = field(default_factory=list)
+    fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Matcher:
+    def __init__(self, *, shard: int = 0, shards: int = 1) -> None:
+        self.shard = shard
+        self.shards = shards
+        self.engine = eng.Engine()
+        self.instruments: dict[int, Instrument] = {}
+        self.states: dict[int, BookState] = {}
+
+    # --- books ---------------------------------------------------------------------------------------
+
+    def owns(self, instrument_id: int) -> bool:
+        return shard_of(instrument_id, self.shards) == self.shard
+
+    def _book(self, instrument_id: int) -> eng.Book | None:
+        book = self.engine.books.get(instrument_id)
+        if book is not None:
+            return book
+        instrument = Instrument.objects.select_related("product").filter(pk=instrument_id).first()
+        if instrument is None or instrument.status not in (InstrumentStatus.OPEN, InstrumentStatus.HALTED):
+            return None
+        resting = Order.objects.filter(instrument_id=instrument_id, status=OrderStatus.OPEN).order_by("pk")
+        state, _ = BookState.objects.get_or_create(instrument_id=instrument_id)
+        book = book_from_orders(instrument, resting, state.book_seq)
+        self.engine.books[instrument_id] = book
+        self.instruments[instrument_id] = instrument
+        self.states[instrument_id] = state
+        return book
+
+    def _forget(self, instrument_ids) -> None:
+        for iid in instrument_ids:
+            self.engine.books.pop(iid, None)
+            self.instruments.pop(iid, None)
+            self.states.pop(iid, None)
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    def process(self, commands: list[dict]) -> list[dict]:
+        """Apply a batch of commands; returns one reply per command, after the batch is durable."""
+        batch = _Batch(now=timezone.now())
+        now_ns = to_ns(batch.now)
+        order_ids = {c["order"] for c in commands if "order" in c}
+        batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
+        outcomes = []
+        for command in commands:
+            try:
+                outcomes.append(self._apply(command, batch, now_ns))
+            except Exception:
+                log.exception("matcher: command %r failed", command)
+                self._forget(list(self.engine.books))
+                raise
+        try:
+            with transaction.atomic():
+                self._persist(batch)
+        except Exception:
+            self._forget(list(self.engine.books))
+            raise
+        publish(batch.publications)
+        return [self._reply(outcome, batch) for outcome in outcomes]
+
+    def _apply(self, command: dict, batch: _Batch, now: int) -> dict:
+        op = command["op"]
+        if op == "submit":
+            order = batch.orders.get(command["order"])
+            if order is None or order.status != OrderStatus.PENDING:
+                return {"op": op, "order": command["order"]}
+            book = self._book(order.instrument_id)
+            if book is None:
+                self._finish(order, OrderStatus.REJECTED, "instrument_not_open", batch)
+                return {"op": op, "order": order.pk}
+            events = book.submit(engine_order(order), now)
+            self._record(order.instrument_id, events, batch, actor_id=order.user_id)
+            if order.cancel_requested_at and order.pk in book:
+                self._record(order.instrument_id, book.cancel(order.pk, now), batch, actor_id=order.user_id)
+            return {"op": op, "order": order.pk}
+        if op == "cancel":
+            order = batch.orders.get(command["order"])
+            if order is None or order.status in FINAL_STATUSES or order.status == OrderStatus.PENDING:
+                return {"op": op, "order": command["order"]}  # pending: the submit (queued before) applies the cancel
+            book = self._book(order.instrument_id)
+            events = book.cancel(order.pk, now) if book is not None else []
+            self._record(order.instrument_id, events, batch, actor_id=command.get("actor"))
+            return {"op": op, "order": order.pk, "rejected": _rejection(events)}
+        if op == "amend":
+            order = batch.orders.get(command["order"])
+            if order is None or order.status != OrderStatus.OPEN:
+                return {"op": op, "order": command["order"], "rejected": "not_open"}
+            book = self._book(order.instrument_id)
+            events = book.amend(order.pk, now, command.get("price"), command.get("quantity")) if book is not None else []
+            self._record(order.instrument_id, events, batch, actor_id=command.get("actor"))
+            return {"op": op, "order": order.pk, "rejected": _rejection(events)}
+        if op == "cancel_all":
+            instrument_ids = [command["instrument"]] if command.get("instrument") else sorted(
+                set(Order.objects.filter(organisation_id=command["organisation"], status=OrderStatus.OPEN).values_list("instrument_id", flat=True))
+            )
+            cancelled = 0
+            for iid in instrument_ids:
+                if not self.owns(iid):
+                    continue
+                book = self._book(iid)
+                if book is not None:
+                    events = book.cancel_all(command["organisation"], now)
+                    cancelled += sum(1 for e in events if e[0] == EK.CANCELLED)
+                    self._record(iid, events, batch, actor_id=command.get("actor"))
+            return {"op": op, "cancelled": cancelled}
+        if op == "expire":
+            for iid, events in self.engine.expire_all(now).items():
+                self._record(iid, events, batch)
+            return {"op": op}
+        if op == "close":
+            return self._close(command["instrument"], batch, now)
+        if op in ("halt", "resume"):
+            book = self._book(command["instrument"])
+            if book is not None:
+                events = book.halt(now) if op == "halt" else book.resume(now)
+                self._record(command["instrument"], events, batch)
+            return {"op": op}
+        raise ValueError(f"unknown matcher command {op!r}")
+
+    def _close(self, instrument_id: int, batch: _Batch, now: int) -> dict:
+        """Gate closure: every resting order expires and its hold is released; the book is dropped."""
+        book = self._book(instrument_id)
+        expired = 0
+        if book is not None:
+            for order_id in _resting_ids(book):
+                events = book.cancel(order_id, now)
+                self._load_orders(events, batch)
+                order = batch.orders[order_id]
+                self._record(instrument_id, [e for e in events if e[0] != EK.CANCELLED], batch)
+                order.open_quantity = 0
+                self._finish(order, OrderStatus.EXPIRED, "gate_closure", batch)
+                expired += 1
+            self._state(instrument_id, batch)
+        # Orders not yet processed expire too.
+        for order in Order.objects.filter(instrument_id=instrument_id, status=OrderStatus.PENDING).select_related("hold"):
+            order = batch.orders.setdefault(order.pk, order)
+            self._finish(order, OrderStatus.EXPIRED, "gate_closure", batch)
+            expired += 1
+        self._forget([instrument_id])
+        return {"op": "close", "expired": expired}
+
+    # --- events -> rows --------------------------------------------------------------------------------
+
+    def _load_orders(self, events: list, batch: _Batch) -> None:
+        wanted = set()
+        for e in events:
+            kind = e[0]
+            if kind == EK.TRADE:
+                wanted.update((e[1], e[2]))
+            elif kind in (EK.ACCEPTED, EK.REJECTED, EK.CANCELLED, EK.REDUCED, EK.AMENDED, EK.EXPIRED):
+                wanted.add(e[1])
+        missing = wanted - set(batch.orders)
+        if missing:
+            batch.orders.update(Order.objects.select_related("hold").in_bulk(missing))
+
+    def _state(self, instrument_id: int, batch: _Batch) -> BookState:
+        state = self.states.get(instrument_id) or BookState.objects.get_or_create(instrument_id=instrument_id)[0]
+        batch.states[instrument_id] = state
+        return state
+
+    def _event(self, order: Order, kind: str, batch: _Batch, **fields) -> None:
+        batch.events.append(OrderEvent(order=order, kind=kind, **fields))
+
+    def _record(self, instrument_id: int, events: list, batch: _Batch, actor_id: int | None = None) -> None:
+        if not events:
+            return
+        self._load_orders(events, batch)
+        instrument = self.instruments.get(instrument_id) or Instrument.objects.get(pk=instrument_id)
+        state = self._state(instrument_id, batch)
+        book_levels, trades = [], []
+        touched: set[int] = set()
+        for e in events:
+            kind = e[0]
+            if kind == EK.ACCEPTED:
+                order = batch.orders[e[1]]
+                order.status = OrderStatus.OPEN
+                self._event(order, OrderEventKind.ACCEPTED, batch, quantity=order.open_quantity, price_fen_per_lot=order.price_fen_per_lot, actor_id=actor_id)
+                touched.add(order.pk)
+            elif kind == EK.REJECTED:
+                order = batch.orders[e[1]]
+                order.open_quantity = 0
+                self._finish(order, OrderStatus.REJECTED, eng.RejectReason(e[2]).name.lower(), batch)
+            elif kind == EK.TRADE:
+                trades.append(self._trade(instrument, state, e, batch))
+                touched.update((e[1], e[2]))
+            elif kind in (EK.CANCELLED, EK.EXPIRED):
+                order = batch.orders[e[1]]
+                order.open_quantity = 0
+                reason = eng.CancelReason(e[3]).name.lower() if kind == EK.CANCELLED else "expired"
+                self._event(order, OrderEventKind.CANCELLED if kind == EK.CANCELLED else OrderEventKind.EXPIRED, batch, quantity=e[2], reason=reason, actor_id=actor_id if kind == EK.CANCELLED else None)
+                touched.add(order.pk)
+                order.reason = reason
+            elif kind == EK.REDUCED:
+                order = batch.orders[e[1]]
+                order.open_quantity = e[3]
+                self._event(order, OrderEventKind.REDUCED, batch, quantity=e[2], reason=eng.CancelReason(e[4]).name.lower())
+                touched.add(order.pk)
+            elif kind == EK.AMENDED:
+                order = batch.orders[e[1]]
+                order.price_fen_per_lot = e[2]
+                order.open_quantity = e[3]
+                order.quantity = order.filled_quantity + e[3]
+                self._event(order, OrderEventKind.AMENDED, batch, quantity=e[3], price_fen_per_lot=e[2], actor_id=actor_id)
+                touched.add(order.pk)
+            elif kind == EK.BOOK:
+                book_levels.append({"side": SIDE_NAME[e[1]], "price": e[2], "quantity": e[3], "seq": e[4]})
+                state.book_seq = e[4]
+            elif kind in (EK.STATUS, EK.UNCROSSED):
+                batch.publications.append(Publication.market(instrument_id, {"type": "status", "event": eng.event_dict(e)}))
+        book = self.engine.books.get(instrument_id)
+        for order_id in touched:
+            order = batch.orders[order_id]
+            batch.dirty.add(order_id)
+            if order.status in FINAL_STATUSES:
+                continue
+            if book is not None and order_id in book:
+                order.status = OrderStatus.OPEN
+            elif order.filled_quantity == order.quantity:
+                self._finish(order, OrderStatus.FILLED, "", batch)
+            elif order.reason == "expired":
+                self._finish(order, OrderStatus.EXPIRED, "expired", batch)
+            else:
+                self._finish(order, OrderStatus.CANCELLED, order.reason or "cancelled", batch)
+        if book_levels or trades:
+            batch.publications.append(
+                Publication.market(instrument_id, {
+                    "type": "book", "instrument": instrument_id, "updates": book_levels,
+                    "seq": state.book_seq, "checksum": book.checksum() if book is not None else 0,
+                })
+            )
+        for trade in trades:
+            batch.publications.append(Publication.trade(instrument_id, trade))
+
+    def _trade(self, instrument: Instrument, state: BookState, e: tuple, batch: _Batch) -> Trade:
+        _, maker_id, taker_id, price, qty, taker_side, maker_rem, taker_rem, _, _ = e
+        maker, taker = batch.orders[maker_id], batch.orders[taker_id]
+        maker.open_quantity, taker.open_quantity = maker_rem, taker_rem
+        buy, sell = (taker, maker) if SIDE_NAME[taker_side] == Side.BUY else (maker, taker)
+        value = price * qty
+        state.trade_seq += 1
+        state.last_price_fen_per_lot = price
+        buyer_fee = self._fill(buy, value, qty, buy is taker, instrument)
+        seller_fee = self._fill(sell, value, qty, sell is taker, instrument)
+        trade = Trade(
+            instrument_id=instrument.pk, seq=state.trade_seq, maker_order=maker, taker_order=taker, buyer_id=buy.organisation_id,
+            seller_id=sell.organisation_id, price_fen_per_lot=price, quantity=qty, value_fen=value,
+            taker_side=SIDE_NAME[taker_side], buyer_fee_fen=buyer_fee, seller_fee_fen=seller_fee, created_at=batch.now,
+        )
+        batch.trades.append(trade)
+        cap = self._capacity(sell, batch)
+        cap.sold_lots += qty
+        batch.contracts.append(Contract(
+            trade=trade, instrument_id=instrument.pk, buyer_id=buy.organisation_id, seller_id=sell.organisation_id,
+            listing_id=cap.listing_id, quantity=qty, price_fen_per_lot=price, value_fen=value,
+        ))
+        label = f"{instrument.code} #{trade.seq}"
+        batch.captures.append((buy.hold_id, value, ("escrow", buy.organisation_id), EntryKind.CAPTURE,
+                               f"trade:{instrument.pk}:{trade.seq}:escrow", f"trade {label} into escrow"))
+        if buyer_fee:
+            batch.captures.append((buy.hold_id, buyer_fee, ("fees", None), EntryKind.FEE,
+                                   f"trade:{instrument.pk}:{trade.seq}:buyer_fee", f"fee on trade {label}"))
+        for order in (maker, taker):
+            self._event(order, OrderEventKind.FILLED, batch, quantity=qty, price_fen_per_lot=price, trade=trade)
+            batch.fills[order.pk].append(trade)
+        return trade
+
+    def _fill(self, order: Order, value: int, qty: int, is_taker: bool, instrument: Instrument) -> int:
+        """Book a fill on an order; returns the fee it now owes (running total per role, rounded once)."""
+        order.filled_quantity += qty
+        if is_taker:
+            before, order.taker_value_fen = order.taker_value_fen, order.taker_value_fen + value
+            bps = instrument.taker_fee_bps
+        else:
+            before, order.maker_value_fen = order.maker_value_fen, order.maker_value_fen + value
+            bps = instrument.maker_fee_bps
+        fee = ledger.fee_amount(notional_fen=before + value, bps=bps) - ledger.fee_amount(notional_fen=before, bps=bps)
+        order.fee_fen += fee
+        return fee
+
+    def _capacity(self, order: Order, batch: _Batch) -> CapacityHold:
+        cap = batch.capacity.get(order.pk)
+        if cap is None:
+            cap = batch.capacity[order.pk] = CapacityHold.objects.get(order_id=order.pk)
+        return cap
+
+    def _finish(self, order: Order, status: str, reason: str, batch: _Batch) -> None:
+        """Make an order final and give back what it no longer needs: the rest of a buyer's hold, the
+        unsold lots of a seller's capacity."""
+        order.status = status
+        order.reason = reason
+        order.open_quantity = 0
+        batch.dirty.add(order.pk)
+        if status == OrderStatus.REJECTED:
+            self._event(order, OrderEventKind.REJECTED, batch, reason=reason)
+        elif status == OrderStatus.EXPIRED and reason == "gate_closure":
+            self._event(order, OrderEventKind.EXPIRED, batch, reason=reason)
+        if order.side == Side.BUY and order.hold_id:
+            batch.releases.append((order.hold_id, f"order:{order.pk}:release"))
+        elif order.side == Side.SELL:
+            cap = self._capacity(order, batch)
+            cap.released_lots = cap.lots - cap.sold_lots
+
+    # --- persistence ------------------------------------------------------------------------------------
+
+    def _persist(self, batch: _Batch) -> None:
+        Trade.objects.bulk_create(batch.trades)
+        Contract.objects.bulk_create(batch.contracts)
+        OrderEvent.objects.bulk_create(batch.events)
+        dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
+        for order in dirty:
+            order.updated_at = batch.now
+        Order.objects.bulk_update(dirty, [
+            "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
+            "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
+        ])
+        CapacityHold.objects.bulk_update(list(batch.capacity.values()), ["sold_lots", "released_lots"])
+        for state in batch.states.values():
+            state.save()
+        self._settle_holds(batch)
+        for order in dirty:
+            batch.publications.append(Publication.order(order, batch.fills.get(order.pk, [])))
+
+    def _settle_holds(self, batch: _Batch) -> None:
+        """Captures first (escrow, fees), then releases of whatever each finished order's hold has left."""
+        if batch.captures:
+            orgs = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"}
+            escrow = dict(Account.objects.filter(organisation_id__in=orgs, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
+            fees = ledger.platform_account(kind=AccountKind.FEES).pk
+            ledger.holds_move([
+                ledger.HoldMovement(hold_id=hold, amount_fen=amount, idempotency_key=key, kind=kind, memo=memo,
+                                    destination_id=escrow[dest[1]] if dest[0] == "escrow" else fees)
+                for hold, amount, dest, kind, key, memo in batch.captures
+            ])
+        if batch.releases:
+            remaining = {h.pk: h.remaining_fen for h in Hold.objects.filter(pk__in={hold for hold, _ in batch.releases})}
+            ledger.holds_move([
+                ledger.HoldMovement(hold_id=hold, amount_fen=remaining[hold], idempotency_key=key)
+                for hold, key in batch.releases if remaining.get(hold)
+            ])
+
+    def _reply(self, outcome: dict, batch: _Batch) -> dict:
+        order = batch.orders.get(outcome.get("order")) if outcome.get("order") else None
+        if order is not None:
+            outcome["state"] = order_state(order, batch.fills.get(order.pk, []))
+        return outcome
+
+    def reject_broken(self, order: Order) -> None:
+        """Reject an order whose processing keeps failing, releasing its hold or capacity."""
+        batch = _Batch(now=timezone.now())
+        batch.orders[order.pk] = order
+        self._finish(order, OrderStatus.REJECTED, "internal_error", batch)
+        with transaction.atomic():
+            self._persist(batch)
+        publish(batch.publications)
+
+    # --- recovery ---------------------------------------------------------------------------------------
+
+    def pending_commands(self) -> list[dict]:
+        """What the database says is still to do for this shard, in arrival order: pending orders and
+        cancels requested of open orders."""
+        pending = Order.objects.filter(status=OrderStatus.PENDING).order_by("pk").values_list("pk", "instrument_id")
+        cancels = Order.objects.filter(status=OrderStatus.OPEN, cancel_requested_at__isnull=False).order_by("pk").values_list("pk", "instrument_id")
+        commands = [{"op": "submit", "order": pk} for pk, iid in pending if self.owns(iid)]
+        commands += [{"op": "cancel", "order": pk} for pk, iid in cancels if self.owns(iid)]
+        return commands
+
+
+def _rejection(events: list) -> str | None:
+    for e in events:
+        if e[0] in (EK.CANCEL_REJECTED, EK.AMEND_REJECTED):
+            return eng.RejectReason(e[2]).name.lower()
+    return None
+
+
+def _resting_ids(book: eng.Book) -> list[int]:
+    return [row[0] for row in book.snapshot()["orders"]]
+
+
+def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
+    return {
+        "id": order.pk,
+        "status": order.status,
+        "filled_quantity": order.filled_quantity,
+        "open_quantity": order.open_quantity,
+        "reason": order.reason,
+        "fills": [{"trade": t.pk, "seq": t.seq, "price_fen_per_lot": t.price_fen_per_lot, "quantity": t.quantity} for t in fills or []],
+    }

@@ -1,0 +1,210 @@
+"""Orders, trades and contracts. The matcher is the only writer of order state after placement."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from ledger.models import Hold
+from marketplace.models import Instrument, Listing, Organisation, User
+
+
+class Side(models.TextChoices):
+    BUY = "buy", _("buy")
+    SELL = "sell", _("sell")
+
+
+class OrderType(models.TextChoices):
+    LIMIT = "limit", _("limit")
+    MARKET = "market", _("market")
+
+
+class TimeInForce(models.TextChoices):
+    GTC = "GTC", _("good till cancelled")
+    GTD = "GTD", _("good till date")
+    IOC = "IOC", _("immediate or cancel")
+    FOK = "FOK", _("fill or kill")
+
+
+class SelfTradePrevention(models.TextChoices):
+    CANCEL_NEWEST = "cancel_newest", _("cancel newest")
+    CANCEL_OLDEST = "cancel_oldest", _("cancel oldest")
+    CANCEL_BOTH = "cancel_both", _("cancel both")
+    DECREMENT_AND_CANCEL = "decrement_and_cancel", _("decrement and cancel")
+
+
+class OrderStatus(models.TextChoices):
+    PENDING = "pending", _("pending")  # stored and funded, not yet processed by the matcher
+    OPEN = "open", _("open")  # resting in the book (possibly partly filled)
+    FILLED = "filled", _("filled")
+    CANCELLED = "cancelled", _("cancelled")
+    EXPIRED = "expired", _("expired")
+    REJECTED = "rejected", _("rejected")
+
+
+FINAL_STATUSES = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED)
+
+
+class Order(models.Model):
+    """Prices are fen per lot (the engine's unit); the API speaks CNY per unit."""
+
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders")
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="orders")
+    client_order_id = models.CharField(max_length=64)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    type = models.CharField(max_length=8, choices=OrderType.choices, default=OrderType.LIMIT)
+    time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices, default=TimeInForce.GTC)
+    price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
+    quantity = models.PositiveIntegerField()
+    min_quantity = models.PositiveIntegerField(default=0)
+    post_only = models.BooleanField(default=False)
+    stp = models.CharField(max_length=24, choices=SelfTradePrevention.choices, default=SelfTradePrevention.CANCEL_NEWEST)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=OrderStatus.choices, default=OrderStatus.PENDING)
+    filled_quantity = models.PositiveIntegerField(default=0)
+    open_quantity = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=40, blank=True, help_text="Why it was rejected, cancelled or expired")
+    # Value filled as maker and as taker, so fees are charged on running totals: a buyer's hold covers
+    # the fee rounded once per role, never once per fill.
+    maker_value_fen = models.BigIntegerField(default=0)
+    taker_value_fen = models.BigIntegerField(default=0)
+    fee_fen = models.BigIntegerField(default=0)
+    # Set durably before the cancel reaches the matcher, so a restarted matcher still applies it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    hold = models.OneToOneField(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="order")
+    listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.PROTECT, related_name="orders")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "client_order_id"], name="order_client_id_unique"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="order_quantity_positive"),
+            models.CheckConstraint(condition=Q(filled_quantity__lte=models.F("quantity")), name="order_not_overfilled"),
+        ]
+        indexes = [
+            models.Index(fields=["instrument", "status"]),
+            models.Index(fields=["organisation", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"order {self.pk} {self.side} {self.quantity}@{self.price_fen_per_lot} {self.status}"
+
+
+class OrderEventKind(models.TextChoices):
+    ACCEPTED = "accepted", _("accepted")
+    REJECTED = "rejected", _("rejected")
+    FILLED = "filled", _("filled")
+    AMENDED = "amended", _("amended")
+    REDUCED = "reduced", _("reduced")
+    CANCELLED = "cancelled", _("cancelled")
+    EXPIRED = "expired", _("expired")
+
+
+class OrderEvent(models.Model):
+    """The order audit trail: every change to an order, in order, with who asked and when."""
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="events")
+    kind = models.CharField(max_length=10, choices=OrderEventKind.choices)
+    quantity = models.PositiveIntegerField(default=0)
+    price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=40, blank=True)
+    trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.order_id} {self.kind}"
+
+
+class Trade(models.Model):
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades")
+    seq = models.PositiveBigIntegerField(help_text="Per-instrument trade sequence, from 1")
+    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
+    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="buys")
+    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sells")
+    price_fen_per_lot = models.BigIntegerField()
+    quantity = models.PositiveIntegerField()
+    value_fen = models.BigIntegerField()
+    taker_side = models.CharField(max_length=4, choices=Side.choices)
+    buyer_fee_fen = models.BigIntegerField(default=0)
+    seller_fee_fen = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["instrument", "seq"], name="trade_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"trade {self.instrument_id}#{self.seq} {self.quantity}@{self.price_fen_per_lot}"
+
+
+class ContractStatus(models.TextChoices):
+    OPEN = "open", _("awaiting delivery")
+    DELIVERING = "delivering", _("delivering")
+    SETTLED = "settled", _("settled")
+
+
+class Contract(models.Model):
+    """A trade's promise: the seller delivers `quantity` lots in the instrument's window; the buyer's
+    escrow pays for what metering proves."""
+
+    trade = models.OneToOneField(Trade, on_delete=models.PROTECT, related_name="contract")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="contracts")
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="bought_contracts")
+    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sold_contracts")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts")
+    quantity = models.PositiveIntegerField(help_text="lots")
+    price_fen_per_lot = models.BigIntegerField()
+    value_fen = models.BigIntegerField()
+    status = models.CharField(max_length=10, choices=ContractStatus.choices, default=ContractStatus.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"contract {self.pk} {self.quantity} lots of {self.instrument}"
+
+
+class CapacityHold(models.Model):
+    """Lots of a listing reserved by a seller's order on one instrument; sold lots become contracts."""
+
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="capacity_holds")
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="capacity_hold")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    lots = models.PositiveIntegerField()
+    sold_lots = models.PositiveIntegerField(default=0)
+    released_lots = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(lots__gte=models.F("sold_lots") + models.F("released_lots")), name="capacity_hold_not_overdrawn"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lots} lots of listing {self.listing_id} for order {self.order_id}"
+
+    @property
+    def open_lots(self) -> int:
+        return self.lots - self.sold_lots - self.released_lots
+
+
+class BookState(models.Model):
+    """What the matcher has persisted per instrument: market-data and trade sequence numbers."""
+
+    instrument = models.OneToOneField(Instrument, on_delete=models.CASCADE, primary_key=True, related_name="book_state")
+    book_seq = models.PositiveBigIntegerField(default=0)
+    trade_seq = models.PositiveBigIntegerField(default=0)
+    last_price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"book {self.instrument_id} seq {self.book_seq}"

@@ -1,0 +1,117 @@
+"""Exchange reads: own orders and fills, the public tape, the committed book, ticker and candles."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from zlib import crc32
+
+from django.db import connection, transaction
+from django.db.models import Prefetch, Q, QuerySet, Sum
+
+from exchange.models import BookState, Order, OrderStatus, Side, Trade
+from marketplace.models import Instrument, User
+from marketplace.selectors import organisation_ids_for_user
+
+
+def order_with_fills() -> QuerySet[Order]:
+    return Order.objects.select_related("instrument").prefetch_related(
+        Prefetch("maker_trades", queryset=Trade.objects.select_related("instrument")),
+        Prefetch("taker_trades", queryset=Trade.objects.select_related("instrument")),
+    )
+
+
+def order_list_for_user(user: User) -> QuerySet[Order]:
+    """A member sees its organisations' orders; regulators and operators see all (read-only)."""
+    qs = order_with_fills()
+    if user.is_authenticated and (user.is_regulator or user.is_operator):
+        return qs
+    return qs.filter(organisation_id__in=organisation_ids_for_user(user))
+
+
+def fill_list_for_user(user: User) -> QuerySet[Trade]:
+    orgs = organisation_ids_for_user(user)
+    return Trade.objects.filter(Q(buyer_id__in=orgs) | Q(seller_id__in=orgs)).select_related("instrument", "maker_order", "taker_order")
+
+
+def checksum(bids: list[tuple[int, int]], asks: list[tuple[int, int]], depth: int = 10) -> int:
+    """The engine's book checksum (see exchange.engine.Book.checksum) over committed levels."""
+    parts: list[str] = []
+    bids, asks = bids[:depth], asks[:depth]
+    for i in range(max(len(bids), len(asks))):
+        if i < len(bids):
+            parts.append(f"{bids[i][0]}:{bids[i][1]}")
+        if i < len(asks):
+            parts.append(f"{asks[i][0]}:{asks[i][1]}")
+    return crc32(":".join(parts).encode("ascii"))
+
+
+def book_depth_get(*, instrument: Instrument, depth: int | None = None) -> dict:
+    """The committed book: price levels from resting orders, with the sequence number they correspond to.
+    The book state row is read first under a share lock, so the matcher cannot commit between the two
+    reads and the levels always match the sequence number."""
+    with transaction.atomic():
+        state = _locked_state(instrument)
+        rows = (
+            Order.objects.filter(instrument=instrument, status=OrderStatus.OPEN)
+            .values("side", "price_fen_per_lot").annotate(quantity=Sum("open_quantity"))
+        )
+        levels = defaultdict(list)
+        for row in rows:
+            levels[row["side"]].append((row["price_fen_per_lot"], row["quantity"]))
+    bids = sorted(levels[Side.BUY], key=lambda level: -level[0])
+    asks = sorted(levels[Side.SELL], key=lambda level: level[0])
+    full_checksum = checksum(bids, asks)
+    if depth is not None:
+        bids, asks = bids[:depth], asks[:depth]
+    return {"seq": state.book_seq if state else 0, "bids": bids, "asks": asks, "checksum": full_checksum}
+
+
+def _locked_state(instrument: Instrument) -> BookState | None:
+    if connection.vendor == "postgresql":
+        # FOR SHARE until the levels are read: the matcher updates this row in each batch that changes the
+        # book, so it cannot commit in between; readers do not block each other.
+        rows = list(BookState.objects.raw("SELECT * FROM exchange_bookstate WHERE instrument_id = %s FOR SHARE", [instrument.pk]))
+        return rows[0] if rows else None
+    return BookState.objects.filter(instrument=instrument).first()  # SQLite transactions are serialised
+
+
+def ticker_get(*, instrument: Instrument, now: dt.datetime) -> dict:
+    since = now - dt.timedelta(hours=24)
+    trades = list(Trade.objects.filter(instrument=instrument, created_at__gte=since).order_by("seq").values_list("price_fen_per_lot", "quantity", "value_fen"))
+    last = Trade.objects.filter(instrument=instrument).order_by("-seq").values_list("price_fen_per_lot", flat=True).first()
+    book = book_depth_get(instrument=instrument, depth=1)
+    prices = [p for p, _, _ in trades]
+    return {
+        "last": last,
+        "best_bid": book["bids"][0][0] if book["bids"] else None,
+        "best_ask": book["asks"][0][0] if book["asks"] else None,
+        "open_24h": prices[0] if prices else None,
+        "high_24h": max(prices) if prices else None,
+        "low_24h": min(prices) if prices else None,
+        "volume_24h": sum(q for _, q, _ in trades),
+        "value_24h_fen": sum(v for _, _, v in trades),
+        "trades_24h": len(trades),
+    }
+
+
+INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
+
+
+def candles_get(*, instrument: Instrument, interval: str, since: dt.datetime, until: dt.datetime) -> list[dict]:
+    """OHLC candles from the tape, aligned to the interval (UTC epoch buckets)."""
+    seconds = INTERVALS[interval]
+    buckets: dict[int, dict] = {}
+    rows = Trade.objects.filter(instrument=instrument, created_at__gte=since, created_at__lt=until).order_by("seq")
+    for at, price, qty in rows.values_list("created_at", "price_fen_per_lot", "quantity").iterator():
+        start = int(at.timestamp()) // seconds * seconds
+        c = buckets.get(start)
+        if c is None:
+            buckets[start] = {"start": start, "open": price, "high": price, "low": price, "close": price, "volume": qty, "trades": 1}
+        else:
+            c["high"] = max(c["high"], price)
+            c["low"] = min(c["low"], price)
+            c["close"] = price
+            c["volume"] += qty
+            c["trades"] += 1
+    return [buckets[k] for k in sorted(buckets)]

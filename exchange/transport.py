@@ -1,0 +1,239 @@
+"""How commands reach the matcher and answers come back.
+
+- inline: the caller's thread runs the matcher under a process-wide lock (tests, one-off scripts);
+- thread: the embedded default: one matcher thread in the server process drains a queue, so concurrent
+  requests are matched and written in one batch (group commit);
+- redis: production: `manage.py runmatcher --shard K --shards N` processes pop commands from a Redis list
+  per shard and push each answer to a short-lived reply key the web process waits on.
+
+Market data and user events go out over the channel layer either way (exchange.publish). A command that
+gets no answer in time is not lost: orders and cancel requests are in the database before they are sent,
+and every matcher re-reads what is pending when it starts and once a second while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from exchange.matcher import Matcher, shard_of
+from exchange.models import Order, OrderStatus
+from marketplace.models import Instrument
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 500
+
+
+class MatcherLoop:
+    """Runs batches through a Matcher, isolating a failing command so it cannot block the others."""
+
+    def __init__(self, matcher: Matcher) -> None:
+        self.matcher = matcher
+        self._last_housekeeping = 0.0
+
+    def run(self, commands: list[dict]) -> list[dict]:
+        try:
+            return self.matcher.process(commands)
+        except Exception:
+            if len(commands) == 1:
+                return [self._fail(commands[0])]
+            return [self.run([c])[0] for c in commands]
+
+    def _fail(self, command: dict) -> dict:
+        log.exception("matcher: command %r failed on its own", command)
+        if command.get("op") == "submit":
+            # A poison order must not block the queue: reject it and give back its hold.
+            try:
+                order = Order.objects.filter(pk=command["order"], status=OrderStatus.PENDING).first()
+                if order is not None:
+                    self.matcher.reject_broken(order)
+            except Exception:
+                log.exception("matcher: could not reject order %s", command.get("order"))
+        return {"op": command.get("op"), "order": command.get("order"), "error": "internal_error"}
+
+    def housekeeping(self, *, force: bool = False) -> None:
+        """Once a second: expire GTD orders, close books past gate closure, pick up pending work."""
+        now = time.monotonic()
+        if not force and now - self._last_housekeeping < settings.MATCHER_HOUSEKEEPING_SECONDS:
+            return
+        self._last_housekeeping = now
+        commands = [{"op": "expire"}]
+        closing = Instrument.objects.filter(gate_closure__lte=timezone.now(), orders__status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).values_list("pk", flat=True).distinct()
+        commands += [{"op": "close", "instrument": iid} for iid in closing if self.matcher.owns(iid)]
+        commands += self.matcher.pending_commands()
+        self.run(commands)
+
+
+class InlineClient:
+    _lock = threading.Lock()
+    _loops: dict[int, MatcherLoop] = {}
+
+    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+        with self._lock:
+            loop = self._loops.get(0)
+            if loop is None:
+                loop = self._loops[0] = MatcherLoop(Matcher())
+            return loop.run(commands)
+
+    @classmethod
+    def reset(cls) -> None:
+        with cls._lock:
+            cls._loops.clear()
+
+
+class ThreadClient:
+    """The embedded matcher: a daemon thread owning the only Matcher of the process."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[list[dict], Future]] = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, name="suanli-matcher", daemon=True)
+        self.loop = MatcherLoop(Matcher())
+        self.thread.start()
+
+    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+        future: Future = Future()
+        self.queue.put((commands, future))
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            return None
+
+    def _serve(self) -> None:
+        close_old_connections()
+        try:
+            self.loop.housekeeping(force=True)
+        except Exception:
+            log.exception("matcher: recovery failed; will retry")
+        while True:
+            try:
+                first = self.queue.get(timeout=settings.MATCHER_HOUSEKEEPING_SECONDS)
+            except queue.Empty:
+                first = None
+            items = [] if first is None else [first]
+            while items and len(items) < MAX_BATCH:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if items:
+                    _answer(self.loop, items)
+                self.loop.housekeeping()
+            except Exception:
+                log.exception("matcher thread: batch failed")
+            finally:
+                close_old_connections()
+
+
+def _answer(loop: MatcherLoop, items: list[tuple[list[dict], Future]]) -> None:
+    flat = [c for commands, _ in items for c in commands]
+    try:
+        replies = loop.run(flat)
+    except Exception as exc:
+        for _, future in items:
+            future.set_exception(exc)
+        return
+    i = 0
+    for commands, future in items:
+        future.set_result(replies[i : i + len(commands)])
+        i += len(commands)
+
+
+class RedisClient:
+    def __init__(self) -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(settings.REDIS_URL)
+
+    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+        by_shard: dict[int, list[tuple[int, dict]]] = {}
+        for i, command in enumerate(commands):
+            by_shard.setdefault(_shard_for(command), []).append((i, command))
+        replies: list[dict | None] = [None] * len(commands)
+        keys = []
+        for shard, items in by_shard.items():
+            key = f"suanli:reply:{uuid.uuid4().hex}"
+            keys.append((key, items))
+            self.redis.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
+        deadline = time.monotonic() + timeout
+        for key, items in keys:
+            left = deadline - time.monotonic()
+            got = self.redis.blpop([key], timeout=max(left, 0.01)) if left > 0 else None
+            if got is None:
+                return None
+            for (i, _), reply in zip(items, json.loads(got[1]), strict=True):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]
+
+
+def queue_key(shard: int) -> str:
+    return f"suanli:matcher:{shard}"
+
+
+def _shard_for(command: dict) -> int:
+    iid = command.get("instrument")
+    if iid is None and "order" in command:
+        iid = Order.objects.filter(pk=command["order"]).values_list("instrument_id", flat=True).first() or 0
+    return shard_of(iid or 0, settings.MATCHER_SHARDS)
+
+
+def serve_redis(*, shard: int, shards: int, stop: threading.Event | None = None) -> None:
+    """The body of `manage.py runmatcher`: recover, then pop and answer batches until stopped."""
+    import redis
+
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    loop = MatcherLoop(Matcher(shard=shard, shards=shards))
+    loop.housekeeping(force=True)
+    key = queue_key(shard)
+    while stop is None or not stop.is_set():
+        got = r.brpop([key], timeout=max(int(settings.MATCHER_HOUSEKEEPING_SECONDS), 1))
+        messages = [] if got is None else [json.loads(got[1])]
+        while messages and len(messages) < MAX_BATCH:
+            raw = r.rpop(key)
+            if raw is None:
+                break
+            messages.append(json.loads(raw))
+        if messages:
+            flat = [c for m in messages for c in m["commands"]]
+            replies = loop.run(flat)
+            i = 0
+            pipe = r.pipeline()
+            for m in messages:
+                n = len(m["commands"])
+                pipe.lpush(m["reply"], json.dumps(replies[i : i + n]))
+                pipe.expire(m["reply"], 60)
+                i += n
+            pipe.execute()
+        loop.housekeeping()
+        close_old_connections()
+
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def client():
+    global _client
+    with _client_lock:
+        if _client is None:
+            kind = settings.MATCHER_TRANSPORT
+            _client = {"inline": InlineClient, "thread": ThreadClient, "redis": RedisClient}[kind]()
+        return _client
+
+
+def send(commands: list[dict], *, timeout: float | None = None) -> list[dict] | None:
+    """Send commands after the current transaction commits (the matcher must see the stored order);
+    returns the replies, or None when the matcher did not answer in time."""
+    if transaction.get_connection().in_atomic_block and not settings.MATCHER_TRANSPORT == "inline":
+        raise RuntimeError("send() must be called outside a transaction: the matcher reads what you stored")
+    return client().request(commands, settings.MATCHER_REPLY_TIMEOUT if timeout is None else timeout)

@@ -1,0 +1,35 @@
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from ledger import services as ledger
+from ledger.models import AccountKind
+from marketplace import services as market
+from marketplace.models import Instrument
+from tests.factories import DeviceModelFactory, OrganisationFactory, ProductFactory, data_centre, member
+
+
+@pytest.fixture
+def market_setup(db):
+    """One open day instrument (reference 15.00 CNY/unit, band 10%, tick 0.01, lot 1 unit, fees 5/10 bps),
+    a supplier with 100 H100 listed for it, and a buyer with 10,000 CNY."""
+    product = ProductFactory(code="AI-TRAIN", reference_price=Decimal("15.00"), price_band_bps=1000, maker_fee_bps=5, taker_fee_bps=10)
+    market.instruments_roll()
+    instrument = Instrument.objects.filter(product=product, status="open").order_by("delivery_start").first()
+    supplier = OrganisationFactory(name="Qingpu Compute", kind="supplier")
+    h100 = DeviceModelFactory()
+    dc = data_centre(supplier, {h100: 100})
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    listing = market.listing_create(data_centre=dc, product=product, device_model=h100, device_count=10,
+                                    available_from=start, available_until=start + dt.timedelta(days=14))
+    buyer = OrganisationFactory(name="Moyuan AI", kind="buyer")
+    clearing = ledger.platform_account(kind=AccountKind.PROVIDER_CLEARING, name="offline")
+    ledger.transfer(source=clearing, destination=ledger.account_for(organisation=buyer, kind="available"),
+                    amount_fen=1_000_000, idempotency_key=f"fund:{buyer.pk}", kind="top_up")
+    return {
+        "instrument": instrument, "product": product, "supplier": supplier, "buyer": buyer, "listing": listing,
+        "seller_user": member(supplier, role="trader", username="qp-trader"),
+        "buyer_user": member(buyer, role="trader", username="my-trader"),
+    }

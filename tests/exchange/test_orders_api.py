@@ -1,0 +1,178 @@
+"""Order entry over REST: placement with holds, matching, fills, contracts, cancels, amends, rejections."""
+
+import pytest
+
+from exchange.models import CapacityHold, Contract, Order, OrderEvent, Trade
+from ledger.selectors import balances_get
+from ledger.services import platform_account
+from ledger.verify import ledger_verify
+from marketplace.models import PlatformRole
+from tests.factories import OrganisationFactory, UserFactory, member
+
+pytestmark = pytest.mark.django_db
+
+
+def place(api, user, instrument_, **fields):
+    api.force_authenticate(user)
+    body = {"instrument": instrument_.pk, "side": "buy", "price": "15.00", "quantity": 1, "client_order_id": "c1"} | fields
+    return api.post("/api/v1/orders/", body, format="json")
+
+
+def test_a_resting_sell_and_a_crossing_buy_trade_at_the_makers_price(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    sell = place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=5, client_order_id="s1")
+    assert sell.status_code == 201, sell.json()
+    assert sell.json()["status"] == "open" and sell.json()["open_quantity"] == 5
+    assert CapacityHold.objects.get(order_id=sell.json()["id"]).lots == 5
+
+    buy = place(api, m["buyer_user"], inst, side="buy", price="15.10", quantity=3, client_order_id="b1")
+    assert buy.status_code == 201, buy.json()
+    body = buy.json()
+    assert body["status"] == "filled" and body["filled_quantity"] == 3
+    assert [(f["price"], f["quantity"]) for f in body["fills"]] == [("15.00", 3)]
+
+    trade = Trade.objects.get()
+    assert (trade.price_fen_per_lot, trade.quantity, trade.value_fen, trade.taker_side) == (1500, 3, 4500, "buy")
+    assert (trade.buyer_fee_fen, trade.seller_fee_fen) == (5, 2)  # 10 bps taker on 45.00 rounds to 0.05; 5 bps maker to 0.02
+    contract = Contract.objects.get()
+    assert (contract.buyer, contract.seller, contract.quantity, contract.value_fen, contract.listing) == (m["buyer"], m["supplier"], 3, 4500, m["listing"])
+    # The buyer paid 45.00 into escrow and 0.05 in fees; the rest of the hold came back.
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 4_505, "held": 0, "escrow": 4_500, "receivable": 0}
+    assert platform_account(kind="fees").balance_fen == 5
+    assert ledger_verify().ok
+    seller_order = Order.objects.get(pk=sell.json()["id"])
+    assert (seller_order.status, seller_order.filled_quantity, seller_order.open_quantity) == ("open", 3, 2)
+    assert list(OrderEvent.objects.filter(order=seller_order).values_list("kind", flat=True)) == ["accepted", "filled"]
+
+    book = api.get(f"/api/v1/instruments/{inst.pk}/book/").json()
+    assert book["asks"] == [["15.00", 2]] and book["bids"] == []
+    assert book["seq"] >= 2
+    assert api.get("/api/v1/trades/", {"instrument": inst.pk}).json()["results"][0]["price"] == "15.00"
+
+
+def test_a_resting_buy_holds_price_times_quantity_plus_maximum_fee(api, market_setup):
+    m = market_setup
+    response = place(api, m["buyer_user"], m["instrument"], price="14.00", quantity=10)
+    assert response.json()["status"] == "open"
+    # 10 lots x 14.00 = 140.00; max fee ceil(140.00 x 10 bps) + 0.01 = 0.15.
+    assert balances_get(organisation=m["buyer"])["held"] == 14_015
+    cancel = api.delete(f"/api/v1/orders/{response.json()['id']}/")
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000, "held": 0, "escrow": 0, "receivable": 0}
+    assert api.delete(f"/api/v1/orders/{response.json()['id']}/").status_code == 400
+
+
+def test_retry_with_the_same_client_order_id_returns_the_same_order(api, market_setup):
+    m = market_setup
+    first = place(api, m["buyer_user"], m["instrument"], price="14.00", quantity=2, client_order_id="retry-1")
+    again = place(api, m["buyer_user"], m["instrument"], price="14.00", quantity=2, client_order_id="retry-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert Order.objects.count() == 1
+    assert balances_get(organisation=m["buyer"])["held"] == 2_804
+    conflict = place(api, m["buyer_user"], m["instrument"], price="14.01", quantity=2, client_order_id="retry-1")
+    assert conflict.status_code == 409 and "client_order_id" in conflict.json()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"price": "15.005"}, "price", "multiple of the tick"),
+        ({"price": "17.00"}, "price", "outside today's band 13.50-16.50"),
+        ({"price": "13.49"}, "price", "outside today's band"),
+        ({"quantity": 0}, "quantity", "greater than or equal to 1"),
+        ({"quantity": 200_000}, "quantity", "between 1 and 100000"),
+        ({"instrument": 999_999}, "instrument", "does not exist"),
+        ({"type": "market", "price": None, "time_in_force": "GTC"}, "time_in_force", "IOC or FOK"),
+        ({"time_in_force": "GTD"}, "expires_at", "needs expires_at"),
+        ({"post_only": True, "time_in_force": "IOC"}, "post_only", "cannot be market, IOC or FOK"),
+        ({"client_order_id": "has space"}, "client_order_id", "letters, digits"),
+        ({"colour": "red"}, "colour", "Unknown field"),
+        ({"side": "sell"}, "side", "Only supplier"),
+    ],
+)
+def test_bad_orders_are_refused_with_the_field_and_nothing_is_held(api, market_setup, fields, field, message):
+    m = market_setup
+    response = place(api, m["buyer_user"], m["instrument"], **fields)
+    assert response.status_code == 400, response.json()
+    assert message in " ".join(str(x) for x in response.json()[field])
+    assert not Order.objects.exists()
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+
+
+def test_insufficient_funds_and_capacity_are_refused(api, market_setup):
+    m = market_setup
+    response = place(api, m["buyer_user"], m["instrument"], price="15.00", quantity=700)
+    assert response.status_code == 400
+    assert "Insufficient funds" in response.json()["amount"][0]
+    response = place(api, m["seller_user"], m["instrument"], side="sell", price="15.00", quantity=238, client_order_id="big")
+    assert response.status_code == 400
+    assert "at most 237 lots" in response.json()["quantity"][0]
+    assert not Order.objects.exists()
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000, "held": 0, "escrow": 0, "receivable": 0}
+
+
+def test_halted_instrument_refuses_orders(api, market_setup):
+    m = market_setup
+    m["instrument"].status = "halted"
+    m["instrument"].save()
+    response = place(api, m["buyer_user"], m["instrument"])
+    assert response.status_code == 400 and "halted" in response.json()["instrument"][0]
+
+
+def test_foreign_orders_are_not_found_and_regulators_cannot_trade(api, market_setup):
+    m = market_setup
+    order_id = place(api, m["buyer_user"], m["instrument"], price="14.00").json()["id"]
+    rival = member(OrganisationFactory(kind="buyer", name="Rival"), role="trader")
+    api.force_authenticate(rival)
+    assert api.get(f"/api/v1/orders/{order_id}/").status_code == 404
+    assert api.delete(f"/api/v1/orders/{order_id}/").status_code == 404
+    assert api.patch(f"/api/v1/orders/{order_id}/", {"quantity": 5}, format="json").status_code == 404
+    assert api.get("/api/v1/orders/").json()["count"] == 0
+    viewer = member(m["buyer"], role="viewer")
+    api.force_authenticate(viewer)
+    assert api.get(f"/api/v1/orders/{order_id}/").status_code == 200
+    assert api.delete(f"/api/v1/orders/{order_id}/").status_code == 403
+    regulator = UserFactory(platform_role=PlatformRole.REGULATOR)
+    response = place(api, regulator, m["instrument"], client_order_id="reg")
+    assert response.status_code == 403
+    assert Order.objects.get(pk=order_id).status == "open"
+
+
+def test_amend_down_keeps_priority_and_amend_up_extends_the_hold(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    first = place(api, m["buyer_user"], inst, price="14.00", quantity=4, client_order_id="a").json()["id"]
+    place(api, m["buyer_user"], inst, price="14.00", quantity=1, client_order_id="b")
+    api.force_authenticate(m["buyer_user"])
+    response = api.patch(f"/api/v1/orders/{first}/", {"quantity": 2}, format="json")
+    assert response.status_code == 200 and response.json()["quantity"] == 2
+    # Still first in the queue: a sell of 2 fills it, not the later order.
+    place(api, m["seller_user"], inst, side="sell", price="14.00", quantity=2, client_order_id="s")
+    assert Order.objects.get(pk=first).status == "filled"
+    second = Order.objects.get(client_order_id="b")
+    api.force_authenticate(m["buyer_user"])
+    response = api.patch(f"/api/v1/orders/{second.pk}/", {"price": "14.50", "quantity": 3}, format="json")
+    assert response.status_code == 200, response.json()
+    assert (response.json()["price"], response.json()["open_quantity"]) == ("14.50", 3)
+    # Hold now covers 3 x 14.50 = 43.50 plus the maximum fee 0.05.
+    second.hold.refresh_from_db()
+    assert second.hold.remaining_fen >= 4_355
+    assert ledger_verify().ok
+
+
+def test_cancel_all_and_fills_list(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    for i in range(3):
+        place(api, m["buyer_user"], inst, price=f"14.0{i}", quantity=1, client_order_id=f"o{i}")
+    place(api, m["seller_user"], inst, side="sell", price="14.00", quantity=1, client_order_id="s")
+    api.force_authenticate(m["buyer_user"])
+    fills = api.get("/api/v1/fills/").json()["results"]
+    assert [(f["side"], f["price"], f["liquidity"]) for f in fills] == [("buy", "14.02", "maker")]
+    response = api.post("/api/v1/orders/cancel-all/", {}, format="json")
+    assert response.json() == {"requested": 2, "confirmed": True}
+    assert sorted(Order.objects.filter(organisation=m["buyer"]).values_list("status", flat=True)) == ["cancelled", "cancelled", "filled"]
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+    assert ledger_verify().ok
