@@ -16,6 +16,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
 from config.scheduler import start_embedded_scheduler  # noqa: E402
@@ -30,3 +31,8 @@ application = ProtocolTypeRouter(
 
 print(describe_backends(), file=sys.stderr, flush=True)
 start_embedded_scheduler()
+if settings.MATCHER_TRANSPORT == "thread":
+    # The embedded matcher starts with the server, so it recovers pending work before the first request.
+    from exchange import transport  # noqa: E402
+
+    transport.client()

@@ -1,0 +1,78 @@
+"""Production shape: two `runmatcher` processes, one per shard, behind the Redis transport."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from exchange import transport
+from exchange.models import Order, Trade
+from ledger.verify import ledger_verify
+from marketplace import services as market
+from marketplace.models import Instrument
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _require_services():
+    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
+        pytest.skip("needs PostgreSQL and Redis: CI runs it with DATABASE_URL and REDIS_URL set")
+
+
+def _start_shards(n: int) -> list[subprocess.Popen]:
+    db = connection.settings_dict
+    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+               MATCHER_SHARDS=str(n), MATCHER_TRANSPORT="redis", PYTHONUNBUFFERED="1")
+    procs = [
+        subprocess.Popen([sys.executable, "manage.py", "runmatcher", "--shard", str(k), "--shards", str(n)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for k in range(n)
+    ]
+    for p in procs:
+        seen = []
+        while not any("serving" in line for line in seen):
+            line = p.stdout.readline()
+            assert line, "runmatcher exited:\n" + "".join(seen)
+            seen.append(line)
+    return procs
+
+
+def test_two_shards_match_their_own_instruments(api, market_setup, settings):
+    _require_services()
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    m = market_setup
+    market.instruments_roll()
+    instruments = list(Instrument.objects.filter(product=m["product"], status="open").order_by("pk")[:2])
+    assert {i.pk % 2 for i in instruments} == {0, 1}
+    settings.MATCHER_TRANSPORT = "redis"
+    settings.MATCHER_SHARDS = 2
+    settings.MATCHER_REPLY_TIMEOUT = 10
+    transport._client = None
+    procs = []
+    try:
+        procs = _start_shards(2)
+        for inst in instruments:
+            api.force_authenticate(m["seller_user"])
+            sell = api.post("/api/v1/orders/", {"instrument": inst.pk, "side": "sell", "price": "15.00", "quantity": 4, "client_order_id": f"s{inst.pk}"}, format="json")
+            assert sell.status_code == 201 and sell.json()["status"] == "open", sell.json()
+            api.force_authenticate(m["buyer_user"])
+            buy = api.post("/api/v1/orders/", {"instrument": inst.pk, "side": "buy", "price": "15.00", "quantity": 3, "client_order_id": f"b{inst.pk}"}, format="json")
+            assert buy.json()["status"] == "filled", buy.json()
+        assert Trade.objects.count() == 2
+        assert sorted(Trade.objects.values_list("instrument_id", flat=True)) == [i.pk for i in instruments]
+        assert not Order.objects.filter(status="pending").exists()
+        assert ledger_verify().ok
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+        transport._client = None
+    time.sleep(0.1)
