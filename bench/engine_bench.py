@@ -47,7 +47,8 @@ import random
 import sys
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -362,7 +363,7 @@ def main() -> None:
             f"p99 {r['p99_us']:.2f} us  p99.9 {r['p999_us']:.2f} us  ({resting[name]} orders resting at the end)"
         )
     ratio = results["engine"]["commands_per_s"] / results["bare"]["commands_per_s"]
-    pair_ratios = sorted(e / b for e, b in zip(rates["engine"], rates["bare"]))
+    pair_ratios = sorted(e / b for e, b in zip(rates["engine"], rates["bare"], strict=False))
     print(f"engine / bare throughput: {ratio:.3f} (best / best); per pass median {pair_ratios[len(pair_ratios) // 2]:.3f}")
     out = {
         "commands": n,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 
 class Side(enum.IntEnum):
@@ -140,7 +140,7 @@ def event_dict(event: Event) -> dict[str, Any]:
     """``(EventKind.BOOK, 1, 100, 5, 7)`` -> ``{"kind": "BOOK", "side": 1, "price": 100, ...}``."""
     kind = EventKind(event[0])
     out: dict[str, Any] = {"kind": kind.name}
-    out.update(zip(EVENT_FIELDS[kind], (int(v) if isinstance(v, bool) else v for v in event[1:])))
+    out.update(zip(EVENT_FIELDS[kind], (int(v) if isinstance(v, bool) else v for v in event[1:]), strict=False))
     return out
 
 
@@ -263,6 +263,4 @@ class SetReferencePrice(NamedTuple):
     now: int
 
 
-Command = Union[
-    Submit, Cancel, CancelAll, Amend, Expire, Halt, Resume, StartAuction, Uncross, SetReferencePrice
-]
+Command = Submit | Cancel | CancelAll | Amend | Expire | Halt | Resume | StartAuction | Uncross | SetReferencePrice
