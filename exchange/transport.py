@@ -13,6 +13,7 @@ and every matcher re-reads what is pending when it starts and once a second whil
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -114,6 +115,7 @@ class ThreadClient:
             self.loop.housekeeping(force=True)
         except Exception:
             log.exception("matcher: recovery failed; will retry")
+        gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
         while True:
             try:
                 first = self.queue.get(timeout=settings.MATCHER_HOUSEKEEPING_SECONDS)
@@ -194,6 +196,7 @@ def serve_redis(*, shard: int, shards: int, stop: threading.Event | None = None)
     r = redis.Redis.from_url(settings.REDIS_URL)
     loop = MatcherLoop(Matcher(shard=shard, shards=shards))
     loop.housekeeping(force=True)
+    gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
     key = queue_key(shard)
     while stop is None or not stop.is_set():
         got = r.brpop([key], timeout=max(int(settings.MATCHER_HOUSEKEEPING_SECONDS), 1))
