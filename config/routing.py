@@ -1,3 +1,5 @@
 """Websocket routes, collected from the apps that serve them."""
 
-websocket_urlpatterns: list = []
+from exchange.routing import websocket_urlpatterns as exchange_websockets
+
+websocket_urlpatterns: list = [*exchange_websockets]

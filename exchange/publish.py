@@ -1,16 +1,31 @@
 """After a batch commits, the matcher tells the world: market data per instrument, order events per
-organisation. One message per update per group, serialised once."""
+organisation (the wire formats are in docs/websockets.md).
+
+Each message is serialised to JSON once, here, and travels through the channel layer as text in an
+envelope that carries what a relay needs without parsing it (kind, instrument, sequence numbers). A
+websocket process keeps ONE group member per instrument (exchange.consumers.MarketHub) and writes the same
+text to each of its sockets, so an update costs one channel-layer message per process, not one per socket.
+
+Delivery: the in-memory layer lives in one event loop (the server's), so messages are handed to that loop;
+any other layer (Redis) is used from one long-lived publisher loop, so its connections are reused instead
+of opened per batch.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 log = logging.getLogger(__name__)
+DELIVERY_TIMEOUT = 5.0  # seconds the matcher waits for the layer before it logs and moves on
 
 
 def market_group(instrument_id: int) -> str:
@@ -25,39 +40,179 @@ def organisation_group(organisation_id: int) -> str:
 class Publication:
     group: str
     payload: dict[str, Any]
+    instrument_id: int | None = None
+    # Trades keep the objects until publish() formats them (after commit, with their ids).
+    objects: tuple = ()
 
     @classmethod
     def market(cls, instrument_id: int, payload: dict[str, Any]) -> Publication:
-        return cls(market_group(instrument_id), payload)
+        return cls(market_group(instrument_id), payload, instrument_id)
 
     @classmethod
     def trade(cls, instrument_id: int, trade) -> Publication:
-        return cls(market_group(instrument_id), {
-            "type": "trade", "instrument": instrument_id, "seq": trade.seq, "price_fen_per_lot": trade.price_fen_per_lot,
-            "quantity": trade.quantity, "taker_side": trade.taker_side, "at": trade.created_at.isoformat(),
-        })
+        return cls(market_group(instrument_id), {"type": "trade"}, instrument_id, (trade,))
 
     @classmethod
     def order(cls, order, fills) -> Publication:
-        from exchange.matcher import order_state
+        maker = order.pk
+        return cls(organisation_group(order.organisation_id), {
+            "type": "order", "id": order.pk, "client_order_id": order.client_order_id, "instrument": order.instrument_id,
+            "organisation": order.organisation_id, "side": order.side, "order_type": order.type,
+            "price_fen_per_lot": order.price_fen_per_lot, "quantity": order.quantity, "status": order.status,
+            "filled_quantity": order.filled_quantity, "open_quantity": order.open_quantity, "reason": order.reason,
+            "fee_fen": order.fee_fen, "at": order.updated_at.isoformat() if order.updated_at else None,
+            "fills": [
+                {"trade": t.pk, "seq": t.seq, "price_fen_per_lot": t.price_fen_per_lot, "quantity": t.quantity,
+                 "liquidity": "maker" if t.maker_order_id == maker else "taker"}
+                for t in fills or []
+            ],
+        }, order.instrument_id)
 
-        return cls(organisation_group(order.organisation_id), {"type": "order", "instrument": order.instrument_id, **order_state(order, fills)})
+
+# --- formatting ---------------------------------------------------------------------------------------
+
+_units: dict[int, tuple[Decimal, Decimal]] = {}  # instrument id -> (lot size, tick size); both are fixed at listing
+
+
+def _unit(instrument_id: int) -> tuple[Decimal, Decimal]:
+    unit = _units.get(instrument_id)
+    if unit is None:
+        from marketplace.models import Instrument
+
+        if len(_units) > 10_000:
+            _units.clear()
+        unit = _units[instrument_id] = Instrument.objects.values_list("lot_size", "tick_size").get(pk=instrument_id)
+    return unit
+
+
+def cny(instrument_id: int, fen_per_lot: int | None) -> str | None:
+    """Fen per lot as the API's CNY-per-unit string (Instrument.fen_per_lot_to_price, without the query)."""
+    if fen_per_lot is None:
+        return None
+    lot, tick = _unit(instrument_id)
+    return str((Decimal(fen_per_lot) / 100 / lot).quantize(tick))
+
+
+def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]]]:
+    """(group, channel-layer message) for each publication, plus one ticker per instrument that traded.
+
+    A market message's envelope has `kind`, `instrument`, `seq` (book messages: the last update's seq, with
+    `first` the first one's; trades and tickers: the book seq they are reflected in) and `text`."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    book_seq: dict[int, int] = {}
+    last_trade: dict[int, Any] = {}
+    for p in publications:
+        kind = p.payload["type"]
+        iid = p.instrument_id
+        if kind == "book":
+            updates = [
+                {"side": u["side"], "price": cny(iid, u["price"]), "price_fen_per_lot": u["price"], "quantity": u["quantity"], "seq": u["seq"]}
+                for u in p.payload["updates"]
+            ]
+            if not updates:
+                continue  # a batch that only traded inside one level still sends BOOK events; none here means no change
+            first, seq = updates[0]["seq"], updates[-1]["seq"]
+            book_seq[iid] = seq
+            text = json.dumps({"type": "book", "instrument": iid, "seq": seq, "checksum": p.payload["checksum"], "updates": updates}, separators=(",", ":"))
+            out.append((p.group, {"type": "market.message", "kind": "book", "instrument": iid, "first": first, "seq": seq, "text": text}))
+        elif kind == "trade":
+            t = p.objects[0]
+            seq = book_seq.get(iid)
+            last_trade[iid] = t
+            text = json.dumps({
+                "type": "trade", "instrument": iid, "trade_seq": t.seq, "book_seq": seq, "price": cny(iid, t.price_fen_per_lot),
+                "price_fen_per_lot": t.price_fen_per_lot, "quantity": t.quantity, "taker_side": t.taker_side, "at": t.created_at.isoformat(),
+            }, separators=(",", ":"))
+            out.append((p.group, {"type": "market.message", "kind": "trade", "instrument": iid, "first": seq, "seq": seq, "text": text}))
+        elif kind == "status":
+            event = dict(p.payload["event"])
+            if "status" in event:
+                from exchange.engine import Status
+
+                event["status"] = Status(event["status"]).name.lower()
+            if "price" in event:
+                event["price_fen_per_lot"] = event["price"]
+                event["price"] = cny(iid, event["price"])
+            text = json.dumps({"type": "status", "instrument": iid, "event": event}, separators=(",", ":"))
+            out.append((p.group, {"type": "market.message", "kind": "status", "instrument": iid, "first": None, "seq": None, "text": text}))
+        elif kind == "order":
+            payload = dict(p.payload)
+            payload["price"] = cny(iid, payload["price_fen_per_lot"])
+            payload["fills"] = [{**f, "price": cny(iid, f["price_fen_per_lot"])} for f in payload["fills"]]
+            # No top-level "seq": the user consumer splices its per-connection sequence number in front.
+            out.append((p.group, {"type": "user.event", "text": json.dumps(payload, separators=(",", ":"))}))
+        else:
+            out.append((p.group, {"type": "market.message", "kind": kind, "instrument": iid, "first": None, "seq": None, "text": json.dumps(p.payload)}))
+    for iid, t in last_trade.items():
+        seq = book_seq.get(iid)
+        text = json.dumps({
+            "type": "ticker", "instrument": iid, "last": cny(iid, t.price_fen_per_lot), "last_fen_per_lot": t.price_fen_per_lot,
+            "trade_seq": t.seq, "book_seq": seq, "at": t.created_at.isoformat(),
+        }, separators=(",", ":"))
+        out.append((market_group(iid), {"type": "market.message", "kind": "ticker", "instrument": iid, "first": seq, "seq": seq, "text": text}))
+    return out
+
+
+# --- delivery -----------------------------------------------------------------------------------------
 
 
 def publish(publications: list[Publication]) -> None:
     """Best effort: the database is the record; a subscriber that misses a message sees the gap in the
-    sequence numbers and asks for a snapshot."""
+    sequence numbers and gets a new snapshot."""
     if not publications:
         return
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(_send_all)(layer, publications)
+        messages = envelopes(publications)
+        if messages:
+            _deliver(layer, messages)
     except Exception:
         log.exception("publishing %d messages failed", len(publications))
 
 
-async def _send_all(layer, publications: list[Publication]) -> None:
-    for p in publications:
-        await layer.group_send(p.group, {"type": "relay", "payload": p.payload})
+async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
+    for group, message in messages:
+        await layer.group_send(group, message)
+
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_publisher_loop: asyncio.AbstractEventLoop | None = None
+_publisher_lock = threading.Lock()
+
+
+def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by the websocket consumers: the loop whose in-memory layer queues they wait on."""
+    global _server_loop
+    _server_loop = loop
+
+
+def _deliver(layer, messages: list[tuple[str, dict]]) -> None:
+    if isinstance(layer, InMemoryChannelLayer):
+        loop = _server_loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            # No websocket served in this process yet: whoever listens (a test) is on the caller's loop.
+            async_to_sync(_send_all)(layer, messages)
+            return
+    else:
+        loop = _publisher()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:  # called from the loop itself (never from the matcher): do not wait on ourselves
+        loop.create_task(_send_all(layer, messages))
+        return
+    # Waiting keeps batches in order and pushes back on the matcher if the layer falls behind.
+    asyncio.run_coroutine_threadsafe(_send_all(layer, messages), loop).result(timeout=DELIVERY_TIMEOUT)
+
+
+def _publisher() -> asyncio.AbstractEventLoop:
+    global _publisher_loop
+    with _publisher_lock:
+        if _publisher_loop is None or _publisher_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="suanli-publisher", daemon=True).start()
+            _publisher_loop = loop
+        return _publisher_loop

@@ -1,0 +1,593 @@
+"""Websocket consumers: public market data and the authenticated user stream with order entry.
+
+Wire formats: docs/websockets.md. Routes: exchange/routing.py.
+
+Market data fan-out. A process keeps ONE channel-layer member per instrument (MarketHub) however many
+sockets watch it; the hub hands each message's pre-serialised text to every local socket's outbox and a
+writer task per socket drains it. So an update costs one channel-layer message per process and one
+json.dumps in total (exchange.publish), and a slow socket only fills its own outbox (then it is closed with
+4008) instead of stalling the others.
+
+Snapshot then updates, race-free: a socket is registered with the hub (group joined) BEFORE the snapshot is
+read, buffers what arrives meanwhile, then drops updates the snapshot already contains (seq <= snapshot
+seq) and flushes the rest. Updates still in flight after that are dropped the same way. If the stream
+itself skips a sequence number (a message lost by the layer), the socket resynchronises on its own: the
+client sees a new snapshot. Concurrent snapshot requests for one instrument share one database read, as
+long as that read starts after each of them registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+from django.utils import timezone
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.utils.encoders import JSONEncoder
+
+from common.errors import ServiceError
+from exchange import selectors, services, transport
+from exchange.models import BookState, Order, OrderStatus
+from exchange.publish import market_group, organisation_group, register_server_loop
+from marketplace.models import Instrument
+from marketplace.selectors import acting_organisation, organisation_ids_for_user
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4008
+GROUP_REFRESH_SECONDS = 3600  # channel-layer group memberships expire (channels: a day); renew well before
+
+
+def heartbeat_seconds() -> float:
+    return float(getattr(settings, "WS_HEARTBEAT_SECONDS", 15))
+
+
+def max_outbox() -> int:
+    """Messages a socket may have waiting before it counts as too slow and is closed (4008)."""
+    return int(getattr(settings, "WS_MAX_OUTBOX", 1000))
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, cls=JSONEncoder, separators=(",", ":"))
+
+
+def _db(func):
+    """Run blocking service code off the event loop. On PostgreSQL a pool thread per call, so concurrent
+    orders reach the matcher together (group commit); SQLite has one writer anyway, and the single
+    thread-sensitive thread avoids its lock errors."""
+    sqlite = "sqlite" in settings.DATABASES["default"]["ENGINE"]
+    return database_sync_to_async(func, thread_sensitive=sqlite)
+
+
+# --- market data ------------------------------------------------------------------------------------------
+
+
+def snapshot_get(instrument_id: int) -> dict | None:
+    """The committed book as the wire snapshot, serialised once for every socket that asked for it."""
+    instrument = Instrument.objects.filter(pk=instrument_id).first()
+    if instrument is None:
+        return None
+    book = selectors.book_depth_get(instrument=instrument)
+    # Read after the book, so it may be a little newer than `seq`; it is informational.
+    state = BookState.objects.filter(instrument_id=instrument_id).values("last_price_fen_per_lot", "trade_seq").first() or {}
+    price = instrument.fen_per_lot_to_price
+    last = state.get("last_price_fen_per_lot")
+    payload = {
+        "type": "snapshot", "instrument": instrument_id, "code": instrument.code, "status": instrument.status,
+        "seq": book["seq"], "checksum": book["checksum"],
+        "bids": [[str(price(p)), q] for p, q in book["bids"]], "asks": [[str(price(p)), q] for p, q in book["asks"]],
+        "bids_fen_per_lot": [[p, q] for p, q in book["bids"]], "asks_fen_per_lot": [[p, q] for p, q in book["asks"]],
+        "last": str(price(last)) if last is not None else None, "last_fen_per_lot": last,
+        "trade_seq": state.get("trade_seq", 0), "heartbeat_seconds": heartbeat_seconds(),
+    }
+    return {"seq": book["seq"], "text": _dumps(payload)}
+
+
+class _Topic:
+    __slots__ = ("instrument_id", "consumers", "last_seq", "joined_at", "next_snapshot")
+
+    def __init__(self, instrument_id: int) -> None:
+        self.instrument_id = instrument_id
+        self.consumers: set[MarketConsumer] = set()
+        self.last_seq = 0
+        self.joined_at: float | None = None
+        self.next_snapshot: asyncio.Future | None = None
+
+
+class MarketHub:
+    """This process's subscriptions to market data: one channel, one group membership per instrument."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from channels.layers import get_channel_layer
+
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.topics: dict[int, _Topic] = {}
+        self.lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
+        register_server_loop(loop)
+
+    async def subscribe(self, consumer: MarketConsumer) -> _Topic:
+        iid = consumer.instrument_id
+        async with self.lock:
+            topic = self.topics.get(iid)
+            if topic is None:
+                topic = self.topics[iid] = _Topic(iid)
+            if topic.joined_at is None and self.layer is not None:
+                if self.channel is None:
+                    self.channel = await self.layer.new_channel()
+                    self.tasks = [self.loop.create_task(self._read()), self.loop.create_task(self._tick())]
+                await self.layer.group_add(market_group(iid), self.channel)
+                topic.joined_at = self.loop.time()
+            topic.consumers.add(consumer)
+        return topic
+
+    async def unsubscribe(self, consumer: MarketConsumer) -> None:
+        topic = self.topics.get(consumer.instrument_id)
+        if topic is None or consumer not in topic.consumers:
+            return
+        topic.consumers.discard(consumer)
+        if topic.consumers:
+            return
+        async with self.lock:
+            if not topic.consumers and self.topics.get(topic.instrument_id) is topic:
+                del self.topics[topic.instrument_id]
+                if topic.joined_at is not None:
+                    await self.layer.group_discard(market_group(topic.instrument_id), self.channel)
+
+    async def snapshot(self, topic: _Topic) -> dict | None:
+        """The next snapshot read that starts after this call (so after the caller registered)."""
+        future = topic.next_snapshot
+        if future is None:
+            future = topic.next_snapshot = self.loop.create_future()
+            self.loop.create_task(self._read_snapshot(topic, future))
+        return await asyncio.shield(future)
+
+    async def _read_snapshot(self, topic: _Topic, future: asyncio.Future) -> None:
+        topic.next_snapshot = None  # whoever asks from now on waits for a read that starts after them
+        try:
+            result = await _db(snapshot_get)(topic.instrument_id)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.add_done_callback(lambda f: f.exception())  # retrieved even if every asker went away
+        else:
+            future.set_result(result)
+
+    def dispatch(self, message: dict) -> None:
+        topic = self.topics.get(message.get("instrument"))
+        if topic is None:
+            return
+        if message.get("kind") == "book" and message["seq"] > topic.last_seq:
+            topic.last_seq = message["seq"]
+        for consumer in tuple(topic.consumers):
+            consumer.offer(message)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("market hub: receive failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            try:
+                self.dispatch(message)
+            except Exception:
+                log.exception("market hub: could not relay %r", message.get("kind"))
+
+    async def _tick(self) -> None:
+        """Heartbeats to every live socket; renews group memberships before the layer expires them."""
+        while True:
+            await asyncio.sleep(heartbeat_seconds())
+            at = timezone.now().isoformat()
+            for topic in list(self.topics.values()):
+                head = f'{{"type":"heartbeat","instrument":{topic.instrument_id},"at":"{at}","seq":'
+                for consumer in tuple(topic.consumers):
+                    consumer.heartbeat(head, topic.last_seq)
+                if topic.joined_at is not None and self.loop.time() - topic.joined_at > GROUP_REFRESH_SECONDS:
+                    try:
+                        await self.layer.group_add(market_group(topic.instrument_id), self.channel)
+                        topic.joined_at = self.loop.time()
+                    except Exception:
+                        log.exception("market hub: could not renew group %s", topic.instrument_id)
+
+
+_hub: MarketHub | None = None
+
+
+def market_hub() -> MarketHub:
+    global _hub
+    loop = asyncio.get_running_loop()
+    if _hub is None or _hub.loop is not loop:
+        _hub = MarketHub(loop)
+    return _hub
+
+
+def _trim(message: dict, seq: int) -> str:
+    """A book message that straddles the snapshot: keep the updates after `seq` (rare: catch-up only)."""
+    payload = json.loads(message["text"])
+    payload["updates"] = [u for u in payload["updates"] if u["seq"] > seq]
+    return _dumps(payload)
+
+
+class MarketConsumer(AsyncWebsocketConsumer):
+    """/ws/market/<instrument_id>/: public; snapshot, then book updates, trades, tickers, heartbeats."""
+
+    # No channel per socket: the hub is the only channel-layer member and relays to this socket.
+    channel_layer_alias = "__market_hub_relays__"
+
+    instrument_id: int
+    topic: _Topic | None = None
+    writer: asyncio.Task | None = None
+    dropped = False
+    _close_code = CLOSE_TOO_SLOW
+
+    async def connect(self) -> None:
+        self.instrument_id = int(self.scope["url_route"]["kwargs"]["instrument_id"])
+        self.outbox: deque[str] = deque()
+        self.wakeup = asyncio.Event()
+        self.seq = 0  # the last book update this socket was sent (or its snapshot's)
+        self.snap_seq = 0  # the snapshot's: trades and tickers at or before it are already reflected
+        self.buffer: list[dict] | None = []  # not None while a snapshot is being read
+        self.hub = market_hub()
+        await self.accept()
+        self.writer = asyncio.create_task(self._write())
+        self.topic = await self.hub.subscribe(self)
+        await self._finish_resync()
+
+    async def disconnect(self, code) -> None:
+        self.dropped = True
+        if self.writer is not None:
+            self.writer.cancel()
+        await self.hub.unsubscribe(self)
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        try:
+            message = json.loads(text_data or "")
+            kind = message.get("type")
+        except (ValueError, AttributeError):
+            self._push(_dumps({"type": "error", "code": "bad_request", "message": "Send JSON objects with a `type`."}))
+            return
+        if kind == "resync":
+            if self.buffer is None:  # otherwise a snapshot is already on its way
+                self.buffer = []
+                await self._finish_resync()
+        elif kind == "ping":
+            self._push(_dumps({"type": "pong", "request_id": message.get("request_id"), "seq": self.seq}))
+        else:
+            self._push(_dumps({"type": "error", "request_id": message.get("request_id"), "code": "unknown_type",
+                               "message": "This stream takes `resync` and `ping`."}))
+
+    # --- from the hub (synchronous: no await between a message's arrival and its place in the outbox) ---
+
+    def offer(self, message: dict) -> None:
+        if self.dropped:
+            return
+        if self.buffer is not None:
+            self.buffer.append(message)
+            if len(self.buffer) > max_outbox():
+                self._too_slow()
+            return
+        self._accept(message)
+
+    def heartbeat(self, head: str, last_seq: int) -> None:
+        if self.buffer is None and not self.dropped:
+            self._push(f"{head}{max(self.seq, last_seq)}}}")
+
+    def _accept(self, message: dict) -> None:
+        seq = message["seq"]
+        text = message["text"]
+        if message["kind"] == "book":
+            if seq <= self.seq:
+                return  # already in the snapshot
+            first = message["first"]
+            if first != self.seq + 1:
+                if first > self.seq + 1:
+                    log.warning("market %s: gap %s..%s on a socket; resynchronising", self.instrument_id, self.seq + 1, first - 1)
+                    self.buffer = [message]
+                    asyncio.get_running_loop().create_task(self._finish_resync())
+                    return
+                text = _trim(message, self.seq)
+            self.seq = seq
+        elif seq is not None and seq <= self.snap_seq:
+            return  # a trade or ticker the snapshot already reflects
+        self._push(text)
+
+    async def _finish_resync(self) -> None:
+        snapshot = await self.hub.snapshot(self.topic)
+        if self.dropped:
+            return
+        if snapshot is None:
+            self._push(_dumps({"type": "error", "code": "not_found", "message": f"No instrument {self.instrument_id}."}))
+            self.dropped = True
+            self._close_code = CLOSE_NOT_FOUND
+            self.outbox.append(None)  # the writer closes after what is queued
+            self.wakeup.set()
+            return
+        buffered, self.buffer = self.buffer or [], None
+        self.seq = self.snap_seq = snapshot["seq"]
+        self._push(snapshot["text"])
+        for message in buffered:
+            self._accept(message)
+
+    def _push(self, text: str) -> None:
+        outbox = self.outbox
+        outbox.append(text)
+        if len(outbox) > max_outbox():
+            self._too_slow()
+            return
+        self.wakeup.set()
+
+    def _too_slow(self) -> None:
+        log.warning("market %s: a socket fell %d messages behind; closing it", self.instrument_id, max_outbox())
+        self.dropped = True
+        self.buffer = None
+        self.outbox.clear()
+        self.outbox.append(None)
+        self.wakeup.set()
+
+    async def _write(self) -> None:
+        outbox = self.outbox
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while outbox:
+                text = outbox.popleft()
+                if text is None:  # a close, queued behind what was already sent
+                    await self.close(code=self._close_code)
+                    await self.hub.unsubscribe(self)
+                    return
+                await self.send(text_data=text)
+
+
+# --- user stream and order entry ------------------------------------------------------------------------
+
+
+class _ThrottleRequest:
+    """What DRF's UserRateThrottle reads from a request: REST and websocket orders share one budget."""
+
+    def __init__(self, user) -> None:
+        self.user = user
+        self.META: dict = {}
+
+
+def _throttle(user) -> None:
+    from exchange.api.views import OrderRateThrottle
+
+    throttle = OrderRateThrottle()
+    if not throttle.allow_request(_ThrottleRequest(user), None):
+        raise drf_exceptions.Throttled(throttle.wait())
+
+
+def _fields(message: dict, *drop: str) -> dict:
+    return {k: v for k, v in message.items() if k not in ("type", "request_id", *drop)}
+
+
+def _order_data(order_id: int) -> dict:
+    from exchange.api.serializers import OrderSerializer
+
+    return OrderSerializer(selectors.order_with_fills().get(pk=order_id)).data
+
+
+def _not_regulator(user) -> None:
+    if user.is_regulator:
+        raise ServiceError("Regulators have read-only access.", status_code=403)
+
+
+def _find_order(user, message: dict) -> Order:
+    qs = selectors.order_list_for_user(user)
+    if message.get("order") is not None:
+        if not str(message["order"]).isdigit():
+            raise drf_exceptions.ValidationError({"order": ["An order id."]})
+        order = qs.filter(pk=int(message["order"])).first()
+    elif message.get("client_order_id"):
+        qs = qs.filter(client_order_id=str(message["client_order_id"]), organisation_id__in=organisation_ids_for_user(user))
+        order = qs.order_by("-id").first()
+    else:
+        raise drf_exceptions.ValidationError({"order": ["Give `order` (an id) or `client_order_id`."]})
+    if order is None:
+        raise drf_exceptions.NotFound("No such order among yours.")
+    return order
+
+
+def order_place_command(user, message: dict) -> dict:
+    """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}."""
+    from exchange.api.serializers import OrderInSerializer
+
+    _not_regulator(user)
+    _throttle(user)
+    data = _fields(message, "order_type")
+    if "order_type" in message:
+        data["type"] = message["order_type"]
+    serializer = OrderInSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    v = dict(serializer.validated_data)
+    organisation = acting_organisation(user, v.pop("organisation", None), services.TRADING_ROLES)
+    order, created = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
+    replies = transport.send([{"op": "submit", "order": order.pk}]) if created else []
+    return {"order": _order_data(order.pk), "created": created, "confirmed": replies is not None}
+
+
+def order_cancel_command(user, message: dict) -> dict:
+    _not_regulator(user)
+    unknown = sorted(set(_fields(message)) - {"order", "client_order_id"})
+    if unknown:
+        raise drf_exceptions.ValidationError({name: ["Unknown field."] for name in unknown})
+    order = services.order_cancel_request(user=user, order=_find_order(user, message))
+    replies = transport.send([{"op": "cancel", "order": order.pk, "actor": user.pk}])
+    return {"order": _order_data(order.pk), "confirmed": replies is not None}
+
+
+def order_amend_command(user, message: dict) -> dict:
+    from exchange.api.serializers import OrderAmendSerializer
+
+    _not_regulator(user)
+    order = _find_order(user, message)
+    serializer = OrderAmendSerializer(data=_fields(message, "order", "client_order_id"))
+    serializer.is_valid(raise_exception=True)
+    order, price, open_qty = services.order_amend_prepare(user=user, order=order, **serializer.validated_data)
+    replies = transport.send([{"op": "amend", "order": order.pk, "price": price, "quantity": open_qty, "actor": user.pk}])
+    if replies and replies[0].get("rejected"):
+        raise drf_exceptions.ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
+    return {"order": _order_data(order.pk), "confirmed": replies is not None}
+
+
+def order_cancel_all_command(user, message: dict) -> dict:
+    from exchange.api.serializers import CancelAllSerializer
+
+    _not_regulator(user)
+    serializer = CancelAllSerializer(data=_fields(message))
+    serializer.is_valid(raise_exception=True)
+    organisation = acting_organisation(user, serializer.validated_data.get("organisation"), services.TRADING_ROLES)
+    open_orders = list(services.orders_open_for(organisation=organisation, instrument=serializer.validated_data.get("instrument")))
+    for order in open_orders:
+        services.order_cancel_request(user=user, order=order)
+    commands = [{"op": "cancel", "order": o.pk, "actor": user.pk} for o in open_orders]
+    replies = transport.send(commands) if commands else []
+    return {"requested": len(open_orders), "confirmed": replies is not None}
+
+
+def orders_cancel_placed(user, order_ids: set[int]) -> int:
+    """Cancel-on-disconnect: the socket's orders that still rest or wait for the matcher."""
+    cancelled = []
+    for order in Order.objects.filter(pk__in=order_ids, status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).select_related("organisation"):
+        try:
+            services.order_cancel_request(user=user, order=order)
+        except ServiceError:
+            continue  # finished meanwhile, or the user lost the trading role
+        cancelled.append(order.pk)
+    if cancelled:
+        transport.send([{"op": "cancel", "order": pk, "actor": user.pk} for pk in cancelled])
+    return len(cancelled)
+
+
+COMMANDS = {
+    "place": order_place_command,
+    "cancel": order_cancel_command,
+    "amend": order_amend_command,
+    "cancel_all": order_cancel_all_command,
+}
+SERVICE_CODES = {400: "invalid", 403: "permission_denied", 404: "not_found", 409: "conflict"}
+
+
+def error_frame(request_id, exc: Exception) -> dict:
+    """The REST API's error, as a websocket frame: status, a code, a message and the field errors."""
+    if isinstance(exc, ServiceError):
+        status, code, fields = exc.status_code, SERVICE_CODES.get(exc.status_code, "error"), exc.detail
+    elif isinstance(exc, Http404):
+        status, code, fields = 404, "not_found", {}
+    elif isinstance(exc, drf_exceptions.APIException):
+        status, code = exc.status_code, exc.default_code
+        detail = exc.detail
+        fields = detail if isinstance(detail, dict) else ({"non_field_errors": detail} if isinstance(detail, list) else {})
+        if isinstance(exc, drf_exceptions.ValidationError):
+            code = "invalid"
+        if not fields:
+            message = str(detail)
+    else:
+        status, code, fields = 500, "internal_error", {}
+    if fields:
+        field, errors = next(iter(fields.items()))
+        first = errors[0] if isinstance(errors, list) and errors else errors
+        message = f"{field}: {first}" if field != "non_field_errors" else str(first)
+    elif status == 404:
+        message = str(exc) if str(exc) else "Not found."
+    elif status == 500:
+        message = "The server failed; the command may or may not have applied. Check your orders."
+    return {"type": "error", "request_id": request_id, "status": status, "code": code, "message": message, "fields": fields}
+
+
+class UserConsumer(AsyncWebsocketConsumer):
+    """/ws/user/: the user's organisations' order and fill events, and order entry (same services as REST)."""
+
+    user = None
+    organisations: list[int] = []
+    heartbeat_task: asyncio.Task | None = None
+    cancel_on_disconnect = False
+
+    async def connect(self) -> None:
+        register_server_loop(asyncio.get_running_loop())
+        user = self.scope.get("user")
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.seq = 0
+        self.placed: set[int] = set()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        self.cancel_on_disconnect = query.get("cancel_on_disconnect", ["0"])[0].lower() in ("1", "true", "yes")
+        self.organisations = sorted(await database_sync_to_async(organisation_ids_for_user)(user))
+        for org in self.organisations:
+            await self.channel_layer.group_add(organisation_group(org), self.channel_name)
+        # Joined first: anything after `at` arrives here; re-read what came before over REST.
+        await self.send(text_data=_dumps({
+            "type": "welcome", "user": user.pk, "organisations": self.organisations, "seq": 0,
+            "at": timezone.now().isoformat(), "cancel_on_disconnect": self.cancel_on_disconnect,
+            "heartbeat_seconds": heartbeat_seconds(),
+        }))
+        self.heartbeat_task = asyncio.create_task(self._heartbeat())
+
+    async def disconnect(self, code) -> None:
+        if self.user is None:
+            return
+        if self.heartbeat_task is not None:
+            self.heartbeat_task.cancel()
+        for org in self.organisations:
+            await self.channel_layer.group_discard(organisation_group(org), self.channel_name)
+        if self.cancel_on_disconnect and self.placed:
+            try:
+                n = await _db(orders_cancel_placed)(self.user, set(self.placed))
+                log.info("cancel-on-disconnect: %d orders of user %s", n, self.user.pk)
+            except Exception:
+                log.exception("cancel-on-disconnect failed for user %s", self.user.pk)
+
+    async def user_event(self, event: dict) -> None:
+        """Group message "user.event": an order's new state; the per-connection seq goes in front."""
+        self.seq += 1
+        await self.send(text_data=f'{{"seq":{self.seq},{event["text"][1:]}')
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        try:
+            message = json.loads(text_data or "")
+            kind = message.get("type")
+        except (ValueError, AttributeError):
+            await self.send(text_data=_dumps({"type": "error", "request_id": None, "status": 400, "code": "bad_request",
+                                              "message": "Send JSON objects with a `type`.", "fields": {}}))
+            return
+        request_id = message.get("request_id")
+        if kind == "ping":
+            await self.send(text_data=_dumps({"type": "pong", "request_id": request_id, "seq": self.seq}))
+            return
+        command = COMMANDS.get(kind)
+        if command is None:
+            await self.send(text_data=_dumps({"type": "error", "request_id": request_id, "status": 400, "code": "unknown_type",
+                                              "message": f"`type` is one of {', '.join(COMMANDS)} or ping.", "fields": {}}))
+            return
+        try:
+            result = await _db(command)(self.user, message)
+        except Exception as exc:
+            if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                log.exception("websocket %s command failed", kind)
+            await self.send(text_data=_dumps(error_frame(request_id, exc)))
+            return
+        if kind == "place":
+            self.placed.add(result["order"]["id"])
+        await self.send(text_data=_dumps({"type": "ack", "request_id": request_id, **result}))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(heartbeat_seconds())
+            await self.send(text_data=_dumps({"type": "heartbeat", "seq": self.seq, "at": timezone.now().isoformat()}))

@@ -1,0 +1,88 @@
+"""Shared by the websocket tests: the application stack, sockets, REST calls from async bodies, book rebuilding."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from channels.routing import URLRouter
+
+from exchange.selectors import checksum
+
+
+def _websocket_communicator():
+    """channels.testing imports daphne (for its live-server test case) and daphne is not installed: we
+    serve with uvicorn. Satisfy that one import with a stand-in, then take the stand-in away again."""
+    try:
+        from channels.testing import WebsocketCommunicator
+    except ModuleNotFoundError as exc:
+        if exc.name != "daphne":
+            raise
+        stub, stub_testing = types.ModuleType("daphne"), types.ModuleType("daphne.testing")
+        stub_testing.DaphneProcess = object
+        sys.modules.update({"daphne": stub, "daphne.testing": stub_testing})
+        try:
+            from channels.testing import WebsocketCommunicator
+        finally:
+            del sys.modules["daphne"], sys.modules["daphne.testing"]
+    return WebsocketCommunicator
+
+
+WebsocketCommunicator = _websocket_communicator()
+
+TIMEOUT = 5
+
+
+def ws_app():
+    """The websocket stack config/asgi.py should serve (exchange.ws_auth.websocket_application)."""
+    from config.routing import websocket_urlpatterns
+    from exchange.ws_auth import websocket_application
+
+    return websocket_application(URLRouter(websocket_urlpatterns))
+
+
+async def open_socket(path: str, *, app=None, token: str | None = None, origin: bytes | None = b"http://testserver", headers=()):
+    hdrs = list(headers)
+    if origin is not None:
+        hdrs.append((b"origin", origin))
+    if token is not None:
+        hdrs.append((b"authorization", f"Token {token}".encode()))
+    comm = WebsocketCommunicator(app or ws_app(), path, headers=hdrs)
+    connected, code = await comm.connect(timeout=TIMEOUT)
+    return comm, connected, code
+
+
+def place(api, user, instrument, **fields):
+    api.force_authenticate(user)
+    body = {"instrument": instrument.pk, "side": "buy", "price": "15.00", "quantity": 1, "client_order_id": "c1"} | fields
+    response = api.post("/api/v1/orders/", body, format="json")
+    assert response.status_code in (200, 201), response.json()
+    return response.json()
+
+
+class LocalBook:
+    """A client's copy of the book: a snapshot, then updates applied in order."""
+
+    def __init__(self, snapshot: dict) -> None:
+        self.seq = snapshot["seq"]
+        self.levels = {"buy": dict(map(tuple, snapshot["bids_fen_per_lot"])), "sell": dict(map(tuple, snapshot["asks_fen_per_lot"]))}
+
+    def apply(self, message: dict) -> None:
+        for update in message["updates"]:
+            assert update["seq"] == self.seq + 1, f"gap: {self.seq} then {update['seq']}"
+            self.seq = update["seq"]
+            side = self.levels[update["side"]]
+            if update["quantity"]:
+                side[update["price_fen_per_lot"]] = update["quantity"]
+            else:
+                side.pop(update["price_fen_per_lot"], None)
+        assert message["seq"] == self.seq
+
+    def bids(self) -> list[tuple[int, int]]:
+        return sorted(self.levels["buy"].items(), key=lambda level: -level[0])
+
+    def asks(self) -> list[tuple[int, int]]:
+        return sorted(self.levels["sell"].items())
+
+    def checksum(self) -> int:
+        return checksum(self.bids(), self.asks())

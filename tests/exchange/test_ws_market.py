@@ -1,0 +1,249 @@
+"""/ws/market/<id>/: snapshot, then incremental updates with continuous seq and checksums, trades, tickers,
+heartbeats, resync; and the relay logic that makes snapshot-then-updates race-free."""
+
+import asyncio
+from zlib import crc32
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from exchange import consumers
+from exchange.models import Order, Trade
+from exchange.publish import market_group
+from tests.exchange.live.helpers import TIMEOUT, LocalBook, open_socket, place
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def rest_book(api, instrument) -> dict:
+    return api.get(f"/api/v1/instruments/{instrument.pk}/book/", {"depth": 500}).json()
+
+
+def test_snapshot_then_updates_trades_and_tickers_keep_seq_and_checksum(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    # Given a sell of 5 at 15.00 and a buy of 2 at 14.00 resting (book seq 1 and 2).
+    place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=5, client_order_id="s1")
+    bid = place(api, m["buyer_user"], inst, side="buy", price="14.00", quantity=2, client_order_id="b1")
+
+    async def body():
+        comm, connected, _ = await open_socket(f"/ws/market/{inst.pk}/")
+        assert connected
+        snapshot = await comm.receive_json_from(TIMEOUT)
+        assert snapshot == {
+            "type": "snapshot", "instrument": inst.pk, "code": inst.code, "status": "open", "seq": 2,
+            "checksum": crc32(b"1400:2:1500:5"), "bids": [["14.00", 2]], "asks": [["15.00", 5]],
+            "bids_fen_per_lot": [[1400, 2]], "asks_fen_per_lot": [[1500, 5]], "last": None, "last_fen_per_lot": None,
+            "trade_seq": 0, "heartbeat_seconds": 15.0,
+        }
+        book = LocalBook(snapshot)
+        assert book.checksum() == snapshot["checksum"]
+
+        # When a buy of 3 at 15.10 crosses (through the REST API) ...
+        await database_sync_to_async(place)(api, m["buyer_user"], inst, side="buy", price="15.10", quantity=3, client_order_id="b2")
+        update = await comm.receive_json_from(TIMEOUT)
+        assert update == {
+            "type": "book", "instrument": inst.pk, "seq": 3, "checksum": crc32(b"1400:2:1500:2"),
+            "updates": [{"side": "sell", "price": "15.00", "price_fen_per_lot": 1500, "quantity": 2, "seq": 3}],
+        }
+        book.apply(update)
+        assert book.checksum() == update["checksum"]
+        trade = await database_sync_to_async(Trade.objects.get)()
+        at = trade.created_at.isoformat()
+        assert await comm.receive_json_from(TIMEOUT) == {
+            "type": "trade", "instrument": inst.pk, "trade_seq": 1, "book_seq": 3, "price": "15.00",
+            "price_fen_per_lot": 1500, "quantity": 3, "taker_side": "buy", "at": at,
+        }
+        assert await comm.receive_json_from(TIMEOUT) == {
+            "type": "ticker", "instrument": inst.pk, "last": "15.00", "last_fen_per_lot": 1500, "trade_seq": 1, "book_seq": 3, "at": at,
+        }
+
+        # ... and the resting bid is cancelled.
+        await database_sync_to_async(api.delete)(f"/api/v1/orders/{bid['id']}/")
+        update = await comm.receive_json_from(TIMEOUT)
+        assert update == {
+            "type": "book", "instrument": inst.pk, "seq": 4, "checksum": crc32(b"1500:2"),
+            "updates": [{"side": "buy", "price": "14.00", "price_fen_per_lot": 1400, "quantity": 0, "seq": 4}],
+        }
+        book.apply(update)
+        assert book.checksum() == update["checksum"]
+        assert await comm.receive_nothing(0.1)
+
+        # Then the client's book is the committed book.
+        rest = await database_sync_to_async(rest_book)(api, inst)
+        assert (rest["seq"], rest["checksum"]) == (book.seq, book.checksum())
+        assert (rest["bids_fen_per_lot"], rest["asks_fen_per_lot"]) == ([], [[1500, 2]])
+        await comm.disconnect()
+
+    async_to_sync(body)()
+
+
+def test_a_sweep_is_one_message_with_several_updates_and_the_final_checksum(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    for i, price in enumerate(["15.00", "15.01", "15.02"]):
+        place(api, m["seller_user"], inst, side="sell", price=price, quantity=1, client_order_id=f"s{i}")
+
+    async def body():
+        comm, _, _ = await open_socket(f"/ws/market/{inst.pk}/")
+        book = LocalBook(await comm.receive_json_from(TIMEOUT))
+        assert book.seq == 3
+        await database_sync_to_async(place)(api, m["buyer_user"], inst, side="buy", price="15.02", quantity=4, client_order_id="sweep")
+        update = await comm.receive_json_from(TIMEOUT)
+        # Three levels taken, then the rest of the buy rests at 15.02: four updates, seq 4..7.
+        assert [(u["side"], u["price_fen_per_lot"], u["quantity"], u["seq"]) for u in update["updates"]] == [
+            ("sell", 1500, 0, 4), ("sell", 1501, 0, 5), ("sell", 1502, 0, 6), ("buy", 1502, 1, 7),
+        ]
+        book.apply(update)
+        assert update["seq"] == 7 and book.checksum() == update["checksum"] == crc32(b"1502:1")
+        assert [(await comm.receive_json_from(TIMEOUT))["type"] for _ in range(4)] == ["trade", "trade", "trade", "ticker"]
+        await comm.disconnect()
+
+    async_to_sync(body)()
+
+
+def test_heartbeats_carry_the_latest_seq_and_resync_resends_the_snapshot(api, market_setup, settings):
+    settings.WS_HEARTBEAT_SECONDS = 0.05
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="15.50", quantity=2, client_order_id="s1")
+
+    async def body():
+        comm, _, _ = await open_socket(f"/ws/market/{inst.pk}/")
+        snapshot = await comm.receive_json_from(TIMEOUT)
+        heartbeat = await comm.receive_json_from(TIMEOUT)
+        assert set(heartbeat) == {"type", "instrument", "at", "seq"}
+        assert (heartbeat["type"], heartbeat["instrument"], heartbeat["seq"]) == ("heartbeat", inst.pk, 1)
+        await comm.send_json_to({"type": "resync"})
+        frames = [await comm.receive_json_from(TIMEOUT) for _ in range(3)]
+        assert snapshot in frames  # heartbeats may come in between
+        await comm.send_json_to({"type": "ping", "request_id": 7})
+        frames = [await comm.receive_json_from(TIMEOUT) for _ in range(3)]
+        assert {"type": "pong", "request_id": 7, "seq": 1} in frames
+        await comm.disconnect()
+
+    async_to_sync(body)()
+
+
+def test_sockets_of_one_process_share_one_group_member_and_each_gets_every_update(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+
+    async def body():
+        sockets = [(await open_socket(f"/ws/market/{inst.pk}/"))[0] for _ in range(3)]
+        for comm in sockets:
+            assert (await comm.receive_json_from(TIMEOUT))["seq"] == 0
+        hub = consumers.market_hub()
+        assert len(hub.topics[inst.pk].consumers) == 3
+        layer = get_channel_layer()
+        if isinstance(layer, InMemoryChannelLayer):
+            assert set(layer.groups[market_group(inst.pk)]) == {hub.channel}
+        await database_sync_to_async(place)(api, m["seller_user"], inst, side="sell", price="15.00", quantity=1, client_order_id="s1")
+        texts = [await comm.receive_from(TIMEOUT) for comm in sockets]
+        assert len(set(texts)) == 1 and '"seq":1' in texts[0]
+        for comm in sockets:
+            await comm.disconnect()
+        assert inst.pk not in hub.topics
+        if isinstance(layer, InMemoryChannelLayer):
+            assert market_group(inst.pk) not in layer.groups
+
+    async_to_sync(body)()
+
+
+def test_unknown_instrument_gets_an_error_and_4404(db):
+    async def body():
+        comm, connected, _ = await open_socket("/ws/market/987654/")
+        assert connected
+        assert await comm.receive_json_from(TIMEOUT) == {"type": "error", "code": "not_found", "message": "No instrument 987654."}
+        assert await comm.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4404}
+
+    async_to_sync(body)()
+
+
+# --- the relay logic, without sockets ---------------------------------------------------------------------
+
+
+class FakeHub:
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    async def snapshot(self, topic):
+        return {"seq": self.seq, "text": f"snapshot {self.seq}"}
+
+
+def book(first: int, last: int) -> dict:
+    return {"kind": "book", "first": first, "seq": last, "text": f"book {first}-{last}",
+            "instrument": 1}
+
+
+def trade(seq: int) -> dict:
+    return {"kind": "trade", "first": seq, "seq": seq, "text": f"trade {seq}", "instrument": 1}
+
+
+def relay(snapshot_seq: int) -> consumers.MarketConsumer:
+    c = consumers.MarketConsumer()
+    c.instrument_id, c.outbox, c.wakeup = 1, __import__("collections").deque(), asyncio.Event()
+    c.seq = c.snap_seq = 0
+    c.buffer = []
+    c.hub = FakeHub(snapshot_seq)
+    return c
+
+
+def test_updates_buffered_during_the_snapshot_are_dropped_up_to_its_seq_then_flushed_in_order():
+    async def body():
+        c = relay(snapshot_seq=5)
+        for message in (book(4, 4), trade(4), book(5, 5), trade(5), book(6, 7), trade(7)):
+            c.offer(message)
+        await c._finish_resync()
+        # Still in flight after the snapshot: already-applied updates are dropped too.
+        c.offer(book(7, 7))
+        c.offer(book(8, 8))
+        return list(c.outbox)
+
+    assert async_to_sync(body)() == ["snapshot 5", "book 6-7", "trade 7", "book 8-8"]
+
+
+def test_a_message_straddling_the_snapshot_keeps_only_the_later_updates():
+    async def body():
+        c = relay(snapshot_seq=5)
+        c.offer({"kind": "book", "first": 4, "seq": 6, "instrument": 1,
+                 "text": '{"type":"book","seq":6,"updates":[{"seq":4},{"seq":5},{"seq":6}]}'})
+        await c._finish_resync()
+        return list(c.outbox)
+
+    assert async_to_sync(body)() == ["snapshot 5", '{"type":"book","seq":6,"updates":[{"seq":6}]}']
+
+
+def test_a_gap_in_the_stream_makes_the_socket_resynchronise():
+    async def body():
+        c = relay(snapshot_seq=2)
+        await c._finish_resync()
+        c.offer(book(3, 3))
+        c.hub.seq = 9
+        c.offer(book(5, 5))  # 4 was lost
+        assert c.buffer is not None  # buffering while the new snapshot is read
+        c.offer(book(9, 9))
+        c.offer(book(10, 10))
+        await asyncio.sleep(0.01)
+        return list(c.outbox)
+
+    assert async_to_sync(body)() == ["snapshot 2", "book 3-3", "snapshot 9", "book 10-10"]
+
+
+def test_a_socket_that_falls_too_far_behind_is_closed(settings):
+    settings.WS_MAX_OUTBOX = 3
+
+    async def body():
+        c = relay(snapshot_seq=0)
+        await c._finish_resync()
+        for n in range(1, 5):
+            c.offer(book(n, n))
+        return c.dropped, list(c.outbox), c._close_code
+
+    assert async_to_sync(body)() == (True, [None], consumers.CLOSE_TOO_SLOW)
+
+
+def test_orders_helper_sanity(db):
+    assert not Order.objects.exists()
