@@ -75,6 +75,11 @@ class PaymentProvider(ABC):
     def payout_send(self, payout: Payout) -> str:
         """Send the money; returns the provider's reference. Only called when `pays_out_online`."""
 
+    def refund_check(self, top_up: TopUp) -> None:
+        """Raise PaymentError if this top-up cannot be refunded through the provider (checked before any
+        money is reserved). Nothing to check by default."""
+        return None
+
     @abstractmethod
     def refund_send(self, top_up: TopUp, *, amount_fen: int, key: str) -> str:
         """Return part or all of a succeeded top-up to the payer; returns the provider's reference.

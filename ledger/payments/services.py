@@ -106,6 +106,8 @@ def top_up_create(
     _check_amount(amount_fen)
     _check_key(idempotency_key)
     payments = provider_get(provider)
+    if bank_reference and payments.confirms_top_ups:
+        raise PaymentError(f"A bank reference is only for bank transfers, not {payments.name}.", field="bank_reference")
     top_up, created = _get_or_create_once(
         find=lambda: TopUp.objects.filter(organisation=organisation, idempotency_key=idempotency_key).first(),
         same=lambda t: (t.amount_fen, t.provider) == (amount_fen, payments.name)
@@ -204,13 +206,15 @@ def top_up_refund(*, top_up: TopUp, idempotency_key: str, amount_fen: int | None
     _check_key(idempotency_key)
     if amount_fen is not None:
         _check_amount(amount_fen)
+    payments = provider_get(top_up.provider)
+    payments.refund_check(top_up)
     digest = key_digest(idempotency_key)
     reference = f"refund:topup:{top_up.pk}:{digest}"
     top_up, hold, done = _refund_reserve(top_up=top_up, reference=reference, amount_fen=amount_fen)
     if done:
         return top_up
     try:
-        provider_get(top_up.provider).refund_send(top_up, amount_fen=hold.amount_fen, key=digest)
+        payments.refund_send(top_up, amount_fen=hold.amount_fen, key=digest)
     except ProviderError as exc:
         if exc.outcome_known:
             _refund_abandon(top_up=top_up, hold=hold)

@@ -14,7 +14,7 @@ import stripe
 from django.conf import settings
 
 from ledger.models import Payout, Provider, TopUp
-from ledger.payments.base import CheckoutStarted, PaymentProvider, ProviderError
+from ledger.payments.base import CheckoutStarted, PaymentError, PaymentProvider, ProviderError
 
 CURRENCY = "cny"
 
@@ -97,9 +97,11 @@ class StripeProvider(PaymentProvider):
             raise _error(exc, "send the payout") from exc
         return transfer.id
 
-    def refund_send(self, top_up: TopUp, *, amount_fen: int, key: str) -> str:
+    def refund_check(self, top_up: TopUp) -> None:
         if not top_up.payment_intent:
-            raise ProviderError("Stripe has not told us this top-up's payment intent; it cannot be refunded yet.", status_code=400)
+            raise PaymentError("Stripe has not told us this top-up's payment intent; it cannot be refunded yet.", field="provider")
+
+    def refund_send(self, top_up: TopUp, *, amount_fen: int, key: str) -> str:
         params: dict[str, Any] = {
             "payment_intent": top_up.payment_intent,
             "amount": amount_fen,

@@ -106,7 +106,12 @@ def _credit_if_matches(top_up: TopUp, *, amount: Any, currency: Any, payment_int
         # Never credit what was not paid: leave it to an operator, who sees the stored event.
         log.error("Stripe paid %s %s for top-up %s of %s fen; not credited.", amount, currency, top_up.pk, top_up.amount_fen)
         return
-    top_up_credit(top_up=top_up, payment_intent=payment_intent)
+    try:
+        top_up_credit(top_up=top_up, payment_intent=payment_intent)
+    except PaymentError as exc:
+        # A state we never expect a paid top-up to be in: store the event for an operator rather than make
+        # Stripe retry for days.
+        log.error("Stripe says top-up %s was paid, but it cannot be credited: %s", top_up.pk, exc)
 
 
 def _session_completed(session: dict) -> None:

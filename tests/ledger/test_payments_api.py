@@ -213,3 +213,15 @@ def test_filters_and_anonymous_access(api, people, rows):
     assert len(api.get(TOP_UPS, {"status": "pending"}).json()["results"]) == 1
     assert api.get(TOP_UPS, {"status": "succeeded"}).json()["results"] == []
     assert len(api.get(PAYOUTS, {"organisation": people.supplier.pk}).json()["results"]) == 1
+
+
+def test_the_process_says_once_that_stripe_is_off(caplog, monkeypatch):
+    from ledger.payments import base
+
+    monkeypatch.setattr(base, "_announced", False)
+    with caplog.at_level("INFO", logger="ledger.payments"):
+        base.announce()
+        base.announce()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Payments: Stripe off (STRIPE_SECRET_KEY unset); top-ups and payouts use bank transfer (offline), confirmed by an operator."
+    ]

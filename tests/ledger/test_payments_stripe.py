@@ -253,3 +253,21 @@ def test_refund_more_than_was_topped_up_is_refused(api, people, stripe_api):
     response = api.post(f"{TOP_UPS}{top_up.pk}/refund/", {"amount": "500.01"}, HTTP_IDEMPOTENCY_KEY="r")
     assert response.status_code == 400 and "At most 500.00 CNY" in response.json()["amount"][0]
     assert stripe_api.posts("/v1/refunds") == []
+
+
+def test_a_bank_reference_is_refused_when_the_top_up_goes_to_stripe(api, people, stripe_api):
+    api.force_authenticate(people.buyer_admin)
+    response = api.post(TOP_UPS, {"amount": "10", "bank_reference": "ICBC 1"}, HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 400 and "bank_reference" in response.json()
+    assert not TopUp.objects.exists() and stripe_api.requests == []
+
+
+def test_a_top_up_without_a_known_payment_intent_is_not_refunded(api, people, stripe_api):
+    top_up, _ = services.top_up_create(organisation=people.buyer, amount_fen=5_000, idempotency_key="k", provider="stripe")
+    top_up = services.top_up_credit(top_up=top_up)  # credited, but no payment intent recorded
+    api.force_authenticate(people.operator)
+    before = ledger_snapshot()
+    response = api.post(f"{TOP_UPS}{top_up.pk}/refund/", {}, HTTP_IDEMPOTENCY_KEY="r")
+    assert response.status_code == 400 and "payment intent" in response.json()["provider"][0]
+    assert ledger_snapshot() == before and stripe_api.posts("/v1/refunds") == []
+    assert balances_get(organisation=people.buyer)["available"] == 5_000
