@@ -217,6 +217,7 @@ SPECTACULAR_SETTINGS = {
         "RegionEnum": "marketplace.regions.Region",
         "ChipClassEnum": "marketplace.models.ChipClass",
         "ComputeUnitEnum": "marketplace.units.ComputeUnit",
+        "OrderSideEnum": "exchange.models.Side",
     },
 }
 
