@@ -21,6 +21,7 @@ from django.conf import settings  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from config.scheduler import start_embedded_scheduler  # noqa: E402
 from config.startup import describe_backends  # noqa: E402
+from ledger.payments.base import announce as announce_payments  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -30,6 +31,7 @@ application = ProtocolTypeRouter(
 )
 
 print(describe_backends(), file=sys.stderr, flush=True)
+announce_payments()
 start_embedded_scheduler()
 if settings.MATCHER_TRANSPORT == "thread":
     # The embedded matcher starts with the server, so it recovers pending work before the first request.

@@ -231,7 +231,7 @@ LOGGING = {
 }
 
 # --- Payments. Stripe is on only when STRIPE_SECRET_KEY is set; otherwise top-ups and payouts go by bank
-# transfer confirmed by an operator (the offline provider). ledger.payments says which, once, at start-up.
+# transfer confirmed by an operator (the offline provider). The server says which, once, at start-up.
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")  # empty: the offline provider is used
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")  # empty: Stripe webhooks are refused
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # empty: Stripe's own (tests point it at a local server)
@@ -239,7 +239,6 @@ STRIPE_CHECKOUT_SUCCESS_URL = os.environ.get("STRIPE_CHECKOUT_SUCCESS_URL", "htt
 STRIPE_CHECKOUT_CANCEL_URL = os.environ.get("STRIPE_CHECKOUT_CANCEL_URL", "http://127.0.0.1:8000/?top_up=cancelled")
 STRIPE_WEBHOOK_TOLERANCE = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE", "300"))  # seconds a signature stays valid
 STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "2"))  # safe: every POST has an idempotency key
-INSTALLED_APPS += ["ledger.payments.apps.PaymentsConfig"]
 
 # --- Production hardening: `manage.py check --deploy` reports nothing in this mode.
 if PRODUCTION:
