@@ -10,11 +10,17 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from exchange import consumers
-from exchange.models import Order, Trade
+from exchange.models import Trade
 from exchange.publish import market_group
-from tests.exchange.live.helpers import TIMEOUT, LocalBook, open_socket, place
+from tests.exchange.live.helpers import TIMEOUT, LocalBook, open_socket, place, release_worker_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _worker_connections():
+    yield
+    release_worker_connections()
 
 
 def rest_book(api, instrument) -> dict:
@@ -244,6 +250,3 @@ def test_a_socket_that_falls_too_far_behind_is_closed(settings):
 
     assert async_to_sync(body)() == (True, [None], consumers.CLOSE_TOO_SLOW)
 
-
-def test_orders_helper_sanity(db):
-    assert not Order.objects.exists()

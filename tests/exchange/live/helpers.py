@@ -86,3 +86,17 @@ class LocalBook:
 
     def checksum(self) -> int:
         return checksum(self.bids(), self.asks())
+
+
+def release_worker_connections(timeout: float = 5.0) -> None:
+    """Consumers run database work on the event loop's pool threads (PostgreSQL); those threads end when
+    the test's loop closes, and their connections with them. Wait for that, so the test database can be
+    flushed and finally dropped without "being accessed by other users"."""
+    import gc
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for thread in [t for t in threading.enumerate() if t.name.startswith("asyncio_")]:
+        thread.join(max(deadline - time.monotonic(), 0.01))
+    gc.collect()
