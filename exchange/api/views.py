@@ -9,6 +9,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
@@ -24,6 +25,10 @@ class OrderRateThrottle(UserRateThrottle):
     """Per-account order-entry rate (settings REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"])."""
 
     scope = "orders"
+
+    def get_rate(self) -> str | None:
+        # Read at request time (DRF binds THROTTLE_RATES at import), so the setting can change at run time.
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
 
 class OrderFilter(django_filters.FilterSet):

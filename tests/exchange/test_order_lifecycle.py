@@ -1,0 +1,89 @@
+"""Gate closure, GTD expiry, market orders and rate limits."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from exchange import transport
+from exchange.models import Order, OrderEvent
+from ledger.selectors import balances_get
+from ledger.verify import ledger_verify
+from marketplace import services as market
+
+pytestmark = pytest.mark.django_db
+
+
+def place(api, user, instrument_, **fields):
+    api.force_authenticate(user)
+    body = {"instrument": instrument_.pk, "side": "buy", "price": "15.00", "quantity": 1, "client_order_id": "c1"} | fields
+    return api.post("/api/v1/orders/", body, format="json")
+
+
+def test_gate_closure_expires_resting_orders_and_releases_holds_and_capacity(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    buy = place(api, m["buyer_user"], inst, price="14.00", quantity=5).json()
+    sell = place(api, m["seller_user"], inst, side="sell", price="16.00", quantity=7, client_order_id="s").json()
+    assert balances_get(organisation=m["buyer"])["held"] > 0
+    # The gate closes: the schedule marks the instrument closed and the matcher expires what rests.
+    inst.gate_closure = timezone.now() - dt.timedelta(seconds=1)
+    inst.save(update_fields=["gate_closure"])
+    market.instruments_roll()
+    replies = transport.send([{"op": "close", "instrument": inst.pk}])
+    assert replies[0]["expired"] == 2
+    for order_id in (buy["id"], sell["id"]):
+        order = Order.objects.get(pk=order_id)
+        assert (order.status, order.reason, order.open_quantity) == ("expired", "gate_closure", 0)
+        assert OrderEvent.objects.filter(order=order, kind="expired").exists()
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000, "held": 0, "escrow": 0, "receivable": 0}
+    cap = Order.objects.get(pk=sell["id"]).capacity_hold
+    assert (cap.lots, cap.sold_lots, cap.released_lots) == (7, 0, 7)
+    assert place(api, m["buyer_user"], inst, client_order_id="late").status_code == 400
+    assert ledger_verify().ok
+
+
+def test_gtd_orders_expire_when_their_time_comes(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    expires = timezone.now() + dt.timedelta(seconds=2)
+    order = place(api, m["buyer_user"], inst, price="14.00", time_in_force="GTD", expires_at=expires.isoformat()).json()
+    assert order["status"] == "open"
+    transport.send([{"op": "expire"}])
+    assert Order.objects.get(pk=order["id"]).status == "open"
+    from unittest import mock
+
+    with mock.patch("exchange.matcher.timezone.now", return_value=expires + dt.timedelta(seconds=1)):
+        transport.send([{"op": "expire"}])
+    stored = Order.objects.get(pk=order["id"])
+    assert (stored.status, stored.reason) == ("expired", "expired")
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+
+
+def test_market_buy_takes_the_book_within_the_band_and_never_rests(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=2, client_order_id="s1")
+    place(api, m["seller_user"], inst, side="sell", price="15.50", quantity=2, client_order_id="s2")
+    response = place(api, m["buyer_user"], inst, type="market", price=None, quantity=10, time_in_force="IOC", client_order_id="mkt")
+    body = response.json()
+    assert response.status_code == 201, body
+    # Market protection is 5% past the best ask (15.75): both levels fill, the rest is cancelled.
+    assert [(f["price"], f["quantity"]) for f in body["fills"]] == [("15.00", 2), ("15.50", 2)]
+    assert (body["status"], body["filled_quantity"], body["reason"]) == ("cancelled", 4, "ioc")
+    balances = balances_get(organisation=m["buyer"])
+    assert balances["held"] == 0 and balances["escrow"] == 6_100
+    assert ledger_verify().ok
+
+
+def test_order_rate_limit_answers_429_with_retry_after(api, market_setup, settings):
+    m = market_setup
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"orders": "2/min"}}
+    from django.core.cache import cache
+
+    cache.clear()
+    codes = [place(api, m["buyer_user"], m["instrument"], price="14.00", client_order_id=f"r{i}").status_code for i in range(3)]
+    assert codes == [201, 201, 429]
+    response = place(api, m["buyer_user"], m["instrument"], price="14.00", client_order_id="r9")
+    assert int(response["Retry-After"]) > 0
+    assert Order.objects.count() == 2
