@@ -10,9 +10,9 @@ import logging
 import threading
 import time
 
-from celery import current_app
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils.module_loading import import_string
 
 log = logging.getLogger(__name__)
 _started = threading.Event()
@@ -28,18 +28,25 @@ def start_embedded_scheduler() -> bool:
     return True
 
 
-def _loop() -> None:
-    next_run = {name: 0.0 for name in settings.PERIODIC_TASKS}
-    while True:
-        now = time.monotonic()
-        for name, interval in settings.PERIODIC_TASKS.items():
-            if now >= next_run[name]:
-                next_run[name] = now + interval
+def run_due(next_run: dict[str, float], now: float) -> list[str]:
+    """Run every task whose time has come (tasks are named by their dotted path); returns their names."""
+    ran = []
+    for name, interval in settings.PERIODIC_TASKS.items():
+        if now >= next_run.get(name, 0.0):
+            next_run[name] = now + interval
+            close_old_connections()
+            try:
+                import_string(name).apply(throw=True)
+                ran.append(name)
+            except Exception:  # a failing job must not stop the others
+                log.exception("periodic task %s failed", name)
+            finally:
                 close_old_connections()
-                try:
-                    current_app.tasks[name].apply()
-                except Exception:  # a failing job must not stop the others
-                    log.exception("periodic task %s failed", name)
-                finally:
-                    close_old_connections()
+    return ran
+
+
+def _loop() -> None:
+    next_run: dict[str, float] = {}
+    while True:
+        run_due(next_run, time.monotonic())
         time.sleep(1.0)

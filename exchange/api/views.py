@@ -13,6 +13,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from common.money import format_cny
 from exchange import selectors, services, transport
 from exchange.api import serializers as s
 from exchange.models import Order, OrderStatus, Trade
@@ -188,7 +189,7 @@ class TickerView(APIView):
         return Response({
             "instrument": instrument.pk, "code": instrument.code, "status": instrument.status,
             **{k: (str(price(t[k])) if t[k] is not None else None) for k in ("last", "best_bid", "best_ask", "open_24h", "high_24h", "low_24h")},
-            "volume_24h": t["volume_24h"], "value_24h": str(t["value_24h_fen"] / 100) if t["value_24h_fen"] else "0",
+            "volume_24h": t["volume_24h"], "value_24h": format_cny(t["value_24h_fen"]),
             "trades_24h": t["trades_24h"],
         })
 
