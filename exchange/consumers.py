@@ -560,6 +560,8 @@ class UserConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=f'{{"seq":{self.seq},{event["text"][1:]}')
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.user is None:
+            return  # refused with 4401; anything it sent before the close is ignored
         try:
             message = json.loads(text_data or "")
             kind = message.get("type")
