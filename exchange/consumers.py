@@ -237,7 +237,7 @@ class MarketConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.instrument_id = int(self.scope["url_route"]["kwargs"]["instrument_id"])
         self.outbox: deque[str] = deque()
-        self.wakeup = asyncio.Event()
+        self.waiter: asyncio.Future | None = None  # set while the writer waits for the outbox to fill
         self.seq = 0  # the last book update this socket was sent (or its snapshot's)
         self.snap_seq = 0  # the snapshot's: trades and tickers at or before it are already reflected
         self.buffer: list[dict] | None = []  # not None while a snapshot is being read
@@ -314,7 +314,7 @@ class MarketConsumer(AsyncWebsocketConsumer):
             self.dropped = True
             self._close_code = CLOSE_NOT_FOUND
             self.outbox.append(None)  # the writer closes after what is queued
-            self.wakeup.set()
+            self._wake()
             return
         buffered, self.buffer = self.buffer or [], None
         self.seq = self.snap_seq = snapshot["seq"]
@@ -328,7 +328,14 @@ class MarketConsumer(AsyncWebsocketConsumer):
         if len(outbox) > max_outbox():
             self._too_slow()
             return
-        self.wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _too_slow(self) -> None:
         log.warning("market %s: a socket fell %d messages behind; closing it", self.instrument_id, max_outbox())
@@ -336,13 +343,15 @@ class MarketConsumer(AsyncWebsocketConsumer):
         self.buffer = None
         self.outbox.clear()
         self.outbox.append(None)
-        self.wakeup.set()
+        self._wake()
 
     async def _write(self) -> None:
         outbox = self.outbox
+        loop = asyncio.get_running_loop()
         while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
+            if not outbox:
+                self.waiter = loop.create_future()
+                await self.waiter
             while outbox:
                 text = outbox.popleft()
                 if text is None:  # a close, queued behind what was already sent

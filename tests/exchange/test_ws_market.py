@@ -190,7 +190,7 @@ def trade(seq: int) -> dict:
 
 def relay(snapshot_seq: int) -> consumers.MarketConsumer:
     c = consumers.MarketConsumer()
-    c.instrument_id, c.outbox, c.wakeup = 1, __import__("collections").deque(), asyncio.Event()
+    c.instrument_id, c.outbox, c.waiter = 1, __import__("collections").deque(), None
     c.seq = c.snap_seq = 0
     c.buffer = []
     c.hub = FakeHub(snapshot_seq)
