@@ -148,6 +148,11 @@ MATCHER_SHARDS = int(os.environ.get("MATCHER_SHARDS", "1"))
 MATCHER_REPLY_TIMEOUT = float(os.environ.get("MATCHER_REPLY_TIMEOUT", "2.0"))  # seconds an API call waits
 MATCHER_HOUSEKEEPING_SECONDS = float(os.environ.get("MATCHER_HOUSEKEEPING_SECONDS", "1.0"))
 
+# Websockets: heartbeat interval on market sockets; how many frames a slow socket may have queued before
+# it is closed (4008) rather than slowing everyone else.
+WS_HEARTBEAT_SECONDS = float(os.environ.get("WS_HEARTBEAT_SECONDS", "15"))
+WS_MAX_OUTBOX = int(os.environ.get("WS_MAX_OUTBOX", "1000"))
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

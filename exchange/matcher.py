@@ -35,7 +35,7 @@ from exchange.models import (
 )
 from exchange.publish import Publication, publish
 from ledger import services as ledger
-from ledger.models import Account, AccountKind, EntryKind, Hold
+from ledger.models import Account, AccountKind, EntryKind
 from marketplace.models import Instrument, InstrumentStatus
 
 log = logging.getLogger(__name__)
@@ -387,22 +387,20 @@ class Matcher:
             batch.publications.append(Publication.order(order, batch.fills.get(order.pk, [])))
 
     def _settle_holds(self, batch: _Batch) -> None:
-        """Captures first (escrow, fees), then releases of whatever each finished order's hold has left."""
-        if batch.captures:
-            orgs = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"}
-            escrow = dict(Account.objects.filter(organisation_id__in=orgs, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
-            fees = ledger.platform_account(kind=AccountKind.FEES).pk
-            ledger.holds_move([
-                ledger.HoldMovement(hold_id=hold, amount_fen=amount, idempotency_key=key, kind=kind, memo=memo,
-                                    destination_id=escrow[dest[1]] if dest[0] == "escrow" else fees)
-                for hold, amount, dest, kind, key, memo in batch.captures
-            ])
-        if batch.releases:
-            remaining = {h.pk: h.remaining_fen for h in Hold.objects.filter(pk__in={hold for hold, _ in batch.releases})}
-            ledger.holds_move([
-                ledger.HoldMovement(hold_id=hold, amount_fen=remaining[hold], idempotency_key=key)
-                for hold, key in batch.releases if remaining.get(hold)
-            ])
+        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left, in ONE
+        ledger call: every account is locked in one statement, so a batch never deadlocks with a placement."""
+        if not batch.captures and not batch.releases:
+            return
+        orgs = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"}
+        escrow = dict(Account.objects.filter(organisation_id__in=orgs, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
+        fees = ledger.platform_account(kind=AccountKind.FEES).pk if batch.captures else None
+        movements = [
+            ledger.HoldMovement(hold_id=hold, amount_fen=amount, idempotency_key=key, kind=kind, memo=memo,
+                                destination_id=escrow[dest[1]] if dest[0] == "escrow" else fees)
+            for hold, amount, dest, kind, key, memo in batch.captures
+        ]
+        movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
+        ledger.holds_move(movements)
 
     def _reply(self, outcome: dict, batch: _Batch) -> dict:
         order = batch.orders.get(outcome.get("order")) if outcome.get("order") else None

@@ -447,10 +447,11 @@ def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: 
 
 @dataclass(frozen=True)
 class HoldMovement:
-    """Capture part of a hold into `destination_id`, or release it back to available when that is None."""
+    """Capture part of a hold into `destination_id`, or release it back to available when that is None.
+    A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures."""
 
     hold_id: int
-    amount_fen: int
+    amount_fen: int | None
     idempotency_key: str
     destination_id: int | None = None
     kind: str = EntryKind.CAPTURE
@@ -459,8 +460,9 @@ class HoldMovement:
 
 def holds_move(movements: Sequence[HoldMovement]) -> None:
     """Apply captures and releases to several holds in one transaction, all or nothing. A movement whose
-    key is already in the journal is skipped (a replay). Locks the holds (by id), then the accounts."""
-    movements = [m for m in movements if m.amount_fen]
+    key is already in the journal is skipped (a replay). Locks the holds (by id), then every account in one
+    statement (by id): one lock phase, so it cannot deadlock with hold_place or another batch."""
+    movements = [m for m in movements if m.amount_fen != 0]
     if not movements:
         return
     with transaction.atomic():
@@ -480,20 +482,27 @@ def holds_move(movements: Sequence[HoldMovement]) -> None:
             hold = holds.get(m.hold_id)
             if hold is None:
                 raise InvalidEntry(f"Unknown hold {m.hold_id}.", field="hold")
-            if m.amount_fen < 0:
-                raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
             left = hold.remaining_fen - captured.get(hold.pk, 0) - released.get(hold.pk, 0)
-            if hold.status != HoldStatus.OPEN or m.amount_fen > left:
-                raise InsufficientFunds(f"Hold {hold.reference} has {left} fen left, not {m.amount_fen}.")
+            amount = m.amount_fen
+            if amount is None:
+                if m.destination_id is not None:
+                    raise InvalidEntry("Only a release may take whatever is left.", field="amount")
+                if left == 0 or hold.status != HoldStatus.OPEN:
+                    continue
+                amount = left
+            if amount < 0:
+                raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
+            if hold.status != HoldStatus.OPEN or amount > left:
+                raise InsufficientFunds(f"Hold {hold.reference} has {left} fen left, not {amount}.")
             held = accounts[(hold.organisation_id, AccountKind.HELD)]
             if m.destination_id is None:
                 destination, kind, bucket = accounts[(hold.organisation_id, AccountKind.AVAILABLE)], EntryKind.RELEASE, released
             else:
                 destination, kind, bucket = m.destination_id, m.kind, captured
-            bucket[hold.pk] = bucket.get(hold.pk, 0) + m.amount_fen
+            bucket[hold.pk] = bucket.get(hold.pk, 0) + amount
             requests.append(
                 EntryRequest(
-                    idempotency_key=m.idempotency_key, kind=kind, postings=[(held, -m.amount_fen), (destination, m.amount_fen)],
+                    idempotency_key=m.idempotency_key, kind=kind, postings=[(held, -amount), (destination, amount)],
                     memo=m.memo or f"{kind} {hold.reference}", reference=hold.reference,
                 )
             )

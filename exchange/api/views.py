@@ -35,10 +35,11 @@ class OrderRateThrottle(UserRateThrottle):
 class OrderFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
     since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    updated_since = django_filters.IsoDateTimeFilter(field_name="updated_at", lookup_expr="gte", help_text="orders changed since (to catch up after a reconnect)")
 
     class Meta:
         model = Order
-        fields = ["instrument", "status", "side", "client_order_id", "organisation", "since"]
+        fields = ["instrument", "status", "side", "client_order_id", "organisation", "since", "updated_since"]
 
 
 def _refresh(order: Order) -> Order:

@@ -272,8 +272,6 @@ def test_api_clients_without_an_origin_connect_with_a_token(market_setup):
     async_to_sync(body)()
 
 
-@pytest.mark.xfail(strict=True, reason="config/asgi.py wraps websockets in AllowedHostsOriginValidator, which refuses a "
-                   "handshake without Origin; it should use exchange.ws_auth.websocket_application (see docs/websockets.md)")
 def test_the_configured_stack_admits_api_clients_without_an_origin(market_setup, asgi_application):
     key = token(market_setup["buyer_user"])
 
