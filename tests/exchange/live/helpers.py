@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator  # noqa: F401  (re-exported for the tests)
 
 from exchange.selectors import checksum
-
-
-def _websocket_communicator():
-    """channels.testing imports daphne (for its live-server test case) and daphne is not installed: we
-    serve with uvicorn. Satisfy that one import with a stand-in, then take the stand-in away again."""
-    try:
-        from channels.testing import WebsocketCommunicator
-    except ModuleNotFoundError as exc:
-        if exc.name != "daphne":
-            raise
-        stub, stub_testing = types.ModuleType("daphne"), types.ModuleType("daphne.testing")
-        stub_testing.DaphneProcess = object
-        sys.modules.update({"daphne": stub, "daphne.testing": stub_testing})
-        try:
-            from channels.testing import WebsocketCommunicator
-        finally:
-            del sys.modules["daphne"], sys.modules["daphne.testing"]
-    return WebsocketCommunicator
-
-
-WebsocketCommunicator = _websocket_communicator()
 
 TIMEOUT = 5
 
