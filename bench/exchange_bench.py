@@ -1,0 +1,1016 @@
+"""Exchange benchmark: order entry through the production stack, against a validate-only baseline.
+
+Usage::
+
+    .venv/bin/python bench/exchange_bench.py [--case rest] [--workers 8] [--clients 16] [--seconds 10]
+        [--rounds 3] [--shards 1] [--buyers 100] [--sellers 20] [--fresh] [--profile DIR] [--settings MODULE]
+
+DATABASE_URL names the bench database (default postgres://postgres@127.0.0.1:5432/suanli_xbench; created if
+missing, then migrated); REDIS_URL the Redis database for the matcher transport and the channel layer
+(default redis://127.0.0.1:6379/12, flushed at start).
+
+Stack (the production shape of docs/ARCHITECTURE): ``manage.py runmatcher --shard K --shards N`` processes
+over Redis (MATCHER_TRANSPORT=redis) and REST under gunicorn sync workers (``gunicorn config.wsgi -w W``),
+both on PostgreSQL. A second gunicorn, same worker count, serves the baseline with
+DJANGO_SETTINGS_MODULE=bench.bench_settings: the project's URLs plus POST /bench/validate-order/, which
+authenticates the token and validates the same payload with the order-entry serializer, and writes nothing.
+
+Market (set up once, idempotent): one day product (reference 15.00 CNY/unit, tick 0.01, lot 1 unit, band
+10%, fees 5/10 bps), its instruments listed by ``instruments_roll``; ``--shards`` open instruments are
+traded (the earliest whose gate closure is over two hours away, consecutive ids, so one per shard);
+``--sellers`` supplier organisations, each with a data centre of 20,000 H100 listed for the product over
+two weeks; ``--buyers`` buyer organisations funded with 100M CNY each from a provider clearing account
+through ``ledger.services.transfer``; one trader per organisation with an API token.
+
+Case ``rest``: each round runs the baseline, then order entry, for ``--seconds`` each, from
+``--client-procs`` load-generator processes (asyncio, raw HTTP/1.1; ``--clients`` connections in all, each
+sending its next request as soon as the previous answer arrives). Every request is a fresh order with a
+unique client_order_id from a random trader: half buys, half sells; 60% GTC limits resting 1-10 ticks
+behind the mid (1-10 lots), 40% IOC limits 10 ticks through it (1-20 lots), so trades happen and the
+book stays about the same size. The answer to POST /api/v1/orders/ is the acknowledgement: the web worker
+stores the order and its hold, sends it to the matcher and answers when the matcher has written its batch
+(status open/filled/cancelled) or after MATCHER_REPLY_TIMEOUT (status pending: counted and reported).
+Latency is measured from before connecting (gunicorn sync workers close each connection) to the last byte
+of the answer. Only requests completed in the window count; clients start 0.5 s before it.
+
+CPU per request of each part (web workers, matcher, PostgreSQL backends, the Redis server, load generator,
+everything else on the machine: other users' work on a shared machine) is read from /proc over the same
+window. After the rounds: no order is left pending,
+``ledger_verify()`` is ok, orders stored = 201 answers, trades = contracts, lots bought = lots sold = lots
+traded, and no hold is left on a finished order. ``--settings`` runs the order server and the matchers
+under another settings module (what-if experiments with patched code). ``--profile DIR`` adds one unmeasured order-entry phase
+sampled with py-spy (web workers and matcher; raw collapsed stacks in DIR).
+
+Medians of the rounds are reported; rest_ratio is the median of the per-round ratios of orders/s to the
+baseline's requests/s. The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from array import array
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/suanli_xbench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
+PREFIX = "xbench"
+PRODUCT_CODE = "XBENCH-AI"
+FUND_FEN = 10**10  # 100M CNY per buyer
+DEVICES = 20_000  # H100 per supplier, all listed: ~475k lots per day instrument
+MID_TICKS = 1500  # 15.00 CNY
+ORDER_PATH = "/api/v1/orders/"
+VALIDATE_PATH = "/bench/validate-order/"
+GOAL_RPS, GOAL_P99_MS, GOAL_RATIO = 1000.0, 100.0, 0.4
+
+
+# --- Setup ------------------------------------------------------------------------------------------------
+
+
+def _django_setup(url: str, redis_url: str, shards: int) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=url,
+        REDIS_URL=redis_url,
+        MATCHER_TRANSPORT="redis",
+        MATCHER_SHARDS=str(shards),
+        LOG_LEVEL="WARNING",
+    )
+    import django
+
+    django.setup()
+
+
+def _admin_connect(url: str):
+    import psycopg
+
+    u = urlsplit(url)
+    return psycopg.connect(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username or "postgres",
+        password=u.password,
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def database_ensure(url: str, *, fresh: bool) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with _admin_connect(url) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if exists and fresh:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+            print(f"created database {name}")
+
+
+def market_prepare(*, buyers: int, sellers: int, shards: int) -> dict[str, Any]:
+    """The product, its instruments, suppliers with listings, funded buyers, traders with tokens.
+    Idempotent: what exists is reused, buyers below half their funding are topped up."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from django.db import transaction
+    from django.utils import timezone
+    from rest_framework.authtoken.models import Token
+
+    from ledger import services as ledger
+    from ledger.models import Account, AccountKind, EntryKind
+    from marketplace import services as market
+    from marketplace.models import (
+        DeviceModel,
+        Instrument,
+        InstrumentStatus,
+        Listing,
+        MemberRole,
+        Membership,
+        Organisation,
+        Product,
+        User,
+    )
+    from marketplace.validators import make_credit_code
+
+    t0 = time.perf_counter()
+    product, _ = Product.objects.get_or_create(
+        code=PRODUCT_CODE,
+        defaults=dict(
+            name="Bench AI training capacity",
+            unit="FP16_PFH",
+            chip_class="training",
+            min_security_level=3,
+            lot_size=Decimal("1"),
+            tick_size=Decimal("0.01"),
+            reference_price=Decimal("15.00"),
+            price_band_bps=1000,
+            maker_fee_bps=5,
+            taker_fee_bps=10,
+            window="day",
+        ),
+    )
+    market.instruments_roll()
+    h100, _ = DeviceModel.objects.get_or_create(
+        vendor="NVIDIA",
+        name="H100 SXM",
+        defaults=dict(
+            chip_class="training",
+            is_domestic=False,
+            fp16_tflops=Decimal("989"),
+            fp32_tflops=Decimal("67"),
+            fp64_tflops=Decimal("34"),
+            memory_gb=80,
+            power_w=700,
+        ),
+    )
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def org(kind: str, i: int) -> Organisation:
+        name = f"{PREFIX}-{kind}-{i:04d}"
+        found = Organisation.objects.filter(name=name).first()
+        if found:
+            return found
+        body = ("A" if kind == "supplier" else "B") + f"{i:07d}"  # the code alphabet has no S
+        return Organisation.objects.create(
+            name=name,
+            credit_code=make_credit_code("91310000", body),
+            kind=kind,
+            size_class="small",
+            founded_on=dt.date(2020, 1, 1),
+            registration_region="Shanghai Pudong",
+        )
+
+    def trader(o: Organisation) -> str:
+        user, created = User.objects.get_or_create(username=f"{o.name}-trader")
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+            Membership.objects.create(user=user, organisation=o, role=MemberRole.TRADER)
+        return Token.objects.get_or_create(user=user)[0].key
+
+    seller_tokens, buyer_tokens = [], []
+    with transaction.atomic():
+        for i in range(sellers):
+            o = org("supplier", i)
+            listing = Listing.objects.filter(
+                supplier=o, product=product, is_active=True, available_until__gte=start + dt.timedelta(days=9)
+            ).first()
+            if listing is None:
+                dc = o.data_centres.first() or market.data_centre_save(
+                    fields=dict(
+                        owner=o,
+                        name=f"{o.name} DC",
+                        region="qingpu",
+                        pue=Decimal("1.20"),
+                        renewable_share=Decimal("40"),
+                        carbon_intensity=Decimal("570"),
+                        security_level=3,
+                        interconnect_gbps=400,
+                    ),
+                    latencies=[{"metro": "shanghai", "rtt_ms": Decimal("2.0")}],
+                    devices=[market.DeviceLine(device_model=h100, count=DEVICES)],
+                )
+                Listing.objects.filter(supplier=o, is_active=True).update(is_active=False)
+                market.listing_create(
+                    data_centre=dc,
+                    product=product,
+                    device_model=h100,
+                    device_count=DEVICES,
+                    available_from=start,
+                    available_until=start + dt.timedelta(days=14),
+                )
+            seller_tokens.append(trader(o))
+        clearing = ledger.platform_account(kind=AccountKind.PROVIDER_CLEARING, name=PREFIX)
+        for i in range(buyers):
+            o = org("buyer", i)
+            available = ledger.account_for(organisation=o, kind=AccountKind.AVAILABLE)
+            if available.balance_fen < FUND_FEN // 2:
+                ledger.transfer(
+                    source=clearing,
+                    destination=available,
+                    amount_fen=FUND_FEN - available.balance_fen,
+                    idempotency_key=f"{PREFIX}:fund:{o.pk}:{secrets.token_hex(6)}",
+                    kind=EntryKind.TOP_UP,
+                    memo="exchange_bench funding",
+                )
+            buyer_tokens.append(trader(o))
+        ledger.platform_account(kind=AccountKind.FEES)
+        Account.objects.count()
+    soon = timezone.now() + dt.timedelta(hours=2)
+    open_ids = list(
+        Instrument.objects.filter(product=product, status=InstrumentStatus.OPEN, gate_closure__gt=soon)
+        .order_by("delivery_start")
+        .values_list("pk", flat=True)
+    )
+    instruments = open_ids[:shards]
+    if len(instruments) < shards or len({pk % shards for pk in instruments}) < shards:
+        raise SystemExit(f"need {shards} open instruments on distinct shards, found {open_ids}")
+    print(f"setup: {sellers} suppliers, {buyers} buyers, instruments {instruments} ({time.perf_counter() - t0:.1f} s)")
+    return {"instruments": instruments, "buyer_tokens": buyer_tokens, "seller_tokens": seller_tokens}
+
+
+# --- Processes --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A child process in its own session (so it and its workers are stopped together), logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: str) -> None:
+        self.name = name
+        self.log_path = os.path.join(logdir, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
+            with open(self.log_path) as f:
+                if text in f.read():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: no {text!r} after {timeout} s:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-n:])
+
+    def children(self) -> list[int]:
+        return _children(self.proc.pid)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        else:
+            try:  # the leader is gone: make sure no worker of its session survives it
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _server_env(base: dict[str, str], url: str, redis_url: str, shards: int, settings_module: str) -> dict[str, str]:
+    return dict(
+        base,
+        DJANGO_SETTINGS_MODULE=settings_module,
+        DATABASE_URL=url,
+        REDIS_URL=redis_url,
+        MATCHER_TRANSPORT="redis",
+        MATCHER_SHARDS=str(shards),
+        ORDER_RATE_LIMIT="1000000/s",
+        SECRET_KEY="xbench-" + secrets.token_hex(24),
+        CHANNEL_PREFIX=PREFIX,
+        LOG_LEVEL="WARNING",
+        DEBUG="0",
+        PYTHONUNBUFFERED="1",
+        SUANLI_EMBEDDED_SCHEDULER="0",
+    )
+
+
+def gunicorn_start(name: str, port: int, workers: int, env: dict[str, str], logdir: str, worker_class: str) -> Service:
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi",
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        worker_class,
+        "--backlog",
+        "2048",
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "--preload",
+        "--log-level",
+        "warning",
+    ]
+    svc = Service(name, argv, env, logdir)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                if r.status == 200 and len(svc.children()) >= workers:
+                    return svc
+        except OSError:
+            pass
+        if svc.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start:\n{svc.tail()}")
+        time.sleep(0.2)
+
+
+# --- CPU accounting from /proc ----------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / _TICK  # all but idle and iowait
+
+
+def _redis_server() -> list[int]:
+    """The Redis server's pid (shared with other users of the server: its CPU is an upper bound for ours)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/comm") as f:
+                    if f.read().strip() == "redis-server":
+                        return [int(name)]
+            except OSError:
+                continue
+    return []
+
+
+def _pg_backends(db_name: str) -> list[int]:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db_name])
+        return [r[0] for r in cur.fetchall()]
+
+
+class CpuMeter:
+    """CPU seconds used by each group of processes between start() and stop()."""
+
+    def __init__(self, groups) -> None:
+        self.groups = groups  # name -> callable returning pids
+
+    def _sample(self) -> tuple[dict[str, dict[int, float]], float]:
+        return {name: {pid: _cpu_s(pid) for pid in pids()} for name, pids in self.groups.items()}, _machine_busy_s()
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after, busy = self._sample()
+        out = {}
+        for name, pids in after.items():
+            out[name] = sum(cpu - self.before[0][name].get(pid, 0.0) for pid, cpu in pids.items())
+        out["machine"] = busy - self.before[1]
+        out["other"] = out["machine"] - sum(v for k, v in out.items() if k != "machine")
+        return out
+
+
+# --- Load generator (spawned processes, stdlib asyncio, raw HTTP/1.1) ---------------------------------------
+
+
+def _order_payloads(rng: random.Random, spec: dict, tag: str):
+    """An endless stream of (token, body) for realistic orders: see the module docstring."""
+    n = 0
+    instruments, buyers, sellers = spec["instruments"], spec["buyer_tokens"], spec["seller_tokens"]
+    while True:
+        n += 1
+        side = "buy" if rng.random() < 0.5 else "sell"
+        sign = 1 if side == "buy" else -1
+        if rng.random() < 0.6:
+            ticks, qty, tif = MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
+        else:
+            ticks, qty, tif = MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+        body = json.dumps(
+            {
+                "instrument": rng.choice(instruments),
+                "side": side,
+                "type": "limit",
+                "price": f"{ticks // 100}.{ticks % 100:02d}",
+                "quantity": qty,
+                "time_in_force": tif,
+                "client_order_id": f"{tag}-{n}",
+            }
+        ).encode()
+        yield rng.choice(buyers if side == "buy" else sellers), body
+
+
+def _client_main(
+    index: int, host: str, port: int, path: str, spec: dict, connections: int, tag: str, ready, go, results
+) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    latencies = array("d")
+    http: dict[int, int] = {}
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    samples: list[str] = []
+    totals = {"sent": 0, "answered": 0, "created": 0}
+
+    async def request(reader, writer, raw: bytes) -> tuple[int, bytes, bool]:
+        writer.write(raw)
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed before answering")
+        code = int(line.split(b" ", 2)[1])
+        length, close = None, False
+        while True:
+            h = await reader.readline()
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = h.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await reader.readexactly(length) if length is not None else await reader.read()
+        return code, body, close or length is None
+
+    async def client(k: int, t_begin: float, t0: float, t1: float) -> None:
+        rng = random.Random(f"{tag}-{index}-{k}")
+        payloads = _order_payloads(rng, spec, f"{tag}-{index}-{k}")
+        reader = writer = None
+        while time.monotonic() < t_begin:
+            await asyncio.sleep(t_begin - time.monotonic())
+        while True:
+            start = time.monotonic()
+            if start >= t1:
+                break
+            token, body = next(payloads)
+            raw = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Token {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            totals["sent"] += 1
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                code, answer, close = await asyncio.wait_for(request(reader, writer, raw), 30)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.01)
+                continue
+            end = time.monotonic()
+            totals["answered"] += 1
+            if close:
+                writer.close()
+                reader = writer = None
+            http[code] = http.get(code, 0) + 1
+            status = "http_" + str(code)
+            if code in (200, 201):
+                try:
+                    status = json.loads(answer).get("status", "?")
+                except ValueError:
+                    status = "bad_json"
+                totals["created"] += code == 201
+            elif len(samples) < 5:
+                samples.append(f"{code} {answer[:300]!r}")
+            if t0 <= end <= t1:
+                latencies.append((end - start) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+        if writer is not None:
+            writer.close()
+
+    async def main(t_begin: float, t0: float, t1: float) -> None:
+        await asyncio.gather(*(client(k, t_begin, t0, t1) for k in range(connections)))
+
+    ready.put(index)
+    t_begin, t0, t1 = go.get()
+    asyncio.run(main(t_begin, t0, t1))
+    results.put(
+        {
+            "index": index,
+            "latencies": latencies.tobytes(),
+            "http": http,
+            "statuses": statuses,
+            "errors": errors,
+            "samples": samples,
+            **totals,
+        }
+    )
+
+
+def load_phase(
+    *,
+    port: int,
+    path: str,
+    spec: dict,
+    clients: int,
+    procs: int,
+    seconds: float,
+    tag: str,
+    meter: CpuMeter,
+    client_pids: list[int],
+    on_window=None,
+) -> dict[str, Any]:
+    """Run the load for one phase; returns throughput, latency percentiles, status counts and CPU."""
+    ctx = mp.get_context("spawn")
+    ready, go, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    workers = [
+        ctx.Process(
+            target=_client_main,
+            args=(i, "127.0.0.1", port, path, spec, shares[i], tag, ready, go, results),
+            daemon=True,
+        )
+        for i in range(procs)
+        if shares[i]
+    ]
+    for w in workers:
+        w.start()
+    client_pids[:] = [w.pid for w in workers]
+    try:
+        for _ in workers:
+            ready.get(timeout=60)
+        t_begin = time.monotonic() + 0.2
+        t0, t1 = t_begin + 0.5, t_begin + 0.5 + seconds
+        for _ in workers:
+            go.put((t_begin, t0, t1))
+        time.sleep(max(t0 - time.monotonic(), 0))
+        meter.start()
+        extra = on_window(seconds) if on_window else None
+        time.sleep(max(t1 - time.monotonic(), 0))
+        cpu = meter.stop()
+        if extra:
+            extra()
+        parts = [results.get(timeout=120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.kill()
+        client_pids[:] = []
+    lat = array("d")
+    merged: dict[str, dict] = {"http": {}, "statuses": {}, "errors": {}}
+    samples: list[str] = []
+    for p in parts:
+        lat.frombytes(p["latencies"])
+        for key in merged:
+            for k, v in p[key].items():
+                merged[key][k] = merged[key].get(k, 0) + v
+        samples += p["samples"]
+    done = len(lat)
+    ordered = sorted(lat)
+
+    def pct(q: float) -> float:
+        return ordered[min(int(q * done), done - 1)] if done else float("nan")
+
+    return {
+        "rps": done / seconds,
+        "done": done,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": ordered[-1] if done else float("nan"),
+        "http": merged["http"],
+        "statuses": merged["statuses"],
+        "errors": merged["errors"],
+        "samples": samples[:5],
+        "cpu": cpu,
+        "sent": sum(p["sent"] for p in parts),
+        "answered": sum(p["answered"] for p in parts),
+        "created": sum(p["created"] for p in parts),
+    }
+
+
+# --- Checks -----------------------------------------------------------------------------------------------
+
+
+def run_checks(instruments: list[int], tags: list[str], created: int) -> dict[str, Any]:
+    from django.db.models import Q, Sum
+
+    from exchange.models import Contract, Order, OrderStatus, Trade
+    from ledger.models import HoldStatus
+    from ledger.verify import ledger_verify
+
+    deadline = time.monotonic() + 15
+    while (pending := Order.objects.filter(status=OrderStatus.PENDING).count()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    tagged = Q()
+    for tag in tags:
+        tagged |= Q(client_order_id__startswith=f"{tag}-")
+    stored = Order.objects.filter(tagged).count()
+    trades = Trade.objects.filter(instrument_id__in=instruments)
+    t = trades.aggregate(n=Sum("quantity"))["n"] or 0
+    bought = (
+        Order.objects.filter(instrument_id__in=instruments, side="buy").aggregate(n=Sum("filled_quantity"))["n"] or 0
+    )
+    sold = (
+        Order.objects.filter(instrument_id__in=instruments, side="sell").aggregate(n=Sum("filled_quantity"))["n"] or 0
+    )
+    open_holds_on_final = (
+        Order.objects.filter(instrument_id__in=instruments, side="buy", hold__status=HoldStatus.OPEN)
+        .exclude(status__in=[OrderStatus.OPEN, OrderStatus.PENDING])
+        .count()
+    )
+    report = ledger_verify()
+    checks = {
+        "pending_left": pending,
+        "orders_stored": stored,
+        "orders_acknowledged_201": created,
+        "trades": trades.count(),
+        "contracts": Contract.objects.filter(instrument_id__in=instruments).count(),
+        "lots_traded": t,
+        "lots_bought": bought,
+        "lots_sold": sold,
+        "open_holds_on_final_orders": open_holds_on_final,
+        "ledger_ok": report.ok,
+        "ledger_problems": report.problems[:5],
+        "journal_entries": report.entries,
+    }
+    checks["ok"] = (
+        pending == 0
+        and stored == created
+        and checks["trades"] > 0
+        and checks["trades"] == checks["contracts"]
+        and t == bought == sold
+        and open_holds_on_final == 0
+        and report.ok
+    )
+    return checks
+
+
+# --- Profiling ---------------------------------------------------------------------------------------------
+
+
+def profiler(outdir: str, web: Service, matchers: list[Service]):
+    """A callback for load_phase: py-spy samples the web workers and the matchers over the window."""
+    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+
+    def start(seconds: float):
+        os.makedirs(outdir, exist_ok=True)
+        procs = [
+            subprocess.Popen(
+                [
+                    pyspy,
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "-r",
+                    "100",
+                    "-d",
+                    str(int(seconds)),
+                    "-p",
+                    str(web.proc.pid),
+                    "--subprocesses",
+                    "-o",
+                    os.path.join(outdir, "web.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
+        for m in matchers:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        pyspy,
+                        "record",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-r",
+                        "100",
+                        "-d",
+                        str(int(seconds)),
+                        "-p",
+                        str(m.proc.pid),
+                        "-o",
+                        os.path.join(outdir, f"{m.name}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+        def finish():
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+        return finish
+
+    return start
+
+
+# --- Main -------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--case", choices=["rest"], default="rest", help="what to measure (a websocket case will join rest)"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="W: gunicorn workers (each server)")
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync: no keep-alive)")
+    parser.add_argument("--clients", type=int, default=16, help="N: concurrent client connections")
+    parser.add_argument(
+        "--client-procs", type=int, default=2, help="load-generator processes sharing the N connections"
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="measured window of each phase")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds of load on each server first")
+    parser.add_argument("--shards", type=int, default=1, help="matcher shards (one instrument traded per shard)")
+    parser.add_argument("--buyers", type=int, default=100)
+    parser.add_argument("--sellers", type=int, default=20)
+    parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench database first")
+    parser.add_argument(
+        "--settings",
+        default="config.settings",
+        help="DJANGO_SETTINGS_MODULE of the order server and the matchers (what-if experiments; the baseline keeps bench.bench_settings)",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="after the rounds, one unmeasured order phase sampled by py-spy"
+    )
+    args = parser.parse_args()
+
+    url = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
+    db_name = urlsplit(url).path.lstrip("/")
+    database_ensure(url, fresh=args.fresh)
+    _django_setup(url, redis_url, args.shards)
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    spec = market_prepare(buyers=args.buyers, sellers=args.sellers, shards=args.shards)
+    connection.close()
+
+    logdir = tempfile.mkdtemp(prefix="xbench-")
+    base_env = dict(os.environ)
+    services: list[Service] = []
+    client_pids: list[int] = []
+    rounds: list[dict[str, Any]] = []
+    tags: list[str] = []
+    created = 0
+    checks: dict[str, Any] = {}
+    try:
+        menv = _server_env(base_env, url, redis_url, args.shards, args.settings)
+        matchers = [
+            Service(
+                f"matcher{k}",
+                [sys.executable, "manage.py", "runmatcher", "--shard", str(k), "--shards", str(args.shards)],
+                menv,
+                logdir,
+            )
+            for k in range(args.shards)
+        ]
+        services += matchers
+        for m in matchers:
+            m.wait_for_log("serving", 60)
+        web_port, base_port = _free_port(), _free_port()
+        web = gunicorn_start("web", web_port, args.workers, menv, logdir, args.worker_class)
+        services.append(web)
+        base = gunicorn_start(
+            "baseline",
+            base_port,
+            args.workers,
+            _server_env(base_env, url, redis_url, args.shards, "bench.bench_settings"),
+            logdir,
+            args.worker_class,
+        )
+        services.append(base)
+        print(
+            f"matcher x{args.shards}, gunicorn {args.worker_class} x{args.workers} on :{web_port} (orders) and :{base_port} "
+            f"(validate-only), {args.clients} clients in {args.client_procs} processes, logs in {logdir}"
+        )
+
+        def meter(server: Service) -> CpuMeter:
+            return CpuMeter(
+                {
+                    "web": server.children,
+                    "matcher": lambda: [m.proc.pid for m in matchers],
+                    "postgres": lambda: _pg_backends(db_name),
+                    "redis": _redis_server,
+                    "client": lambda: list(client_pids),
+                }
+            )
+
+        def phase(server: Service, port: int, path: str, seconds: float, on_window=None) -> dict[str, Any]:
+            nonlocal created
+            tag = f"x{secrets.token_hex(3)}"
+            out = load_phase(
+                port=port,
+                path=path,
+                spec=spec,
+                clients=args.clients,
+                procs=args.client_procs,
+                seconds=seconds,
+                tag=tag,
+                meter=meter(server),
+                client_pids=client_pids,
+                on_window=on_window,
+            )
+            if path == ORDER_PATH:
+                tags.append(tag)
+                created += out["created"]
+            return out
+
+        if args.warmup:
+            phase(base, base_port, VALIDATE_PATH, args.warmup)
+            phase(web, web_port, ORDER_PATH, args.warmup)
+        for r in range(1, args.rounds + 1):
+            load = os.getloadavg()[0]
+            b = phase(base, base_port, VALIDATE_PATH, args.seconds)
+            o = phase(web, web_port, ORDER_PATH, args.seconds)
+            row = {
+                "round": r,
+                "baseline": b,
+                "rest": o,
+                "ratio": o["rps"] / b["rps"] if b["rps"] else 0.0,
+                "load": load,
+            }
+            rounds.append(row)
+            _print_round(row)
+        if args.profile:
+            phase(web, web_port, ORDER_PATH, args.seconds, on_window=profiler(args.profile, web, matchers))
+            print(f"profile: py-spy raw stacks in {args.profile}")
+        connection.close()
+        checks = run_checks(spec["instruments"], tags, created)
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+    summary = _summarise(rounds, checks, args)
+    _print_summary(summary, checks)
+    print(json.dumps(summary))
+
+
+def _cpu_us(phase: dict[str, Any]) -> dict[str, float]:
+    n = max(phase["done"], 1)
+    return {k: v * 1e6 / n for k, v in phase["cpu"].items()}
+
+
+def _print_round(row: dict[str, Any]) -> None:
+    b, o = row["baseline"], row["rest"]
+    print(
+        f"round {row['round']} (load {row['load']:.1f}): validate-only {b['rps']:,.0f}/s p50 {b['p50_ms']:.1f} p99 {b['p99_ms']:.1f} ms | "
+        f"orders {o['rps']:,.0f}/s p50 {o['p50_ms']:.1f} p90 {o['p90_ms']:.1f} p99 {o['p99_ms']:.1f} max {o['max_ms']:.0f} ms | "
+        f"ratio {row['ratio']:.2f}"
+    )
+    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  http {o['http']}  errors {o['errors'] or 0}")
+    if b["errors"] or set(b["http"]) - {200}:
+        print(f"  baseline http {b['http']} errors {b['errors']} {b['samples'][:2]}")
+    if o["samples"]:
+        print(f"  samples: {o['samples'][:2]}")
+    for name, p in (("validate-only", b), ("orders", o)):
+        cpu = _cpu_us(p)
+        print(
+            f"  CPU us/request {name}: "
+            + ", ".join(
+                f"{k} {cpu[k]:,.0f}" for k in ("web", "matcher", "postgres", "redis", "client", "other", "machine")
+            )
+        )
+
+
+def _summarise(rounds: list[dict[str, Any]], checks: dict[str, Any], args) -> dict[str, Any]:
+    def med(values) -> float:
+        return round(statistics.median(values), 2) if values else 0.0
+
+    rest = [r["rest"] for r in rounds]
+    base = [r["baseline"] for r in rounds]
+    pending = sum(p["statuses"].get("pending", 0) for p in rest)
+    errors = sum(sum(p["errors"].values()) + sum(v for k, v in p["http"].items() if k not in (200, 201)) for p in rest)
+    summary = {
+        "case": args.case,
+        "rest_orders_per_s": med([p["rps"] for p in rest]),
+        "rest_p50_ms": med([p["p50_ms"] for p in rest]),
+        "rest_p99_ms": med([p["p99_ms"] for p in rest]),
+        "rest_ratio": med([r["ratio"] for r in rounds]),
+        "baseline_requests_per_s": med([p["rps"] for p in base]),
+        "baseline_p99_ms": med([p["p99_ms"] for p in base]),
+        "rest_pending_acks": pending,
+        "rest_errors": errors,
+        "rest_cpu_us_per_order": {
+            k: med([_cpu_us(p)[k] for p in rest])
+            for k in ("web", "matcher", "postgres", "redis", "client", "other", "machine")
+        },
+        "baseline_cpu_us_per_request": {
+            k: med([_cpu_us(p)[k] for p in base]) for k in ("web", "postgres", "redis", "client", "other", "machine")
+        },
+        "rounds": len(rounds),
+        "seconds": args.seconds,
+        "clients": args.clients,
+        "workers": args.workers,
+        "shards": args.shards,
+        "checks_ok": bool(checks.get("ok")),
+    }
+    summary["goals"] = {
+        "orders_per_s_ge_1000": summary["rest_orders_per_s"] >= GOAL_RPS,
+        "p99_lt_100ms": summary["rest_p99_ms"] < GOAL_P99_MS,
+        "ratio_ge_0_4": summary["rest_ratio"] >= GOAL_RATIO,
+    }
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], checks: dict[str, Any]) -> None:
+    print(
+        f"median of {summary['rounds']} rounds: orders {summary['rest_orders_per_s']:,.0f}/s, p50 {summary['rest_p50_ms']} ms, "
+        f"p99 {summary['rest_p99_ms']} ms; validate-only {summary['baseline_requests_per_s']:,.0f}/s (p99 {summary['baseline_p99_ms']} ms); "
+        f"ratio {summary['rest_ratio']:.2f}; pending acks {summary['rest_pending_acks']}, errors {summary['rest_errors']}"
+    )
+    print(f"checks: {checks}")
+    g = summary["goals"]
+    print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in g.items()))
+
+
+if __name__ == "__main__":
+    main()
