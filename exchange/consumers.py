@@ -425,7 +425,7 @@ def order_place_command(user, message: dict) -> dict:
     v = dict(serializer.validated_data)
     organisation = acting_organisation(user, v.pop("organisation", None), services.TRADING_ROLES)
     order, created = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
-    replies = transport.send([{"op": "submit", "order": order.pk}]) if created else []
+    replies = transport.send([{"op": "submit", "order": order.pk, "instrument": order.instrument_id}]) if created else []
     return {"order": _order_data(order.pk), "created": created, "confirmed": replies is not None}
 
 
@@ -435,7 +435,7 @@ def order_cancel_command(user, message: dict) -> dict:
     if unknown:
         raise drf_exceptions.ValidationError({name: ["Unknown field."] for name in unknown})
     order = services.order_cancel_request(user=user, order=_find_order(user, message))
-    replies = transport.send([{"op": "cancel", "order": order.pk, "actor": user.pk}])
+    replies = transport.send([{"op": "cancel", "order": order.pk, "instrument": order.instrument_id, "actor": user.pk}])
     return {"order": _order_data(order.pk), "confirmed": replies is not None}
 
 
@@ -447,7 +447,7 @@ def order_amend_command(user, message: dict) -> dict:
     serializer = OrderAmendSerializer(data=_fields(message, "order", "client_order_id"))
     serializer.is_valid(raise_exception=True)
     order, price, open_qty = services.order_amend_prepare(user=user, order=order, **serializer.validated_data)
-    replies = transport.send([{"op": "amend", "order": order.pk, "price": price, "quantity": open_qty, "actor": user.pk}])
+    replies = transport.send([{"op": "amend", "order": order.pk, "instrument": order.instrument_id, "price": price, "quantity": open_qty, "actor": user.pk}])
     if replies and replies[0].get("rejected"):
         raise drf_exceptions.ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
     return {"order": _order_data(order.pk), "confirmed": replies is not None}
@@ -463,7 +463,7 @@ def order_cancel_all_command(user, message: dict) -> dict:
     open_orders = list(services.orders_open_for(organisation=organisation, instrument=serializer.validated_data.get("instrument")))
     for order in open_orders:
         services.order_cancel_request(user=user, order=order)
-    commands = [{"op": "cancel", "order": o.pk, "actor": user.pk} for o in open_orders]
+    commands = [{"op": "cancel", "order": o.pk, "instrument": o.instrument_id, "actor": user.pk} for o in open_orders]
     replies = transport.send(commands) if commands else []
     return {"requested": len(open_orders), "confirmed": replies is not None}
 

@@ -19,6 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from common.db import bulk_update_rows
 from exchange import engine as eng
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
@@ -375,11 +376,11 @@ class Matcher:
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
         for order in dirty:
             order.updated_at = batch.now
-        Order.objects.bulk_update(dirty, [
+        bulk_update_rows(Order, dirty, [
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
         ])
-        CapacityHold.objects.bulk_update(list(batch.capacity.values()), ["sold_lots", "released_lots"])
+        bulk_update_rows(CapacityHold, list(batch.capacity.values()), ["sold_lots", "released_lots"])
         for state in batch.states.values():
             state.save()
         self._settle_holds(batch)
@@ -441,11 +442,20 @@ def _resting_ids(book: eng.Book) -> list[int]:
 
 
 def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
+    """What the matcher answers about an order: enough for the API to respond without re-reading it."""
     return {
         "id": order.pk,
         "status": order.status,
         "filled_quantity": order.filled_quantity,
         "open_quantity": order.open_quantity,
+        "quantity": order.quantity,
+        "price_fen_per_lot": order.price_fen_per_lot,
         "reason": order.reason,
-        "fills": [{"trade": t.pk, "seq": t.seq, "price_fen_per_lot": t.price_fen_per_lot, "quantity": t.quantity} for t in fills or []],
+        "fee_fen": order.fee_fen,
+        "updated_at": order.updated_at.isoformat() if order.updated_at else None,
+        "fills": [
+            {"trade": t.pk, "seq": t.seq, "price_fen_per_lot": t.price_fen_per_lot, "quantity": t.quantity,
+             "created_at": t.created_at.isoformat() if t.created_at else None}
+            for t in fills or []
+        ],
     }

@@ -18,6 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from common.db import bulk_update_rows
 from common.errors import ServiceError
 from ledger.models import (
     NON_NEGATIVE_KINDS,
@@ -518,7 +519,7 @@ def holds_move(movements: Sequence[HoldMovement]) -> None:
                 hold.status = HoldStatus.CLOSED
             hold.updated_at = timezone.now()
             changed.append(hold)
-        Hold.objects.bulk_update(changed, ["captured_fen", "released_fen", "status", "updated_at"])
+        bulk_update_rows(Hold, changed, ["captured_fen", "released_fen", "status", "updated_at"])
 
 
 @transaction.atomic

@@ -81,6 +81,8 @@ class OrderSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(FillSerializer(many=True))
     def get_fills(self, obj: Order):
+        if "fills" in self.context:  # answered from the matcher's reply, not re-read
+            return self.context["fills"]
         # Uses prefetched maker_trades/taker_trades (see exchange.selectors.order_list_for_user).
         trades = sorted([*obj.maker_trades.all(), *obj.taker_trades.all()], key=lambda t: t.seq)
         return FillSerializer(trades, many=True).data
@@ -129,3 +131,23 @@ class PublicTradeSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.DECIMAL)
     def get_price(self, obj: Trade):
         return _price(obj, obj.price_fen_per_lot)
+
+
+def order_data(order: Order, state: dict | None = None) -> dict:
+    """The API's view of an order. With the matcher's reply (`state`), the in-memory order is updated from
+    it and nothing is read back from the database."""
+    if state is None:
+        from exchange.selectors import order_with_fills
+
+        return OrderSerializer(order_with_fills().get(pk=order.pk)).data
+    for name in ("status", "filled_quantity", "open_quantity", "quantity", "price_fen_per_lot", "reason", "fee_fen"):
+        setattr(order, name, state[name])
+    price = order.instrument.fen_per_lot_to_price
+    fills = [
+        {"trade": f["trade"], "seq": f["seq"], "price": str(price(f["price_fen_per_lot"])), "quantity": f["quantity"], "created_at": f["created_at"]}
+        for f in state["fills"]
+    ]
+    data = OrderSerializer(order, context={"fills": fills}).data
+    if state.get("updated_at"):
+        data["updated_at"] = state["updated_at"]
+    return data

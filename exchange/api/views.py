@@ -68,9 +68,11 @@ class OrderListCreate(generics.ListAPIView):
         v = dict(data.validated_data)
         organisation = acting_organisation(request.user, v.pop("organisation", None), services.TRADING_ROLES)
         order, created = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
+        state = None
         if created:
-            transport.send([{"op": "submit", "order": order.pk}])
-        return Response(s.OrderSerializer(_refresh(order)).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+            replies = transport.send([{"op": "submit", "order": order.pk, "instrument": order.instrument_id}])
+            state = replies[0].get("state") if replies else None
+        return Response(s.order_data(order, state), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class OrderDetail(APIView):
@@ -96,7 +98,7 @@ class OrderDetail(APIView):
         data = s.OrderAmendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         order, price, open_qty = services.order_amend_prepare(user=request.user, order=order, **data.validated_data)
-        replies = transport.send([{"op": "amend", "order": order.pk, "price": price, "quantity": open_qty, "actor": request.user.pk}])
+        replies = transport.send([{"op": "amend", "order": order.pk, "instrument": order.instrument_id, "price": price, "quantity": open_qty, "actor": request.user.pk}])
         if replies and replies[0].get("rejected"):
             raise ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
         if replies is None:
@@ -106,7 +108,7 @@ class OrderDetail(APIView):
     @extend_schema(responses=s.OrderSerializer)
     def delete(self, request, pk=None, client_order_id=None):
         order = services.order_cancel_request(user=request.user, order=self._order(request, pk, client_order_id))
-        replies = transport.send([{"op": "cancel", "order": order.pk, "actor": request.user.pk}])
+        replies = transport.send([{"op": "cancel", "order": order.pk, "instrument": order.instrument_id, "actor": request.user.pk}])
         code = status.HTTP_200_OK if replies is not None else status.HTTP_202_ACCEPTED
         return Response(s.OrderSerializer(_refresh(order)).data, status=code)
 
@@ -124,7 +126,7 @@ class CancelAll(APIView):
         open_orders = list(services.orders_open_for(organisation=organisation, instrument=instrument))
         for order in open_orders:
             services.order_cancel_request(user=request.user, order=order)
-        commands = [{"op": "cancel", "order": o.pk, "actor": request.user.pk} for o in open_orders]
+        commands = [{"op": "cancel", "order": o.pk, "instrument": o.instrument_id, "actor": request.user.pk} for o in open_orders]
         replies = transport.send(commands) if commands else []
         return Response({"requested": len(open_orders), "confirmed": replies is not None})
 
