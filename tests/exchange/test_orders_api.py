@@ -176,3 +176,31 @@ def test_cancel_all_and_fills_list(api, market_setup):
     assert sorted(Order.objects.filter(organisation=m["buyer"]).values_list("status", flat=True)) == ["cancelled", "cancelled", "filled"]
     assert balances_get(organisation=m["buyer"])["held"] == 0
     assert ledger_verify().ok
+
+
+def test_fractional_lots_are_refused(api, market_setup):
+    m = market_setup
+    response = place(api, m["buyer_user"], m["instrument"], quantity="1.5")
+    assert response.status_code == 400 and "valid integer" in response.json()["quantity"][0]
+
+
+def test_ticker_and_candles_summarise_the_tape(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=3, client_order_id="s1")
+    place(api, m["seller_user"], inst, side="sell", price="15.20", quantity=3, client_order_id="s2")
+    place(api, m["buyer_user"], inst, side="buy", price="15.20", quantity=4, client_order_id="b1")  # 3 @ 15.00, 1 @ 15.20
+    place(api, m["buyer_user"], inst, side="buy", price="14.90", quantity=2, client_order_id="b2")
+    ticker = api.get(f"/api/v1/instruments/{inst.pk}/ticker/").json()
+    assert {k: ticker[k] for k in ("last", "best_bid", "best_ask", "open_24h", "high_24h", "low_24h", "volume_24h", "value_24h", "trades_24h")} == {
+        "last": "15.20", "best_bid": "14.90", "best_ask": "15.20", "open_24h": "15.00", "high_24h": "15.20",
+        "low_24h": "15.00", "volume_24h": 4, "value_24h": "60.20", "trades_24h": 2,
+    }
+    candles = api.get(f"/api/v1/instruments/{inst.pk}/candles/", {"interval": "1h"}).json()["candles"]
+    assert len(candles) == 1
+    assert {k: candles[0][k] for k in ("open", "high", "low", "close", "volume", "trades")} == {
+        "open": "15.00", "high": "15.20", "low": "15.00", "close": "15.20", "volume": 4, "trades": 2,
+    }
+    assert api.get(f"/api/v1/instruments/{inst.pk}/candles/", {"interval": "7m"}).status_code == 400
+    assert api.get(f"/api/v1/instruments/{inst.pk}/book/", {"depth": "0"}).status_code == 400
+    assert api.get("/api/v1/instruments/999999/ticker/").status_code == 404
