@@ -132,7 +132,7 @@ class Matcher:
             if order is None or order.status != OrderStatus.PENDING:
                 return {"op": op, "order": command["order"]}
             book = self._book(order.instrument_id)
-            if book is None:
+            if book is None or self.instruments[order.instrument_id].gate_closure <= batch.now:
                 self._finish(order, OrderStatus.REJECTED, "instrument_not_open", batch)
                 return {"op": op, "order": order.pk}
             events = book.submit(engine_order(order), now)
@@ -186,7 +186,9 @@ class Matcher:
 
     def _close(self, instrument_id: int, batch: _Batch, now: int) -> dict:
         """Gate closure: every resting order expires and its hold is released; the book is dropped."""
-        book = self._book(instrument_id)
+        # The book as it is in memory; not loaded (e.g. after a restart, once the schedule has marked the
+        # instrument closed): its resting orders are in the database and expire from there.
+        book = self.engine.books.get(instrument_id)
         expired = 0
         if book is not None:
             for order_id in _resting_ids(book):
@@ -198,9 +200,12 @@ class Matcher:
                 self._finish(order, OrderStatus.EXPIRED, "gate_closure", batch)
                 expired += 1
             self._state(instrument_id, batch)
-        # Orders not yet processed expire too.
-        for order in Order.objects.filter(instrument_id=instrument_id, status=OrderStatus.PENDING).select_related("hold"):
+        # Orders not yet processed, and resting orders of a book that is not loaded, expire too.
+        left = Order.objects.filter(instrument_id=instrument_id, status__in=[OrderStatus.PENDING, OrderStatus.OPEN]).select_related("hold")
+        for order in left.order_by("pk"):
             order = batch.orders.setdefault(order.pk, order)
+            if order.status in FINAL_STATUSES:
+                continue
             self._finish(order, OrderStatus.EXPIRED, "gate_closure", batch)
             expired += 1
         self._forget([instrument_id])

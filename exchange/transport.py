@@ -86,6 +86,10 @@ class InlineClient:
                 loop = self._loops[0] = MatcherLoop(Matcher())
             return loop.run(commands)
 
+    def loop_for_tests(self) -> MatcherLoop:
+        with self._lock:
+            return self._loops.setdefault(0, MatcherLoop(Matcher()))
+
     @classmethod
     def reset(cls) -> None:
         with cls._lock:

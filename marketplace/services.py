@@ -29,6 +29,7 @@ from marketplace.models import (
     User,
     WindowKind,
 )
+from marketplace.signals import instrument_trading_changed
 
 
 def _full_clean(instance, *, exclude: Iterable[str] | None = None) -> None:
@@ -280,4 +281,7 @@ def instrument_set_trading(*, instrument: Instrument, action: str, now: dt.datet
         raise ValidationError({"status": ["Gate closure has passed; the instrument cannot resume."]})
     instrument.status = target
     instrument.save(update_fields=["status"])
+    transaction.on_commit(
+        lambda: instrument_trading_changed.send(sender=Instrument, instrument_id=instrument.pk, action=action)
+    )
     return instrument

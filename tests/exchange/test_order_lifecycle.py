@@ -43,6 +43,35 @@ def test_gate_closure_expires_resting_orders_and_releases_holds_and_capacity(api
     assert ledger_verify().ok
 
 
+def test_gate_closure_after_a_matcher_restart_expires_orders_from_the_database(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    order = place(api, m["buyer_user"], inst, price="14.00", quantity=2).json()
+    transport.InlineClient.reset()  # a new matcher: the book is not in memory
+    inst.gate_closure = timezone.now() - dt.timedelta(seconds=1)
+    inst.save(update_fields=["gate_closure"])
+    market.instruments_roll()  # the schedule marks it closed first
+    transport.client().loop_for_tests().housekeeping(force=True)
+    stored = Order.objects.get(pk=order["id"])
+    assert (stored.status, stored.reason) == ("expired", "gate_closure")
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+
+
+def test_an_order_reaching_the_matcher_after_gate_closure_is_rejected(api, market_setup, settings):
+    m = market_setup
+    inst = m["instrument"]
+    from exchange import services
+
+    req = services.OrderRequest(instrument=inst, side="buy", quantity=1, client_order_id="late", price=inst.reference_price)
+    order, _ = services.order_place(user=m["buyer_user"], organisation=m["buyer"], request=req)
+    inst.gate_closure = timezone.now() - dt.timedelta(seconds=1)  # closes before the matcher sees the order
+    inst.save(update_fields=["gate_closure"])
+    transport.send([{"op": "submit", "order": order.pk, "instrument": inst.pk}])
+    order.refresh_from_db()
+    assert (order.status, order.reason) == ("rejected", "instrument_not_open")
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+
+
 def test_gtd_orders_expire_when_their_time_comes(api, market_setup):
     m = market_setup
     inst = m["instrument"]
@@ -87,3 +116,25 @@ def test_order_rate_limit_answers_429_with_retry_after(api, market_setup, settin
     response = place(api, m["buyer_user"], m["instrument"], price="14.00", client_order_id="r9")
     assert int(response["Retry-After"]) > 0
     assert Order.objects.count() == 2
+
+
+def test_an_operator_halt_reaches_the_book(api, market_setup, django_capture_on_commit_callbacks):
+    from exchange import engine as eng
+    from marketplace.models import PlatformRole
+    from tests.factories import UserFactory
+
+    m = market_setup
+    inst = m["instrument"]
+    order = place(api, m["buyer_user"], inst, price="14.00", quantity=3).json()
+    api.force_authenticate(UserFactory(platform_role=PlatformRole.OPERATOR))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post(f"/api/v1/instruments/{inst.pk}/halt/").json()["status"] == "halted"
+    book = transport.client().loop_for_tests().matcher.engine.books[inst.pk]
+    assert book.status == eng.Status.HALTED
+    # Cancels still work while halted.
+    api.force_authenticate(m["buyer_user"])
+    assert api.delete(f"/api/v1/orders/{order['id']}/").json()["status"] == "cancelled"
+    api.force_authenticate(UserFactory(platform_role=PlatformRole.OPERATOR, username="op2"))
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(f"/api/v1/instruments/{inst.pk}/resume/")
+    assert book.status == eng.Status.CONTINUOUS
