@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/exchange_bench.py [--case rest] [--workers 8] [--clients 16] [--seconds 10]
+    .venv/bin/python bench/exchange_bench.py [--case rest|ws|all] [--ws-sockets 32] [--ws-inflight 8] [--workers 8] [--clients 16] [--seconds 10]
         [--rounds 3] [--shards 1] [--buyers 100] [--sellers 20] [--fresh] [--profile DIR] [--settings MODULE]
 
 DATABASE_URL names the bench database (default postgres://postgres@127.0.0.1:5432/suanli_xbench; created if
@@ -40,6 +40,18 @@ window. After the rounds: no order is left pending,
 traded, and no hold is left on a finished order. ``--settings`` runs the order server and the matchers
 under another settings module (what-if experiments with patched code). ``--profile DIR`` adds one unmeasured order-entry phase
 sampled with py-spy (web workers and matcher; raw collapsed stacks in DIR).
+
+Case ``ws``: one uvicorn process (``--ws websockets``) serves bench.echo_asgi: config.asgi's application
+plus /ws/echo/, a trivial AsyncWebsocketConsumer that sends each frame back. The matchers are the same
+``runmatcher`` processes over Redis (MATCHER_TRANSPORT=redis; the embedded thread matcher would also do
+with one uvicorn process, but redis is the production shape and keeps the matcher's CPU out of the web
+process). Each round: the echo baseline, then order entry, ``--seconds`` each, ``--ws-sockets`` sockets in
+all (half buyers' traders, half suppliers'), each keeping ``--ws-inflight`` frames outstanding
+(pipelined). Order frames are {"type": "place", "request_id": n, ...} on /ws/user/ (token in the
+Authorization header); an answer is the command's ack (the matcher has committed the batch: durable) or
+error frame; order events in between are read and ignored. The echo baseline sends the same frames to
+/ws/echo/. ws_ratio is the median of the per-round ratios of acks/s to echoes/s. CPU per ack or echo from
+/proc as for rest (web = the uvicorn process). ``--case all`` runs rest then ws; the JSON has both sets of keys.
 
 Medians of the rounds are reported; rest_ratio is the median of the per-round ratios of orders/s to the
 baseline's requests/s. The last line printed is JSON.
@@ -666,6 +678,205 @@ def load_phase(
     }
 
 
+# --- Websocket order entry (case ws): uvicorn serving bench.echo_asgi, clients on /ws/user/ and /ws/echo/ ---
+
+
+WS_PATH = "/ws/user/"
+ECHO_PATH = "/ws/echo/"
+GOAL_WS_RPS, GOAL_WS_RATIO = 3000.0, 0.6
+
+
+def uvicorn_start(name: str, port: int, env: dict[str, str], logdir: str) -> Service:
+    """One uvicorn worker (the process itself) serving the project plus the echo route."""
+    argv = [
+        sys.executable, "-m", "uvicorn", "bench.echo_asgi:application", "--host", "127.0.0.1", "--port", str(port),
+        "--ws", "websockets", "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "3",
+    ]
+    svc = Service(name, argv, env, logdir)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return svc
+        except OSError:
+            pass
+        if svc.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start:\n{svc.tail()}")
+        time.sleep(0.2)
+
+
+def _ws_frames(rng: random.Random, spec: dict, tag: str, side: str):
+    """Endless `place` frames for one side, the same mix as _order_payloads (60% resting GTC, 40% IOC)."""
+    n = 0
+    sign = 1 if side == "buy" else -1
+    while True:
+        n += 1
+        if rng.random() < 0.6:
+            ticks, qty, tif = MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
+        else:
+            ticks, qty, tif = MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+        yield n, {
+            "type": "place", "request_id": n, "instrument": rng.choice(spec["instruments"]), "side": side,
+            "order_type": "limit", "price": f"{ticks // 100}.{ticks % 100:02d}", "quantity": qty,
+            "time_in_force": tif, "client_order_id": f"{tag}-{n}",
+        }
+
+
+def _ws_client_main(
+    index: int, port: int, path: str, spec: dict, sockets: int, inflight: int, tag: str, ready, go, results
+) -> None:
+    """`sockets` websockets, each keeping `inflight` frames outstanding (pipelined); for /ws/user/ an answer
+    is the command's ack (or error) frame, for /ws/echo/ the echoed frame. Latency: send to answer."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    latencies = array("d")
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    samples: list[str] = []
+    totals = {"sent": 0, "answered": 0, "created": 0}
+    echo = path == ECHO_PATH
+
+    async def one(k: int, t_begin: float, t0: float, t1: float) -> None:
+        side = "buy" if (index + k) % 2 == 0 else "sell"
+        tokens = spec["buyer_tokens"] if side == "buy" else spec["seller_tokens"]
+        token = tokens[(index * sockets + k) % len(tokens)]
+        frames = _ws_frames(random.Random(f"{tag}-{index}-{k}"), spec, f"{tag}-{index}-{k}", side)
+        sent_at: dict[int, float] = {}
+        try:
+            ws = await connect(
+                f"ws://127.0.0.1:{port}{path}", additional_headers={"Authorization": f"Token {token}"},
+                compression=None, ping_interval=None, max_size=2**22, open_timeout=30,
+            )
+        except Exception as exc:
+            errors["connect:" + type(exc).__name__] = errors.get("connect:" + type(exc).__name__, 0) + 1
+            return
+        try:
+            if not echo:
+                welcome = json.loads(await ws.recv())
+                if welcome.get("type") != "welcome":
+                    raise RuntimeError(f"no welcome: {welcome}")
+            while time.monotonic() < t_begin:
+                await asyncio.sleep(t_begin - time.monotonic())
+
+            async def send_next() -> None:
+                n, frame = next(frames)
+                sent_at[n] = time.monotonic()
+                totals["sent"] += 1
+                await ws.send(json.dumps(frame))
+
+            for _ in range(inflight):
+                await send_next()
+            while sent_at:
+                left = max(t1 + 10 - time.monotonic(), 0.1)  # after the window: wait for what is outstanding
+                text = await asyncio.wait_for(ws.recv(), left)
+                msg = json.loads(text)
+                kind = msg.get("type")
+                rid = msg.get("request_id")
+                if rid is None or (not echo and kind not in ("ack", "error")):
+                    continue  # order events, heartbeats
+                start = sent_at.pop(rid, None)
+                if start is None:
+                    continue
+                end = time.monotonic()
+                totals["answered"] += 1
+                if echo:
+                    status = "echo"
+                elif kind == "ack":
+                    status = msg["order"]["status"] if msg.get("confirmed") else "pending"
+                    totals["created"] += bool(msg.get("created"))
+                else:
+                    status = "error_" + str(msg.get("code"))
+                    if len(samples) < 5:
+                        samples.append(text[:300])
+                if t0 <= end <= t1:
+                    latencies.append((end - start) * 1000)
+                    statuses[status] = statuses.get(status, 0) + 1
+                if end < t1:
+                    await send_next()
+        except Exception as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            if len(samples) < 5:
+                samples.append(repr(exc)[:300])
+        finally:
+            await ws.close()
+
+    async def main(t_begin: float, t0: float, t1: float) -> None:
+        await asyncio.gather(*(one(k, t_begin, t0, t1) for k in range(sockets)))
+
+    ready.put(index)
+    t_begin, t0, t1 = go.get()
+    asyncio.run(main(t_begin, t0, t1))
+    results.put({"index": index, "latencies": latencies.tobytes(), "http": {}, "statuses": statuses,
+                 "errors": errors, "samples": samples, **totals})
+
+
+def ws_load_phase(
+    *, port: int, path: str, spec: dict, sockets: int, inflight: int, procs: int, seconds: float, tag: str,
+    meter: CpuMeter, client_pids: list[int],
+) -> dict[str, Any]:
+    """Like load_phase, over websockets; `rps` counts answers (acks or echoes) inside the window."""
+    ctx = mp.get_context("spawn")
+    ready, go, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    shares = [sockets // procs + (1 if i < sockets % procs else 0) for i in range(procs)]
+    workers = [
+        ctx.Process(target=_ws_client_main, args=(i, port, path, spec, shares[i], inflight, tag, ready, go, results), daemon=True)
+        for i in range(procs)
+        if shares[i]
+    ]
+    for w in workers:
+        w.start()
+    client_pids[:] = [w.pid for w in workers]
+    try:
+        for _ in workers:
+            ready.get(timeout=60)
+        t_begin = time.monotonic() + 1.0  # sockets connect (and get their welcome) before this
+        t0, t1 = t_begin + 0.5, t_begin + 0.5 + seconds
+        for _ in workers:
+            go.put((t_begin, t0, t1))
+        time.sleep(max(t0 - time.monotonic(), 0))
+        meter.start()
+        time.sleep(max(t1 - time.monotonic(), 0))
+        cpu = meter.stop()
+        parts = [results.get(timeout=120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.kill()
+        client_pids[:] = []
+    lat = array("d")
+    merged: dict[str, dict] = {"statuses": {}, "errors": {}}
+    samples: list[str] = []
+    for p in parts:
+        lat.frombytes(p["latencies"])
+        for key in merged:
+            for k, v in p[key].items():
+                merged[key][k] = merged[key].get(k, 0) + v
+        samples += p["samples"]
+    done = len(lat)
+    ordered = sorted(lat)
+
+    def pct(q: float) -> float:
+        return ordered[min(int(q * done), done - 1)] if done else float("nan")
+
+    return {
+        "rps": done / seconds, "done": done, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "max_ms": ordered[-1] if done else float("nan"), "http": {}, "statuses": merged["statuses"],
+        "errors": merged["errors"], "samples": samples[:5], "cpu": cpu,
+        "sent": sum(p["sent"] for p in parts), "answered": sum(p["answered"] for p in parts),
+        "created": sum(p["created"] for p in parts),
+    }
+
+
 # --- Checks -----------------------------------------------------------------------------------------------
 
 
@@ -795,8 +1006,10 @@ def profiler(outdir: str, web: Service, matchers: list[Service]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--case", choices=["rest"], default="rest", help="what to measure (a websocket case will join rest)"
+        "--case", choices=["rest", "ws", "all"], default="rest", help="rest: REST order entry; ws: websocket order entry; all: both"
     )
+    parser.add_argument("--ws-sockets", type=int, default=32, help="case ws: websockets in all (one trader each)")
+    parser.add_argument("--ws-inflight", type=int, default=8, help="case ws: frames outstanding per socket (pipelined)")
     parser.add_argument("--workers", type=int, default=8, help="W: gunicorn workers (each server)")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync: no keep-alive)")
     parser.add_argument("--clients", type=int, default=16, help="N: concurrent client connections")
@@ -840,6 +1053,7 @@ def main() -> None:
     services: list[Service] = []
     client_pids: list[int] = []
     rounds: list[dict[str, Any]] = []
+    ws_rounds: list[dict[str, Any]] = []
     tags: list[str] = []
     created = 0
     checks: dict[str, Any] = {}
@@ -857,27 +1071,37 @@ def main() -> None:
         services += matchers
         for m in matchers:
             m.wait_for_log("serving", 60)
-        web_port, base_port = _free_port(), _free_port()
-        web = gunicorn_start("web", web_port, args.workers, menv, logdir, args.worker_class)
-        services.append(web)
-        base = gunicorn_start(
-            "baseline",
-            base_port,
-            args.workers,
-            _server_env(base_env, url, redis_url, args.shards, "bench.bench_settings"),
-            logdir,
-            args.worker_class,
-        )
-        services.append(base)
-        print(
-            f"matcher x{args.shards}, gunicorn {args.worker_class} x{args.workers} on :{web_port} (orders) and :{base_port} "
-            f"(validate-only), {args.clients} clients in {args.client_procs} processes, logs in {logdir}"
-        )
+        do_rest, do_ws = args.case in ("rest", "all"), args.case in ("ws", "all")
+        if do_rest:
+            web_port, base_port = _free_port(), _free_port()
+            web = gunicorn_start("web", web_port, args.workers, menv, logdir, args.worker_class)
+            services.append(web)
+            base = gunicorn_start(
+                "baseline",
+                base_port,
+                args.workers,
+                _server_env(base_env, url, redis_url, args.shards, "bench.bench_settings"),
+                logdir,
+                args.worker_class,
+            )
+            services.append(base)
+            print(
+                f"matcher x{args.shards}, gunicorn {args.worker_class} x{args.workers} on :{web_port} (orders) and :{base_port} "
+                f"(validate-only), {args.clients} clients in {args.client_procs} processes, logs in {logdir}"
+            )
+        if do_ws:
+            ws_port = _free_port()
+            uv = uvicorn_start("uvicorn", ws_port, menv, logdir)
+            services.append(uv)
+            print(
+                f"matcher x{args.shards}, uvicorn x1 (bench.echo_asgi, MATCHER_TRANSPORT=redis) on :{ws_port}: "
+                f"{args.ws_sockets} sockets x {args.ws_inflight} in flight in {args.client_procs} processes, logs in {logdir}"
+            )
 
         def meter(server: Service) -> CpuMeter:
             return CpuMeter(
                 {
-                    "web": server.children,
+                    "web": (lambda: [server.proc.pid, *server.children()]) if server.name == "uvicorn" else server.children,
                     "matcher": lambda: [m.proc.pid for m in matchers],
                     "postgres": lambda: _pg_backends(db_name),
                     "redis": _redis_server,
@@ -888,49 +1112,74 @@ def main() -> None:
         def phase(server: Service, port: int, path: str, seconds: float, on_window=None) -> dict[str, Any]:
             nonlocal created
             tag = f"x{secrets.token_hex(3)}"
-            out = load_phase(
-                port=port,
-                path=path,
-                spec=spec,
-                clients=args.clients,
-                procs=args.client_procs,
-                seconds=seconds,
-                tag=tag,
-                meter=meter(server),
-                client_pids=client_pids,
-                on_window=on_window,
-            )
-            if path == ORDER_PATH:
+            if path in (WS_PATH, ECHO_PATH):
+                out = ws_load_phase(
+                    port=port, path=path, spec=spec, sockets=args.ws_sockets, inflight=args.ws_inflight,
+                    procs=args.client_procs, seconds=seconds, tag=tag, meter=meter(server), client_pids=client_pids,
+                )
+            else:
+                out = load_phase(
+                    port=port,
+                    path=path,
+                    spec=spec,
+                    clients=args.clients,
+                    procs=args.client_procs,
+                    seconds=seconds,
+                    tag=tag,
+                    meter=meter(server),
+                    client_pids=client_pids,
+                    on_window=on_window,
+                )
+            if path in (ORDER_PATH, WS_PATH):
                 tags.append(tag)
                 created += out["created"]
             return out
 
-        if args.warmup:
-            phase(base, base_port, VALIDATE_PATH, args.warmup)
-            phase(web, web_port, ORDER_PATH, args.warmup)
-        for r in range(1, args.rounds + 1):
-            load = os.getloadavg()[0]
-            b = phase(base, base_port, VALIDATE_PATH, args.seconds)
-            o = phase(web, web_port, ORDER_PATH, args.seconds)
-            row = {
-                "round": r,
-                "baseline": b,
-                "rest": o,
-                "ratio": o["rps"] / b["rps"] if b["rps"] else 0.0,
-                "load": load,
-            }
-            rounds.append(row)
-            _print_round(row)
-        if args.profile:
-            phase(web, web_port, ORDER_PATH, args.seconds, on_window=profiler(args.profile, web, matchers))
-            print(f"profile: py-spy raw stacks in {args.profile}")
+        if do_rest:
+            if args.warmup:
+                phase(base, base_port, VALIDATE_PATH, args.warmup)
+                phase(web, web_port, ORDER_PATH, args.warmup)
+            for r in range(1, args.rounds + 1):
+                load = os.getloadavg()[0]
+                b = phase(base, base_port, VALIDATE_PATH, args.seconds)
+                o = phase(web, web_port, ORDER_PATH, args.seconds)
+                row = {
+                    "round": r,
+                    "baseline": b,
+                    "rest": o,
+                    "ratio": o["rps"] / b["rps"] if b["rps"] else 0.0,
+                    "load": load,
+                }
+                rounds.append(row)
+                _print_round(row)
+            if args.profile:
+                phase(web, web_port, ORDER_PATH, args.seconds, on_window=profiler(args.profile, web, matchers))
+                print(f"profile: py-spy raw stacks in {args.profile}")
+        if do_ws:
+            if args.warmup:
+                phase(uv, ws_port, ECHO_PATH, args.warmup)
+                phase(uv, ws_port, WS_PATH, args.warmup)
+            for r in range(1, args.rounds + 1):
+                load = os.getloadavg()[0]
+                e = phase(uv, ws_port, ECHO_PATH, args.seconds)
+                o = phase(uv, ws_port, WS_PATH, args.seconds)
+                row = {"round": r, "echo": e, "ws": o, "ratio": o["rps"] / e["rps"] if e["rps"] else 0.0, "load": load}
+                ws_rounds.append(row)
+                _print_ws_round(row)
         connection.close()
         checks = run_checks(spec["instruments"], tags, created)
     finally:
         for svc in reversed(services):
             svc.stop()
-    summary = _summarise(rounds, checks, args)
-    _print_summary(summary, checks)
+    summary = _summarise(rounds, checks, args) if rounds else {"case": args.case}
+    if ws_rounds:
+        summary.update(_summarise_ws(ws_rounds, args))
+    summary["checks_ok"] = bool(checks.get("ok"))
+    if rounds:
+        _print_summary(summary, checks)
+    if ws_rounds:
+        _print_ws_summary(summary)
+    print(f"checks: {checks}")
     print(json.dumps(summary))
 
 
@@ -1007,9 +1256,62 @@ def _print_summary(summary: dict[str, Any], checks: dict[str, Any]) -> None:
         f"p99 {summary['rest_p99_ms']} ms; validate-only {summary['baseline_requests_per_s']:,.0f}/s (p99 {summary['baseline_p99_ms']} ms); "
         f"ratio {summary['rest_ratio']:.2f}; pending acks {summary['rest_pending_acks']}, errors {summary['rest_errors']}"
     )
-    print(f"checks: {checks}")
     g = summary["goals"]
     print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in g.items()))
+
+
+def _print_ws_round(row: dict[str, Any]) -> None:
+    e, o = row["echo"], row["ws"]
+    print(
+        f"ws round {row['round']} (load {row['load']:.1f}): echo {e['rps']:,.0f} frames/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms | "
+        f"orders {o['rps']:,.0f}/s p50 {o['p50_ms']:.1f} p90 {o['p90_ms']:.1f} p99 {o['p99_ms']:.1f} max {o['max_ms']:.0f} ms | "
+        f"ratio {row['ratio']:.3f}"
+    )
+    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  errors {o['errors'] or 0}  echo errors {e['errors'] or 0}")
+    if o["samples"] or e["samples"]:
+        print(f"  samples: {(o['samples'] + e['samples'])[:3]}")
+    for name, p in (("echo frame", e), ("ws order", o)):
+        cpu = _cpu_us(p)
+        print(
+            f"  CPU us per {name}: "
+            + ", ".join(f"{k} {cpu[k]:,.0f}" for k in ("web", "matcher", "postgres", "redis", "client", "other", "machine"))
+        )
+
+
+def _summarise_ws(rounds: list[dict[str, Any]], args) -> dict[str, Any]:
+    def med(values) -> float:
+        return round(statistics.median(values), 3) if values else 0.0
+
+    ws = [r["ws"] for r in rounds]
+    echo = [r["echo"] for r in rounds]
+    keys = ("web", "matcher", "postgres", "redis", "client", "other", "machine")
+    out = {
+        "ws_orders_per_s": med([p["rps"] for p in ws]),
+        "ws_p50_ms": med([p["p50_ms"] for p in ws]),
+        "ws_p99_ms": med([p["p99_ms"] for p in ws]),
+        "ws_ratio": med([r["ratio"] for r in rounds]),
+        "echo_frames_per_s": med([p["rps"] for p in echo]),
+        "echo_p99_ms": med([p["p99_ms"] for p in echo]),
+        "ws_pending_acks": sum(p["statuses"].get("pending", 0) for p in ws),
+        "ws_errors": sum(sum(p["errors"].values()) + sum(v for k, v in p["statuses"].items() if k.startswith("error_")) for p in ws),
+        "ws_cpu_us_per_order": {k: med([_cpu_us(p)[k] for p in ws]) for k in keys},
+        "echo_cpu_us_per_frame": {k: med([_cpu_us(p)[k] for p in echo]) for k in keys},
+        "ws_rounds": len(rounds),
+        "ws_sockets": args.ws_sockets,
+        "ws_inflight": args.ws_inflight,
+        "ws_transport": "redis (runmatcher), 1 uvicorn worker",
+    }
+    out["ws_goals"] = {"ws_orders_per_s_ge_3000": out["ws_orders_per_s"] >= GOAL_WS_RPS, "ws_ratio_ge_0_6": out["ws_ratio"] >= GOAL_WS_RATIO}
+    return out
+
+
+def _print_ws_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"ws median of {summary['ws_rounds']} rounds: orders {summary['ws_orders_per_s']:,.0f}/s, p50 {summary['ws_p50_ms']} ms, "
+        f"p99 {summary['ws_p99_ms']} ms; echo {summary['echo_frames_per_s']:,.0f} frames/s; ratio {summary['ws_ratio']:.3f}; "
+        f"pending acks {summary['ws_pending_acks']}, errors {summary['ws_errors']}"
+    )
+    print("ws goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in summary["ws_goals"].items()))
 
 
 if __name__ == "__main__":
