@@ -550,6 +550,7 @@ class UserConsumer(AsyncWebsocketConsumer):
         self.heartbeat_task = asyncio.create_task(self._heartbeat())
 
     async def disconnect(self, code) -> None:
+        self.closed = True
         if self.user is None:
             return
         if self.heartbeat_task is not None:
@@ -565,6 +566,8 @@ class UserConsumer(AsyncWebsocketConsumer):
 
     async def user_event(self, event: dict) -> None:
         """Group message "user.event": an order's new state; the per-connection seq goes in front."""
+        if getattr(self, "closed", False):
+            return  # a group message that was already on its way when the socket closed
         self.seq += 1
         await self.send(text_data=f'{{"seq":{self.seq},{event["text"][1:]}')
 

@@ -167,22 +167,26 @@ def _order_place(user: User, organisation: Organisation, req: OrderRequest, now:
         raise OrderConflict(f"client_order_id {req.client_order_id!r} is already used by order {existing.pk} with different terms.")
     price = _validate(req, organisation, now)
     inst = req.instrument
+    hold = listing = None
+    if req.side == Side.SELL:
+        listing = _reserve_capacity(organisation, inst, req.quantity, req.listing)  # locks the listing
+    else:
+        # The hold comes first so the order row is written once, with it. Its reference is the order's own
+        # unique key (organisation, client order id).
+        hold_price = price if price is not None else band_fen_per_lot(inst)[1]
+        amount = buyer_hold_fen(price_fen_per_lot=hold_price, open_lots=req.quantity, instrument=inst)
+        hold = ledger.hold_place(
+            organisation=organisation, amount_fen=amount, reference=f"order:{organisation.pk}:{req.client_order_id}",
+            memo=f"order {req.client_order_id} on {inst.code}", new_reference=True,
+        )
     order = Order.objects.create(
         instrument=inst, organisation=organisation, user=user, client_order_id=req.client_order_id, side=req.side,
         type=req.type, time_in_force=req.time_in_force, price_fen_per_lot=price, quantity=req.quantity,
         open_quantity=req.quantity, min_quantity=req.min_quantity, post_only=req.post_only, stp=req.stp,
-        expires_at=req.expires_at,
+        expires_at=req.expires_at, hold=hold, listing=listing,
     )
-    if req.side == Side.BUY:
-        hold_price = price if price is not None else band_fen_per_lot(inst)[1]
-        amount = buyer_hold_fen(price_fen_per_lot=hold_price, open_lots=req.quantity, instrument=inst)
-        order.hold = ledger.hold_place(organisation=organisation, amount_fen=amount, reference=f"order:{order.pk}", memo=f"order {order.pk} on {inst.code}")
-        order.save(update_fields=["hold"])
-    else:
-        listing = _reserve_capacity(organisation, inst, req.quantity, req.listing)
+    if listing is not None:
         CapacityHold.objects.create(listing=listing, order=order, instrument=inst, lots=req.quantity)
-        order.listing = listing
-        order.save(update_fields=["listing"])
     return order, True
 
 

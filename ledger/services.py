@@ -336,11 +336,22 @@ def entry_reverse(*, entry: JournalEntry, idempotency_key: str, memo: str = "", 
 
 # --- Holds -----------------------------------------------------------------------------------------------
 
-def hold_place(*, organisation: Organisation, amount_fen: int, reference: str, memo: str = "") -> Hold:
-    """Reserve funds: available -> held. Idempotent on `reference` (one hold per purpose)."""
+def hold_place(*, organisation: Organisation, amount_fen: int, reference: str, memo: str = "", new_reference: bool = False) -> Hold:
+    """Reserve funds: available -> held. Idempotent on `reference` (one hold per purpose).
+
+    `new_reference=True` is for a caller inside the transaction that creates the purpose's own unique row
+    (an order): no hold can exist for the reference yet, so the look-ups are skipped. A concurrent duplicate
+    still cannot hold twice: the entry key replays and the hold's unique reference fails the second insert."""
     if not isinstance(amount_fen, int) or amount_fen <= 0:
         raise InvalidEntry("A hold must be a positive number of fen.", field="amount")
     accounts = accounts_open(organisation=organisation)
+    if new_reference:
+        transfer(
+            source=accounts[AccountKind.AVAILABLE], destination=accounts[AccountKind.HELD], amount_fen=amount_fen,
+            idempotency_key=f"hold:{reference}:place", kind=EntryKind.HOLD, memo=memo or f"hold for {reference}",
+            reference=reference,
+        )
+        return Hold.objects.create(organisation=organisation, reference=reference, amount_fen=amount_fen)
     with transaction.atomic():
         existing = Hold.objects.filter(reference=reference).first()
         if existing is not None:
