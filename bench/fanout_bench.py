@@ -37,7 +37,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import secrets
 import statistics
 import sys
 import tempfile

@@ -34,19 +34,21 @@ def run_due(next_run: dict[str, float], now: float) -> list[str]:
     for name, interval in settings.PERIODIC_TASKS.items():
         if now >= next_run.get(name, 0.0):
             next_run[name] = now + interval
-            close_old_connections()
             try:
                 import_string(name).apply(throw=True)
                 ran.append(name)
             except Exception:  # a failing job must not stop the others
                 log.exception("periodic task %s failed", name)
-            finally:
-                close_old_connections()
     return ran
 
 
 def _loop() -> None:
     next_run: dict[str, float] = {}
     while True:
-        run_due(next_run, time.monotonic())
+        # Like a request: drop a connection that broke or aged out, before and after the jobs.
+        close_old_connections()
+        try:
+            run_due(next_run, time.monotonic())
+        finally:
+            close_old_connections()
         time.sleep(1.0)
