@@ -1,7 +1,12 @@
 import datetime as dt
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from ledger import services as ledger
@@ -33,3 +38,26 @@ def market_setup(db):
         "seller_user": member(supplier, role="trader", username="qp-trader"),
         "buyer_user": member(buyer, role="trader", username="my-trader"),
     }
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def require_postgres_and_redis() -> None:
+    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
+        pytest.skip("needs PostgreSQL and Redis: CI runs it with DATABASE_URL and REDIS_URL set")
+
+
+def start_matcher(shard: int, shards: int, **env_extra: str) -> subprocess.Popen:
+    """`manage.py runmatcher` against the test database, returned once it says it is serving."""
+    db = connection.settings_dict
+    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+               MATCHER_SHARDS=str(shards), MATCHER_TRANSPORT="redis", PYTHONUNBUFFERED="1", **env_extra)
+    proc = subprocess.Popen([sys.executable, "manage.py", "runmatcher", "--shard", str(shard), "--shards", str(shards)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    while not any("serving" in line for line in seen):
+        line = proc.stdout.readline()
+        assert line, "runmatcher exited:\n" + "".join(seen)
+        seen.append(line)
+    return proc

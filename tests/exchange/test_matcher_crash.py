@@ -4,12 +4,9 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from exchange import services, transport
 from exchange.models import Contract, Order, Trade
@@ -19,29 +16,14 @@ from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
 from marketplace import services as market
 from marketplace.models import Instrument
+from tests.exchange.conftest import require_postgres_and_redis, start_matcher
 from tests.factories import OrganisationFactory, member
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _require_services():
-    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
-        pytest.skip("needs PostgreSQL and Redis: CI runs it with DATABASE_URL and REDIS_URL set")
-
-
 def _matcher() -> subprocess.Popen:
-    db = connection.settings_dict
-    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
-               MATCHER_SHARDS="1", MATCHER_TRANSPORT="redis", PYTHONUNBUFFERED="1", MATCHER_HOUSEKEEPING_SECONDS="0.2")
-    proc = subprocess.Popen([sys.executable, "manage.py", "runmatcher", "--shard", "0", "--shards", "1"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    while not any("serving" in line for line in seen):
-        line = proc.stdout.readline()
-        assert line, "runmatcher exited:\n" + "".join(seen)
-        seen.append(line)
-    return proc
+    return start_matcher(0, 1, MATCHER_HOUSEKEEPING_SECONDS="0.2")
 
 
 def _stream(n: int, seed: int) -> list[tuple]:
@@ -99,7 +81,7 @@ def _setup(market_setup, tag: str, instrument: Instrument):
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(market_setup, settings):
-    _require_services()
+    require_postgres_and_redis()
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()

@@ -1,49 +1,22 @@
 """Production shape: two `runmatcher` processes, one per shard, behind the Redis transport."""
 
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from exchange import transport
 from exchange.models import Order, Trade
 from ledger.verify import ledger_verify
 from marketplace import services as market
 from marketplace.models import Instrument
+from tests.exchange.conftest import require_postgres_and_redis, start_matcher
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _require_services():
-    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
-        pytest.skip("needs PostgreSQL and Redis: CI runs it with DATABASE_URL and REDIS_URL set")
-
-
-def _start_shards(n: int) -> list[subprocess.Popen]:
-    db = connection.settings_dict
-    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
-               MATCHER_SHARDS=str(n), MATCHER_TRANSPORT="redis", PYTHONUNBUFFERED="1")
-    procs = [
-        subprocess.Popen([sys.executable, "manage.py", "runmatcher", "--shard", str(k), "--shards", str(n)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for k in range(n)
-    ]
-    for p in procs:
-        seen = []
-        while not any("serving" in line for line in seen):
-            line = p.stdout.readline()
-            assert line, "runmatcher exited:\n" + "".join(seen)
-            seen.append(line)
-    return procs
-
-
 def test_two_shards_match_their_own_instruments(api, market_setup, settings):
-    _require_services()
+    require_postgres_and_redis()
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
@@ -57,7 +30,7 @@ def test_two_shards_match_their_own_instruments(api, market_setup, settings):
     transport._client = None
     procs = []
     try:
-        procs = _start_shards(2)
+        procs = [start_matcher(k, 2) for k in range(2)]
         for inst in instruments:
             api.force_authenticate(m["seller_user"])
             sell = api.post("/api/v1/orders/", {"instrument": inst.pk, "side": "sell", "price": "15.00", "quantity": 4, "client_order_id": f"s{inst.pk}"}, format="json")
