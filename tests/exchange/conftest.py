@@ -43,11 +43,6 @@ def market_setup(db):
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def require_postgres_and_redis() -> None:
-    if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
-        pytest.skip("needs PostgreSQL and Redis: CI runs it with DATABASE_URL and REDIS_URL set")
-
-
 def start_matcher(shard: int, shards: int, **env_extra: str) -> subprocess.Popen:
     """`manage.py runmatcher` against the test database, returned once it says it is serving."""
     db = connection.settings_dict

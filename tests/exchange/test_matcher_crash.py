@@ -16,10 +16,10 @@ from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
 from marketplace import services as market
 from marketplace.models import Instrument
-from tests.exchange.conftest import require_postgres_and_redis, start_matcher
+from tests.exchange.conftest import start_matcher
 from tests.factories import OrganisationFactory, member
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 def _matcher() -> subprocess.Popen:
@@ -81,7 +81,6 @@ def _setup(market_setup, tag: str, instrument: Instrument):
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(market_setup, settings):
-    require_postgres_and_redis()
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()

@@ -10,13 +10,12 @@ from exchange.models import Order, Trade
 from ledger.verify import ledger_verify
 from marketplace import services as market
 from marketplace.models import Instrument
-from tests.exchange.conftest import require_postgres_and_redis, start_matcher
+from tests.exchange.conftest import start_matcher
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 
 def test_two_shards_match_their_own_instruments(api, market_setup, settings):
-    require_postgres_and_redis()
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()

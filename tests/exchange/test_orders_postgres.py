@@ -3,19 +3,17 @@
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 
 from exchange import services
 from exchange.models import Order
 from ledger.models import Hold
 from ledger.selectors import balances_get
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def test_concurrent_retries_of_one_client_order_id_place_one_order(market_setup):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs row locks across connections: runs on PostgreSQL in CI (DATABASE_URL)")
     m = market_setup
     barrier = threading.Barrier(6)
     ids, errors = [], []

@@ -13,15 +13,11 @@ from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
 from tests.factories import OrganisationFactory
 
-
-def _require_postgres():
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL-only: CI runs this file with DATABASE_URL set")
+pytestmark = pytest.mark.postgres
 
 
 @pytest.mark.django_db
 def test_database_refuses_update_and_delete_of_journal_rows():
-    _require_postgres()
     org = OrganisationFactory()
     clearing = services.platform_account(kind=AccountKind.PROVIDER_CLEARING, name="offline")
     entry = services.transfer(source=clearing, destination=services.account_for(organisation=org, kind="available"), amount_fen=100, idempotency_key="k")
@@ -41,7 +37,6 @@ def test_database_refuses_update_and_delete_of_journal_rows():
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_holds_captures_and_transfers_lose_and_double_nothing():
-    _require_postgres()
     orgs = [OrganisationFactory() for _ in range(4)]
     clearing = services.platform_account(kind=AccountKind.PROVIDER_CLEARING, name="offline")
     for org in orgs:

@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 from django.test import Client
 
 from ledger.models import Payout, ProviderEvent, TopUp, TopUpStatus
@@ -11,11 +11,7 @@ from ledger.payments import services
 from ledger.selectors import balances_get
 from tests.ledger.payments_helpers import cast, clearing_balance, event, fake_stripe, fund, paid_session, sign
 
-
-@pytest.fixture(autouse=True)
-def _require_postgres():
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL-only: CI runs this file with DATABASE_URL set")
+pytestmark = pytest.mark.postgres
 
 
 def _in_threads(n: int, work) -> list:

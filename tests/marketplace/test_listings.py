@@ -5,7 +5,6 @@ import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from marketplace import services
 from marketplace.models import Listing, PlatformRole
@@ -181,10 +180,9 @@ def test_device_count_cannot_drop_below_what_is_listed(api, setup):
     assert dc.devices.get().count == 100
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_listings_never_exceed_capacity():
-    if connection.vendor == "sqlite":
-        pytest.skip("needs row locks across connections: runs on PostgreSQL in CI (DATABASE_URL)")
     supplier = OrganisationFactory()
     h100 = DeviceModelFactory()
     dc = data_centre(supplier, {h100: 100})
