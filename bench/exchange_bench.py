@@ -645,37 +645,7 @@ def load_phase(
             if w.is_alive():
                 w.kill()
         client_pids[:] = []
-    lat = array("d")
-    merged: dict[str, dict] = {"http": {}, "statuses": {}, "errors": {}}
-    samples: list[str] = []
-    for p in parts:
-        lat.frombytes(p["latencies"])
-        for key in merged:
-            for k, v in p[key].items():
-                merged[key][k] = merged[key].get(k, 0) + v
-        samples += p["samples"]
-    done = len(lat)
-    ordered = sorted(lat)
-
-    def pct(q: float) -> float:
-        return ordered[min(int(q * done), done - 1)] if done else float("nan")
-
-    return {
-        "rps": done / seconds,
-        "done": done,
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-        "max_ms": ordered[-1] if done else float("nan"),
-        "http": merged["http"],
-        "statuses": merged["statuses"],
-        "errors": merged["errors"],
-        "samples": samples[:5],
-        "cpu": cpu,
-        "sent": sum(p["sent"] for p in parts),
-        "answered": sum(p["answered"] for p in parts),
-        "created": sum(p["created"] for p in parts),
-    }
+    return _merge_parts(parts, seconds, cpu, counters=("http", "statuses", "errors"))
 
 
 # --- Websocket order entry (case ws): uvicorn serving bench.echo_asgi, clients on /ws/user/ and /ws/echo/ ---
@@ -853,12 +823,17 @@ def ws_load_phase(
             if w.is_alive():
                 w.kill()
         client_pids[:] = []
+    return _merge_parts(parts, seconds, cpu, counters=("statuses", "errors"))
+
+
+def _merge_parts(parts: list[dict], seconds: float, cpu, *, counters: tuple[str, ...]) -> dict:
+    """Combine the client processes' results: latencies into percentiles, counters summed."""
     lat = array("d")
-    merged: dict[str, dict] = {"statuses": {}, "errors": {}}
+    merged: dict[str, dict] = {"http": {}, **{key: {} for key in counters}}
     samples: list[str] = []
     for p in parts:
         lat.frombytes(p["latencies"])
-        for key in merged:
+        for key in counters:
             for k, v in p[key].items():
                 merged[key][k] = merged[key].get(k, 0) + v
         samples += p["samples"]
@@ -870,7 +845,7 @@ def ws_load_phase(
 
     return {
         "rps": done / seconds, "done": done, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
-        "max_ms": ordered[-1] if done else float("nan"), "http": {}, "statuses": merged["statuses"],
+        "max_ms": ordered[-1] if done else float("nan"), "http": merged["http"], "statuses": merged["statuses"],
         "errors": merged["errors"], "samples": samples[:5], "cpu": cpu,
         "sent": sum(p["sent"] for p in parts), "answered": sum(p["answered"] for p in parts),
         "created": sum(p["created"] for p in parts),
