@@ -33,11 +33,12 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.utils.encoders import JSONEncoder
 
 from common.errors import ServiceError
-from exchange import selectors, services, transport
-from exchange.models import BookState, Order, OrderStatus
+from exchange import selectors
+from exchange.models import BookState
 from exchange.publish import market_group, organisation_group, register_server_loop
+from exchange.ws_orders import COMMANDS, error_frame, orders_cancel_placed
 from marketplace.models import Instrument
-from marketplace.selectors import acting_organisation, organisation_ids_for_user
+from marketplace.selectors import organisation_ids_for_user
 
 log = logging.getLogger(__name__)
 
@@ -362,160 +363,6 @@ class MarketConsumer(AsyncWebsocketConsumer):
 
 
 # --- user stream and order entry ------------------------------------------------------------------------
-
-
-class _ThrottleRequest:
-    """What DRF's UserRateThrottle reads from a request: REST and websocket orders share one budget."""
-
-    def __init__(self, user) -> None:
-        self.user = user
-        self.META: dict = {}
-
-
-def _throttle(user) -> None:
-    from exchange.api.views import OrderRateThrottle
-
-    throttle = OrderRateThrottle()
-    if not throttle.allow_request(_ThrottleRequest(user), None):
-        raise drf_exceptions.Throttled(throttle.wait())
-
-
-def _fields(message: dict, *drop: str) -> dict:
-    return {k: v for k, v in message.items() if k not in ("type", "request_id", *drop)}
-
-
-def _order_data(order_id: int) -> dict:
-    from exchange.api.serializers import OrderSerializer
-
-    return OrderSerializer(selectors.order_with_fills().get(pk=order_id)).data
-
-
-def _not_regulator(user) -> None:
-    if user.is_regulator:
-        raise ServiceError("Regulators have read-only access.", status_code=403)
-
-
-def _find_order(user, message: dict) -> Order:
-    qs = selectors.order_list_for_user(user)
-    if message.get("order") is not None:
-        if not str(message["order"]).isdigit():
-            raise drf_exceptions.ValidationError({"order": ["An order id."]})
-        order = qs.filter(pk=int(message["order"])).first()
-    elif message.get("client_order_id"):
-        qs = qs.filter(client_order_id=str(message["client_order_id"]), organisation_id__in=organisation_ids_for_user(user))
-        order = qs.order_by("-id").first()
-    else:
-        raise drf_exceptions.ValidationError({"order": ["Give `order` (an id) or `client_order_id`."]})
-    if order is None:
-        raise drf_exceptions.NotFound("No such order among yours.")
-    return order
-
-
-def order_place_command(user, message: dict) -> dict:
-    """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}."""
-    from exchange.api.serializers import OrderInSerializer
-
-    _not_regulator(user)
-    _throttle(user)
-    data = _fields(message, "order_type")
-    if "order_type" in message:
-        data["type"] = message["order_type"]
-    serializer = OrderInSerializer(data=data)
-    serializer.is_valid(raise_exception=True)
-    v = dict(serializer.validated_data)
-    organisation = acting_organisation(user, v.pop("organisation", None), services.TRADING_ROLES)
-    order, created = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
-    replies = transport.send([{"op": "submit", "order": order.pk, "instrument": order.instrument_id}]) if created else []
-    return {"order": _order_data(order.pk), "created": created, "confirmed": replies is not None}
-
-
-def order_cancel_command(user, message: dict) -> dict:
-    _not_regulator(user)
-    unknown = sorted(set(_fields(message)) - {"order", "client_order_id"})
-    if unknown:
-        raise drf_exceptions.ValidationError({name: ["Unknown field."] for name in unknown})
-    order = services.order_cancel_request(user=user, order=_find_order(user, message))
-    replies = transport.send([{"op": "cancel", "order": order.pk, "instrument": order.instrument_id, "actor": user.pk}])
-    return {"order": _order_data(order.pk), "confirmed": replies is not None}
-
-
-def order_amend_command(user, message: dict) -> dict:
-    from exchange.api.serializers import OrderAmendSerializer
-
-    _not_regulator(user)
-    order = _find_order(user, message)
-    serializer = OrderAmendSerializer(data=_fields(message, "order", "client_order_id"))
-    serializer.is_valid(raise_exception=True)
-    order, price, open_qty = services.order_amend_prepare(user=user, order=order, **serializer.validated_data)
-    replies = transport.send([{"op": "amend", "order": order.pk, "instrument": order.instrument_id, "price": price, "quantity": open_qty, "actor": user.pk}])
-    if replies and replies[0].get("rejected"):
-        raise drf_exceptions.ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
-    return {"order": _order_data(order.pk), "confirmed": replies is not None}
-
-
-def order_cancel_all_command(user, message: dict) -> dict:
-    from exchange.api.serializers import CancelAllSerializer
-
-    _not_regulator(user)
-    serializer = CancelAllSerializer(data=_fields(message))
-    serializer.is_valid(raise_exception=True)
-    organisation = acting_organisation(user, serializer.validated_data.get("organisation"), services.TRADING_ROLES)
-    open_orders = list(services.orders_open_for(organisation=organisation, instrument=serializer.validated_data.get("instrument")))
-    for order in open_orders:
-        services.order_cancel_request(user=user, order=order)
-    commands = [{"op": "cancel", "order": o.pk, "instrument": o.instrument_id, "actor": user.pk} for o in open_orders]
-    replies = transport.send(commands) if commands else []
-    return {"requested": len(open_orders), "confirmed": replies is not None}
-
-
-def orders_cancel_placed(user, order_ids: set[int]) -> int:
-    """Cancel-on-disconnect: the socket's orders that still rest or wait for the matcher."""
-    cancelled = []
-    for order in Order.objects.filter(pk__in=order_ids, status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).select_related("organisation"):
-        try:
-            services.order_cancel_request(user=user, order=order)
-        except ServiceError:
-            continue  # finished meanwhile, or the user lost the trading role
-        cancelled.append(order.pk)
-    if cancelled:
-        transport.send([{"op": "cancel", "order": pk, "actor": user.pk} for pk in cancelled])
-    return len(cancelled)
-
-
-COMMANDS = {
-    "place": order_place_command,
-    "cancel": order_cancel_command,
-    "amend": order_amend_command,
-    "cancel_all": order_cancel_all_command,
-}
-SERVICE_CODES = {400: "invalid", 403: "permission_denied", 404: "not_found", 409: "conflict"}
-
-
-def error_frame(request_id, exc: Exception) -> dict:
-    """The REST API's error, as a websocket frame: status, a code, a message and the field errors."""
-    if isinstance(exc, ServiceError):
-        status, code, fields = exc.status_code, SERVICE_CODES.get(exc.status_code, "error"), exc.detail
-    elif isinstance(exc, Http404):
-        status, code, fields = 404, "not_found", {}
-    elif isinstance(exc, drf_exceptions.APIException):
-        status, code = exc.status_code, exc.default_code
-        detail = exc.detail
-        fields = detail if isinstance(detail, dict) else ({"non_field_errors": detail} if isinstance(detail, list) else {})
-        if isinstance(exc, drf_exceptions.ValidationError):
-            code = "invalid"
-        if not fields:
-            message = str(detail)
-    else:
-        status, code, fields = 500, "internal_error", {}
-    if fields:
-        field, errors = next(iter(fields.items()))
-        first = errors[0] if isinstance(errors, list) and errors else errors
-        message = f"{field}: {first}" if field != "non_field_errors" else str(first)
-    elif status == 404:
-        message = str(exc) if str(exc) else "Not found."
-    elif status == 500:
-        message = "The server failed; the command may or may not have applied. Check your orders."
-    return {"type": "error", "request_id": request_id, "status": status, "code": code, "message": message, "fields": fields}
 
 
 class UserConsumer(AsyncWebsocketConsumer):
