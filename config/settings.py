@@ -138,7 +138,14 @@ CELERY_TIMEZONE = "Asia/Shanghai"
 # server runs the same list on a background thread (config/scheduler.py).
 PERIODIC_TASKS = {
     "marketplace.tasks.instruments_roll": 60,
+    "metering.tasks.deliveries_settle_due": 60,
+    "oversight.tasks.audit_ingest": 60,
+    "oversight.tasks.surveillance_scan": 300,
 }
+# Audit checkpoints are signed with HMAC-SHA256 under this key; empty: derived from SECRET_KEY (embedded).
+AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY", "")
+# The audit job moves its per-source cursor only past rows older than this (late commits with lower ids).
+AUDIT_INGEST_LAG_SECONDS = int(os.environ.get("AUDIT_INGEST_LAG_SECONDS", "60"))
 EMBEDDED_SCHEDULER = env_bool("SUANLI_EMBEDDED_SCHEDULER", default=CELERY_TASK_ALWAYS_EAGER)
 
 # The matcher (exchange/transport.py): "thread" runs it inside the server (embedded default), "redis" sends
@@ -223,6 +230,9 @@ SPECTACULAR_SETTINGS = {
         "ChipClassEnum": "marketplace.models.ChipClass",
         "ComputeUnitEnum": "marketplace.units.ComputeUnit",
         "OrderSideEnum": "exchange.models.Side",
+        "AlertStatusEnum": "oversight.models.AlertStatus",
+        "ContractStatusEnum": "exchange.models.ContractStatus",
+        "OrderStatusEnum": "exchange.models.OrderStatus",
     },
 }
 

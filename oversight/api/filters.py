@@ -1,0 +1,97 @@
+"""django-filter sets for the regulator's lists. Prices filter in fen per lot (the exchange's integer unit,
+exact whatever the instrument's lot size); sizes in lots."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q
+
+from exchange.models import Contract, ContractStatus, Order, OrderEvent, OrderEventKind, OrderStatus, Side, Trade
+from ledger.models import EntryKind, JournalEntry
+from oversight.models import Alert, AlertKind, AlertStatus, Severity
+
+
+class _Ranges(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="from this time (inclusive)")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="before this time")
+    price_fen_min = django_filters.NumberFilter(field_name="price_fen_per_lot", lookup_expr="gte", help_text="fen per lot")
+    price_fen_max = django_filters.NumberFilter(field_name="price_fen_per_lot", lookup_expr="lte", help_text="fen per lot")
+    quantity_min = django_filters.NumberFilter(field_name="quantity", lookup_expr="gte", help_text="lots")
+    quantity_max = django_filters.NumberFilter(field_name="quantity", lookup_expr="lte", help_text="lots")
+
+
+class TradeFilter(_Ranges):
+    product = django_filters.NumberFilter(field_name="instrument__product_id")
+    organisation = django_filters.NumberFilter(method="either_side", help_text="buyer or seller")
+    taker_side = django_filters.ChoiceFilter(choices=Side.choices)
+
+    class Meta:
+        model = Trade
+        fields = ["instrument", "product", "organisation", "buyer", "seller", "taker_side"]
+
+    def either_side(self, queryset, name, value):
+        return queryset.filter(Q(buyer_id=value) | Q(seller_id=value))
+
+
+class OrderFilter(_Ranges):
+    product = django_filters.NumberFilter(field_name="instrument__product_id")
+    status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
+    side = django_filters.ChoiceFilter(choices=Side.choices)
+
+    class Meta:
+        model = Order
+        fields = ["instrument", "product", "organisation", "user", "status", "side", "client_order_id"]
+
+
+class OrderEventFilter(_Ranges):
+    instrument = django_filters.NumberFilter(field_name="order__instrument_id")
+    product = django_filters.NumberFilter(field_name="order__instrument__product_id")
+    organisation = django_filters.NumberFilter(field_name="order__organisation_id")
+    side = django_filters.ChoiceFilter(field_name="order__side", choices=Side.choices)
+    kind = django_filters.MultipleChoiceFilter(choices=OrderEventKind.choices)
+
+    class Meta:
+        model = OrderEvent
+        fields = ["order", "instrument", "product", "organisation", "actor", "kind", "side"]
+
+
+class ContractFilter(_Ranges):
+    product = django_filters.NumberFilter(field_name="instrument__product_id")
+    organisation = django_filters.NumberFilter(method="either_side", help_text="buyer or seller")
+    status = django_filters.MultipleChoiceFilter(choices=ContractStatus.choices)
+
+    class Meta:
+        model = Contract
+        fields = ["instrument", "product", "organisation", "buyer", "seller", "status", "listing"]
+
+    def either_side(self, queryset, name, value):
+        return queryset.filter(Q(buyer_id=value) | Q(seller_id=value))
+
+
+class JournalEntryFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    kind = django_filters.MultipleChoiceFilter(choices=EntryKind.choices)
+    organisation = django_filters.NumberFilter(method="touching", help_text="entries with a posting on this organisation's accounts")
+    account = django_filters.NumberFilter(method="on_account")
+
+    class Meta:
+        model = JournalEntry
+        fields = ["kind", "reference", "organisation", "account"]
+
+    def touching(self, queryset, name, value):
+        return queryset.filter(postings__account__organisation_id=value).distinct()
+
+    def on_account(self, queryset, name, value):
+        return queryset.filter(postings__account_id=value).distinct()
+
+
+class AlertFilter(django_filters.FilterSet):
+    kind = django_filters.MultipleChoiceFilter(choices=AlertKind.choices)
+    status = django_filters.MultipleChoiceFilter(choices=AlertStatus.choices)
+    severity = django_filters.MultipleChoiceFilter(choices=Severity.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+
+    class Meta:
+        model = Alert
+        fields = ["kind", "status", "severity", "organisation", "instrument"]

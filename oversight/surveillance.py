@@ -1,0 +1,187 @@
+"""Surveillance scans. Each scan reads a lookback window, finds pattern occurrences and raises one alert
+per occurrence, keyed by a fingerprint (pattern, who, instrument, UTC day): a rescan updates the evidence
+of the alert it raised before and never raises a second one.
+
+Thresholds come from settings (SURVEILLANCE_*), with defaults below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections import defaultdict
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from exchange.models import OrderEvent, OrderEventKind, Trade
+from marketplace.models import Instrument
+from oversight.models import Alert, AlertKind, OwnershipGroup, Severity
+
+DEFAULTS = {
+    "LOOKBACK_HOURS": 48,
+    "SPOOF_MIN_LOTS": 10,          # an order is "large" from this size ...
+    "SPOOF_MEDIAN_FACTOR": 5,      # ... and from this many times the instrument's median order size
+    "SPOOF_MAX_LIFETIME_SECONDS": 10,
+    "SPOOF_MIN_COUNT": 3,          # "repeatedly": this many such cancels per organisation, instrument and day
+    "SPOOF_NEAR_TOUCH_BPS": 100,   # within 1% of the last trade (or the reference before the first trade)
+    "PRICE_DEVIATION_BPS": 500,    # trades more than 5% from the instrument's reference price
+}
+
+
+def threshold(name: str):
+    return getattr(settings, f"SURVEILLANCE_{name}", DEFAULTS[name])
+
+
+def _day(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).date().isoformat()
+
+
+@transaction.atomic
+def alert_raise(*, kind: str, fingerprint: str, severity: str, summary: str, evidence: dict,
+                organisation_id: int | None = None, instrument_id: int | None = None) -> tuple[Alert, bool]:
+    """Create the alert for this occurrence, or refresh the evidence of the one already raised (its status
+    and reviews stay as they are). Returns (alert, created)."""
+    alert, created = Alert.objects.select_for_update().get_or_create(
+        fingerprint=fingerprint,
+        defaults={"kind": kind, "severity": severity, "summary": summary, "evidence": evidence,
+                  "organisation_id": organisation_id, "instrument_id": instrument_id},
+    )
+    if not created and (alert.evidence != evidence or alert.summary != summary or alert.severity != severity):
+        alert.evidence, alert.summary, alert.severity = evidence, summary, severity
+        alert.save(update_fields=["evidence", "summary", "severity", "updated_at"])
+    return alert, created
+
+
+def owner_groups() -> dict[int, str]:
+    return dict(OwnershipGroup.objects.values_list("organisation_id", "group"))
+
+
+def scan_wash_trades(*, since: dt.datetime) -> int:
+    """Trades whose buyer and seller share a beneficial owner (the same organisation, or organisations in
+    the same ownership group)."""
+    groups = owner_groups()
+    linked = list(groups)
+    qs = Trade.objects.filter(created_at__gte=since).filter(
+        Q(buyer_id=F("seller_id")) | Q(buyer_id__in=linked, seller_id__in=linked)
+    ).order_by("id").values_list("id", "instrument_id", "buyer_id", "seller_id", "quantity", "value_fen", "created_at")
+    occurrences: dict[tuple[str, int, str], list] = defaultdict(list)
+    for row in qs.iterator(chunk_size=2000):
+        _, instrument_id, buyer, seller, _, _, at = row
+        group = groups.get(buyer, f"org:{buyer}")
+        if group != groups.get(seller, f"org:{seller}"):
+            continue
+        occurrences[(group, instrument_id, _day(at))].append(row)
+    raised = 0
+    for (group, instrument_id, day), rows in occurrences.items():
+        orgs = sorted({r[2] for r in rows} | {r[3] for r in rows})
+        evidence = {
+            "beneficial_owner": group, "organisations": orgs, "day": day, "trades": [r[0] for r in rows],
+            "quantity": sum(r[4] for r in rows), "value_fen": sum(r[5] for r in rows),
+        }
+        _, created = alert_raise(
+            kind=AlertKind.WASH_TRADE, fingerprint=f"wash:{group}:{instrument_id}:{day}", severity=Severity.HIGH,
+            summary=f"{len(rows)} trade(s) with the same beneficial owner ({group}) on both sides",
+            evidence=evidence, organisation_id=orgs[0], instrument_id=instrument_id,
+        )
+        raised += created
+    return raised
+
+
+def _fen_per_lot(instrument: Instrument, price: Decimal) -> int:
+    return int(price * instrument.lot_size * 100)
+
+
+def scan_spoofing(*, since: dt.datetime) -> int:
+    """Large orders cancelled within seconds without a fill, near the touch, repeatedly by one organisation
+    on one instrument in a day. Several price levels among them makes it layering (high severity).
+    "Near the touch" is measured against the last trade before the order (the reference price before the
+    first trade): the committed book at that instant is not kept."""
+    max_life = dt.timedelta(seconds=threshold("SPOOF_MAX_LIFETIME_SECONDS"))
+    cancels = (
+        OrderEvent.objects.filter(kind=OrderEventKind.CANCELLED, created_at__gte=since, order__filled_quantity=0)
+        .order_by("id")
+        .values_list("order_id", "order__organisation_id", "order__instrument_id", "order__side", "order__quantity",
+                     "order__price_fen_per_lot", "order__created_at", "created_at")
+    )
+    candidates = [c for c in cancels.iterator(chunk_size=2000) if c[7] - c[6] <= max_life and c[5] is not None]
+    if not candidates:
+        return 0
+    instruments = {i.pk: i for i in Instrument.objects.filter(pk__in={c[2] for c in candidates})}
+    large: dict[int, int] = {}
+    for instrument_id in instruments:
+        sizes = list(OrderEvent.objects.filter(kind=OrderEventKind.ACCEPTED, order__instrument_id=instrument_id, created_at__gte=since).values_list("order__quantity", flat=True))
+        median = statistics.median(sizes) if sizes else 0
+        large[instrument_id] = max(threshold("SPOOF_MIN_LOTS"), threshold("SPOOF_MEDIAN_FACTOR") * median)
+    near_bps = threshold("SPOOF_NEAR_TOUCH_BPS")
+    occurrences: dict[tuple[int, int, str], list] = defaultdict(list)
+    for c in candidates:
+        order_id, org, instrument_id, side, qty, price, created, cancelled = c
+        if qty < large[instrument_id]:
+            continue
+        instrument = instruments[instrument_id]
+        touch = (Trade.objects.filter(instrument_id=instrument_id, created_at__lte=created).order_by("-id")
+                 .values_list("price_fen_per_lot", flat=True).first()) or _fen_per_lot(instrument, instrument.reference_price)
+        if abs(price - touch) * 10000 > near_bps * touch:
+            continue
+        occurrences[(org, instrument_id, _day(created))].append(
+            {"order": order_id, "side": side, "quantity": qty, "price_fen_per_lot": price, "touch_fen_per_lot": touch,
+             "lifetime_ms": int((cancelled - created).total_seconds() * 1000)})
+    raised = 0
+    for (org, instrument_id, day), orders in occurrences.items():
+        if len(orders) < threshold("SPOOF_MIN_COUNT"):
+            continue
+        levels = sorted({o["price_fen_per_lot"] for o in orders})
+        layering = len(levels) >= 3
+        _, created = alert_raise(
+            kind=AlertKind.SPOOFING, fingerprint=f"spoof:{org}:{instrument_id}:{day}",
+            severity=Severity.HIGH if layering or len(orders) >= 2 * threshold("SPOOF_MIN_COUNT") else Severity.MEDIUM,
+            summary=f"{len(orders)} large orders cancelled within {max_life.seconds} s without a fill, near the touch"
+                    + (f", at {len(levels)} price levels (layering)" if layering else ""),
+            evidence={"day": day, "orders": orders, "price_levels": levels, "large_from_lots": large[instrument_id]},
+            organisation_id=org, instrument_id=instrument_id,
+        )
+        raised += created
+    return raised
+
+
+def scan_off_reference_prices(*, since: dt.datetime) -> int:
+    """Trades more than PRICE_DEVIATION_BPS from the instrument's reference price, per instrument and day."""
+    bps = threshold("PRICE_DEVIATION_BPS")
+    instrument_ids = Trade.objects.filter(created_at__gte=since).values_list("instrument_id", flat=True).distinct()
+    raised = 0
+    for instrument in Instrument.objects.filter(pk__in=list(instrument_ids)):
+        ref = _fen_per_lot(instrument, instrument.reference_price)
+        # |p - ref| * 10000 > bps * ref, kept in integers.
+        lo = ref - (bps * ref) // 10000
+        hi = ref + (bps * ref) // 10000
+        rows = (Trade.objects.filter(instrument=instrument, created_at__gte=since).filter(Q(price_fen_per_lot__lt=lo) | Q(price_fen_per_lot__gt=hi))
+                .order_by("id").values_list("id", "price_fen_per_lot", "buyer_id", "seller_id", "created_at"))
+        by_day: dict[str, list] = defaultdict(list)
+        for row in rows:
+            by_day[_day(row[4])].append(row)
+        for day, trades in by_day.items():
+            worst = max(abs(t[1] - ref) * 10000 // ref for t in trades)
+            _, created = alert_raise(
+                kind=AlertKind.OFF_REFERENCE_PRICE, fingerprint=f"price:{instrument.pk}:{day}",
+                severity=Severity.HIGH if worst > 2 * bps else Severity.MEDIUM,
+                summary=f"{len(trades)} trade(s) more than {bps / 100:g}% from the reference price (worst {worst / 100:g}%)",
+                evidence={"day": day, "reference_fen_per_lot": ref, "worst_bps": worst,
+                          "trades": [{"trade": t[0], "price_fen_per_lot": t[1], "buyer": t[2], "seller": t[3]} for t in trades]},
+                instrument_id=instrument.pk,
+            )
+            raised += created
+    return raised
+
+
+def surveillance_scan(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """Every scan over the lookback window; returns the number of new alerts per pattern."""
+    since = (now or timezone.now()) - dt.timedelta(hours=threshold("LOOKBACK_HOURS"))
+    return {
+        AlertKind.WASH_TRADE: scan_wash_trades(since=since),
+        AlertKind.SPOOFING: scan_spoofing(since=since),
+        AlertKind.OFF_REFERENCE_PRICE: scan_off_reference_prices(since=since),
+    }
