@@ -3,12 +3,11 @@ sends every text frame straight back. bench/exchange_bench.py --case ws serves t
 uvicorn, so websocket order entry (/ws/user/) and the echo baseline run in the same server process."""
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.routing import ProtocolTypeRouter
 from django.urls import path
 
 from config.asgi import django_asgi_app
-from config.routing import websocket_urlpatterns
-from exchange.ws_auth import websocket_application
+from config.routing import websocket_app
 
 
 class EchoConsumer(AsyncWebsocketConsumer):
@@ -19,6 +18,6 @@ class EchoConsumer(AsyncWebsocketConsumer):
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": websocket_application(URLRouter([path("ws/echo/", EchoConsumer.as_asgi()), *websocket_urlpatterns])),
+        "websocket": websocket_app(extra=[path("ws/echo/", EchoConsumer.as_asgi())]),
     }
 )

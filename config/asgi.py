@@ -13,20 +13,20 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from config.routing import websocket_urlpatterns  # noqa: E402
+from config.routing import websocket_app  # noqa: E402
 from config.scheduler import start_embedded_scheduler  # noqa: E402
 from config.startup import describe_backends  # noqa: E402
-from exchange.ws_auth import websocket_application  # noqa: E402
 from ledger.payments.base import announce as announce_payments  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # Foreign Origins are refused (browsers); a missing Origin is a token client and passes (exchange.ws_auth).
-        "websocket": websocket_application(URLRouter(websocket_urlpatterns)),
+        # The public market stream skips the session middleware; /ws/user/ gets session and token auth.
+        "websocket": websocket_app(),
     }
 )
 

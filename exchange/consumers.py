@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from collections import deque
 from urllib.parse import parse_qs
 
@@ -53,7 +54,7 @@ def heartbeat_seconds() -> float:
 
 
 def max_outbox() -> int:
-    """Messages a socket may have waiting before it counts as too slow and is closed (4008)."""
+    """Messages a socket may have waiting before it counts as too slow and is closed (4008); read once per socket."""
     return int(getattr(settings, "WS_MAX_OUTBOX", 1000))
 
 
@@ -170,6 +171,7 @@ class MarketHub:
             return
         if message.get("kind") == "book" and message["seq"] > topic.last_seq:
             topic.last_seq = message["seq"]
+        message["frame"] = _frame(message["text"].encode())  # one websocket frame for all of this process's sockets
         for consumer in tuple(topic.consumers):
             consumer.offer(message)
 
@@ -220,146 +222,302 @@ def _trim(message: dict, seq: int) -> str:
     """A book message that straddles the snapshot: keep the updates after `seq` (rare: catch-up only)."""
     payload = json.loads(message["text"])
     payload["updates"] = [u for u in payload["updates"] if u["seq"] > seq]
+    payload["first"] = seq + 1
     return _dumps(payload)
 
 
-class MarketConsumer(AsyncWebsocketConsumer):
-    """/ws/market/<instrument_id>/: public; snapshot, then book updates, trades, tickers, heartbeats."""
+def _frame(data: bytes) -> bytes:
+    """One whole unmasked websocket text frame (server to client, RFC 6455 section 5.2) around UTF-8 `data`."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
 
-    # No channel per socket: the hub is the only channel-layer member and relays to this socket.
-    channel_layer_alias = "__market_hub_relays__"
 
-    instrument_id: int
-    topic: _Topic | None = None
-    writer: asyncio.Task | None = None
-    dropped = False
-    _close_code = CLOSE_TOO_SLOW
+try:  # the pinned uvicorn's sans-I/O websocket protocol (uvicorn --ws websockets-sansio)
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SansIO
+except ImportError:  # pragma: no cover
+    _SansIO = None
+_SANSIO_STATE = ("transport", "writable", "close_sent", "disconnected", "handshake_complete")
+
+
+def _direct_protocol(send):
+    """The uvicorn websockets-sansio connection behind an ASGI `send`, or None (any other server, tests).
+
+    Its transport takes whole frames: the market stream writes each message's frame, encoded once per
+    process, straight to it instead of through `send` (which re-frames the text for every socket). Control
+    frames (ping, close) and everything else still go through uvicorn."""
+    proto = getattr(send, "__self__", None)
+    if _SansIO is not None and isinstance(proto, _SansIO) and all(hasattr(proto, a) for a in _SANSIO_STATE):
+        return proto
+    return None
+
+
+def _parsed(message: dict) -> dict:
+    """A relayed book message's payload, parsed once per process (only sockets that conflate need it)."""
+    payload = message.get("parsed")
+    if payload is None:
+        payload = message["parsed"] = json.loads(message["text"])
+    return payload
+
+
+class _Book:
+    """An unsent book message in a socket's outbox. Later book messages merge into it (conflation): per
+    price level the last quantity wins and keeps the seq of its last change; the frame covers `first`..`seq`
+    and carries the checksum of the book at `seq`."""
+
+    __slots__ = ("instrument", "first", "seq", "text", "message", "levels", "checksum")
+
+    def __init__(self, instrument: int, first: int, seq: int, text: str, message: dict | None) -> None:
+        self.instrument, self.first, self.seq, self.text = instrument, first, seq, text
+        self.message = message  # the relayed message whose text this is (None: trimmed, text is our own)
+        self.levels: dict | None = None
+        self.checksum = None
+
+    def merge(self, message: dict, payload: dict) -> None:
+        if self.levels is None:
+            first = _parsed(self.message) if self.message is not None else json.loads(self.text)
+            self.levels = {(u["side"], u["price_fen_per_lot"]): u for u in first["updates"]}
+        levels = self.levels
+        for u in payload["updates"]:
+            key = (u["side"], u["price_fen_per_lot"])
+            levels.pop(key, None)  # re-inserted last: the dict stays in order of each level's last change
+            levels[key] = u
+        self.seq = message["seq"]
+        self.checksum = payload["checksum"]
+
+    def render(self) -> str:
+        if self.levels is None:
+            return self.text
+        return json.dumps({"type": "book", "instrument": self.instrument, "first": self.first, "seq": self.seq,
+                           "checksum": self.checksum, "conflated": True, "updates": list(self.levels.values())},
+                          separators=(",", ":"))
+
+
+class MarketConsumer:
+    """/ws/market/<instrument_id>/: public; snapshot, then book updates, trades, tickers, heartbeats.
+
+    A plain ASGI application, not a channels consumer: the stream is public (config/asgi.py serves it
+    without the session middleware, origin check kept) and has no channel of its own, and channels' send
+    path (its session wrapper, the consumer's send) costs more than the rest of a delivery.
+
+    Delivery: the hub calls `offer` for each message, synchronously. A socket with nothing queued gets the
+    message at once: under uvicorn's websockets-sansio protocol the process-wide frame goes straight to the
+    socket's transport (no task wake, no per-socket encoding); otherwise it is queued for a writer task
+    that sends through ASGI. A socket whose transport pushes back (or that is behind) queues; an unsent
+    book message absorbs later ones (conflation, docs/websockets.md); WS_MAX_OUTBOX queued messages -> 4008.
+    """
+
+    @classmethod
+    def as_asgi(cls):
+        async def app(scope, receive, send):
+            await cls(scope, send).run(receive)
+
+        return app
+
+    def __init__(self, scope: dict | None = None, send=None) -> None:
+        self.scope = scope or {}
+        self.send = send
+        self.proto = _direct_protocol(send) if send is not None else None
+        self.instrument_id = 0
+        self.topic: _Topic | None = None
+        self.hub = None
+        self.outbox: deque = deque()  # str texts, _Book (mergeable) or None (close after what is queued)
+        self.pending_book: _Book | None = None  # the unsent book message in the outbox, if any
+        self.writer: asyncio.Task | None = None  # running while the outbox is not empty
+        self.limit = max_outbox()
+        self.seq = 0  # the last book update this socket was sent or has queued (or its snapshot's)
+        self.snap_seq = 0  # the snapshot's: trades and tickers at or before it are already reflected
+        self.buffer: list[dict] | None = []  # not None while a snapshot is being read
+        self.dropped = False
+        self._close_code = CLOSE_TOO_SLOW
+
+    async def run(self, receive) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            await self.connect()
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    self.receive(message.get("text"))
+                elif message["type"] == "websocket.disconnect":
+                    return
+        finally:
+            await self.disconnect()
 
     async def connect(self) -> None:
         self.instrument_id = int(self.scope["url_route"]["kwargs"]["instrument_id"])
-        self.outbox: deque[str] = deque()
-        self.waiter: asyncio.Future | None = None  # set while the writer waits for the outbox to fill
-        self.seq = 0  # the last book update this socket was sent (or its snapshot's)
-        self.snap_seq = 0  # the snapshot's: trades and tickers at or before it are already reflected
-        self.buffer: list[dict] | None = []  # not None while a snapshot is being read
         self.hub = market_hub()
-        await self.accept()
-        self.writer = asyncio.create_task(self._write())
+        await self.send({"type": "websocket.accept"})
         self.topic = await self.hub.subscribe(self)
         await self._finish_resync()
 
-    async def disconnect(self, code) -> None:
+    async def disconnect(self) -> None:
         self.dropped = True
         if self.writer is not None:
             self.writer.cancel()
-        await self.hub.unsubscribe(self)
+        if self.hub is not None:
+            await self.hub.unsubscribe(self)
 
-    async def receive(self, text_data=None, bytes_data=None) -> None:
+    def receive(self, text_data=None) -> None:
         try:
             message = json.loads(text_data or "")
             kind = message.get("type")
         except (ValueError, AttributeError):
-            self._push(_dumps({"type": "error", "code": "bad_request", "message": "Send JSON objects with a `type`."}))
+            self._deliver(_dumps({"type": "error", "code": "bad_request", "message": "Send JSON objects with a `type`."}))
             return
         if kind == "resync":
             if self.buffer is None:  # otherwise a snapshot is already on its way
                 self.buffer = []
-                await self._finish_resync()
+                asyncio.get_running_loop().create_task(self._finish_resync())
         elif kind == "ping":
-            self._push(_dumps({"type": "pong", "request_id": message.get("request_id"), "seq": self.seq}))
+            self._deliver(_dumps({"type": "pong", "request_id": message.get("request_id"), "seq": self.seq}))
         else:
-            self._push(_dumps({"type": "error", "request_id": message.get("request_id"), "code": "unknown_type",
-                               "message": "This stream takes `resync` and `ping`."}))
+            self._deliver(_dumps({"type": "error", "request_id": message.get("request_id"), "code": "unknown_type",
+                                  "message": "This stream takes `resync` and `ping`."}))
 
-    # --- from the hub (synchronous: no await between a message's arrival and its place in the outbox) ---
+    # --- from the hub (synchronous: no await between a message's arrival and its place in the stream) ---
 
     def offer(self, message: dict) -> None:
         if self.dropped:
             return
         if self.buffer is not None:
             self.buffer.append(message)
-            if len(self.buffer) > max_outbox():
+            if len(self.buffer) > self.limit:
                 self._too_slow()
             return
         self._accept(message)
 
     def heartbeat(self, head: str, last_seq: int) -> None:
         if self.buffer is None and not self.dropped:
-            self._push(f"{head}{max(self.seq, last_seq)}}}")
+            self._deliver(f"{head}{max(self.seq, last_seq)}}}")
 
     def _accept(self, message: dict) -> None:
         seq = message["seq"]
-        text = message["text"]
         if message["kind"] == "book":
             if seq <= self.seq:
                 return  # already in the snapshot
             first = message["first"]
+            trimmed = None
             if first != self.seq + 1:
                 if first > self.seq + 1:
                     log.warning("market %s: gap %s..%s on a socket; resynchronising", self.instrument_id, self.seq + 1, first - 1)
                     self.buffer = [message]
                     asyncio.get_running_loop().create_task(self._finish_resync())
                     return
-                text = _trim(message, self.seq)
+                trimmed = _trim(message, self.seq)
+                first = self.seq + 1
             self.seq = seq
-        elif seq is not None and seq <= self.snap_seq:
+            pending = self.pending_book
+            if pending is not None:
+                pending.merge(message, json.loads(trimmed) if trimmed is not None else _parsed(message))
+                return
+            if trimmed is None and self._write_now(message.get("frame")):
+                return
+            if trimmed is None:
+                self.pending_book = _Book(self.instrument_id, first, seq, message["text"], message)
+            else:
+                self.pending_book = _Book(self.instrument_id, first, seq, trimmed, None)
+            self._push(self.pending_book)
+            return
+        if seq is not None and seq <= self.snap_seq:
             return  # a trade or ticker the snapshot already reflects
-        self._push(text)
+        if not self._write_now(message.get("frame")):
+            self._push(message["text"])
+
+    def _write_now(self, frame: bytes | None) -> bool:
+        """Write a frame to the transport now if nothing is queued ahead and it takes more; False otherwise."""
+        proto = self.proto
+        if proto is None or frame is None or self.writer is not None or not proto.writable.is_set():
+            return False
+        if not (proto.close_sent or proto.disconnected):
+            proto.transport.write(frame)
+        return True  # a socket that is closing drops it; its disconnect is on its way
+
+    def _deliver(self, text: str) -> None:
+        if self.writer is not None or not self._write_now(_frame(text.encode()) if self.proto is not None else None):
+            self._push(text)
 
     async def _finish_resync(self) -> None:
         snapshot = await self.hub.snapshot(self.topic)
         if self.dropped:
             return
+        self.pending_book = None  # nothing queued before the snapshot may absorb what comes after it
         if snapshot is None:
-            self._push(_dumps({"type": "error", "code": "not_found", "message": f"No instrument {self.instrument_id}."}))
+            self._deliver(_dumps({"type": "error", "code": "not_found", "message": f"No instrument {self.instrument_id}."}))
             self.dropped = True
             self._close_code = CLOSE_NOT_FOUND
-            self.outbox.append(None)  # the writer closes after what is queued
-            self._wake()
+            self._push(None)  # the writer closes after what is queued
             return
         buffered, self.buffer = self.buffer or [], None
         self.seq = self.snap_seq = snapshot["seq"]
-        self._push(snapshot["text"])
+        self._deliver(snapshot["text"])
         for message in buffered:
             self._accept(message)
 
-    def _push(self, text: str) -> None:
+    def _push(self, item) -> None:
         outbox = self.outbox
-        outbox.append(text)
-        if len(outbox) > max_outbox():
+        outbox.append(item)
+        if item is not None and len(outbox) > self.limit:
             self._too_slow()
             return
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.writer is None and self.send is not None:
+            self.writer = asyncio.get_running_loop().create_task(self._write())
 
     def _too_slow(self) -> None:
-        log.warning("market %s: a socket fell %d messages behind; closing it", self.instrument_id, max_outbox())
+        log.warning("market %s: a socket fell %d messages behind; closing it", self.instrument_id, self.limit)
         self.dropped = True
         self.buffer = None
+        self.pending_book = None
         self.outbox.clear()
-        self.outbox.append(None)
-        self._wake()
+        self._push(None)
 
     async def _write(self) -> None:
+        """Drain the outbox: through the transport in one write per turn (sansio), else through ASGI send."""
         outbox = self.outbox
-        loop = asyncio.get_running_loop()
-        while True:
-            if not outbox:
-                self.waiter = loop.create_future()
-                await self.waiter
+        proto = self.proto
+        try:
             while outbox:
-                text = outbox.popleft()
-                if text is None:  # a close, queued behind what was already sent
-                    await self.close(code=self._close_code)
-                    await self.hub.unsubscribe(self)
+                if proto is not None:
+                    await proto.writable.wait()
+                    frames = []
+                    close = False
+                    while outbox:
+                        item = outbox.popleft()
+                        if item is None:
+                            close = True
+                            break
+                        if item is self.pending_book:
+                            self.pending_book = None
+                        frames.append(_frame((item if isinstance(item, str) else item.render()).encode()))
+                    if frames and not (proto.close_sent or proto.disconnected):
+                        proto.transport.write(b"".join(frames))
+                    if close:
+                        await self._close()
+                        return
+                    continue
+                item = outbox.popleft()
+                if item is None:
+                    await self._close()
                     return
-                await self.send(text_data=text)
+                if item is self.pending_book:
+                    self.pending_book = None
+                await self.send({"type": "websocket.send", "text": item if isinstance(item, str) else item.render()})
+        except Exception:
+            self.dropped = True  # the connection went away under us; its disconnect tidies up
+        finally:
+            self.writer = None
+
+    async def _close(self) -> None:
+        self.outbox.clear()
+        try:
+            await self.send({"type": "websocket.close", "code": self._close_code})
+        finally:
+            await self.hub.unsubscribe(self)
 
 
 # --- user stream and order entry ------------------------------------------------------------------------

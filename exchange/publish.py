@@ -113,7 +113,7 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
                 continue  # a batch that only traded inside one level still sends BOOK events; none here means no change
             first, seq = updates[0]["seq"], updates[-1]["seq"]
             book_seq[iid] = seq
-            text = json.dumps({"type": "book", "instrument": iid, "seq": seq, "checksum": p.payload["checksum"], "updates": updates}, separators=(",", ":"))
+            text = json.dumps({"type": "book", "instrument": iid, "first": first, "seq": seq, "checksum": p.payload["checksum"], "updates": updates}, separators=(",", ":"))
             out.append((p.group, {"type": "market.message", "kind": "book", "instrument": iid, "first": first, "seq": seq, "text": text}))
         elif kind == "trade":
             t = p.objects[0]

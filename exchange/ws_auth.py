@@ -9,7 +9,8 @@ Origin: channels' AllowedHostsOriginValidator refuses a handshake WITHOUT an Ori
 ALLOWED_HOSTS contains "*". Browsers always send Origin (that is what the check protects: a foreign page
 riding on the user's cookies); programs usually do not, and they authenticate with a token, not a cookie.
 `ApiClientOriginValidator` refuses a foreign Origin exactly like AllowedHostsOriginValidator and admits a
-missing one; `websocket_application` is the whole stack config/asgi.py should use.
+missing one; `websocket_application` is the whole stack config/asgi.py uses. Public routes (the market
+stream) get the origin check but no session middleware.
 """
 
 from __future__ import annotations
@@ -65,9 +66,35 @@ class ApiClientOriginValidator(OriginValidator):
         return self.validate_origin(parsed_origin)
 
 
-def websocket_application(inner):
-    """Origin check, then session auth (portal), for the URLRouter of websocket routes."""
+class PublicRoutes:
+    """Routes whose sockets need no user go to `public` as they are; the rest through `inner`.
+
+    Channels' session middleware wraps `send` and checks the session on every message a socket sends;
+    the public market stream has no use for it, and it cost more than the rest of a delivery."""
+
+    def __init__(self, public_patterns: list, inner) -> None:
+        from channels.routing import URLRouter
+
+        self.patterns = [p.pattern for p in public_patterns]
+        self.public = URLRouter(public_patterns)
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path_remaining", scope["path"]).lstrip("/")
+        if any(pattern.match(path) for pattern in self.patterns):
+            return await self.public(scope, receive, send)
+        return await self.inner(scope, receive, send)
+
+
+def websocket_application(routes, *, public: list = ()):
+    """Origin check for every websocket; session auth (portal) for `routes` (URL patterns, or an ASGI app
+    such as a URLRouter); `public` URL patterns get no session or user."""
+    from channels.routing import URLRouter
+
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
         allowed = ["localhost", "127.0.0.1", "[::1]"]
-    return ApiClientOriginValidator(AuthMiddlewareStack(inner), allowed)
+    inner = AuthMiddlewareStack(URLRouter(routes) if isinstance(routes, list | tuple) else routes)
+    if public:
+        inner = PublicRoutes(list(public), inner)
+    return ApiClientOriginValidator(inner, allowed)

@@ -2,6 +2,7 @@
 heartbeats, resync; and the relay logic that makes snapshot-then-updates race-free."""
 
 import asyncio
+import json
 from zlib import crc32
 
 import pytest
@@ -51,7 +52,7 @@ def test_snapshot_then_updates_trades_and_tickers_keep_seq_and_checksum(api, mar
         await database_sync_to_async(place)(api, m["buyer_user"], inst, side="buy", price="15.10", quantity=3, client_order_id="b2")
         update = await comm.receive_json_from(TIMEOUT)
         assert update == {
-            "type": "book", "instrument": inst.pk, "seq": 3, "checksum": crc32(b"1400:2:1500:2"),
+            "type": "book", "instrument": inst.pk, "first": 3, "seq": 3, "checksum": crc32(b"1400:2:1500:2"),
             "updates": [{"side": "sell", "price": "15.00", "price_fen_per_lot": 1500, "quantity": 2, "seq": 3}],
         }
         book.apply(update)
@@ -70,7 +71,7 @@ def test_snapshot_then_updates_trades_and_tickers_keep_seq_and_checksum(api, mar
         await database_sync_to_async(api.delete)(f"/api/v1/orders/{bid['id']}/")
         update = await comm.receive_json_from(TIMEOUT)
         assert update == {
-            "type": "book", "instrument": inst.pk, "seq": 4, "checksum": crc32(b"1500:2"),
+            "type": "book", "instrument": inst.pk, "first": 4, "seq": 4, "checksum": crc32(b"1500:2"),
             "updates": [{"side": "buy", "price": "14.00", "price_fen_per_lot": 1400, "quantity": 0, "seq": 4}],
         }
         book.apply(update)
@@ -180,8 +181,12 @@ class FakeHub:
 
 
 def book(first: int, last: int) -> dict:
-    return {"kind": "book", "first": first, "seq": last, "text": f"book {first}-{last}",
-            "instrument": 1}
+    """A relayed book message: updates first..last, each at its own level (price 1000 + seq)."""
+    updates = [{"side": "buy", "price": f"{(1000 + s) / 100:.2f}", "price_fen_per_lot": 1000 + s, "quantity": 1, "seq": s}
+               for s in range(first, last + 1)]
+    text = json.dumps({"type": "book", "instrument": 1, "first": first, "seq": last, "checksum": last, "updates": updates},
+                      separators=(",", ":"))
+    return {"kind": "book", "first": first, "seq": last, "text": text, "instrument": 1}
 
 
 def trade(seq: int) -> dict:
@@ -189,12 +194,23 @@ def trade(seq: int) -> dict:
 
 
 def relay(snapshot_seq: int) -> consumers.MarketConsumer:
+    """A socket's relay logic without a socket: nothing is sent, the outbox keeps what would be."""
     c = consumers.MarketConsumer()
-    c.instrument_id, c.outbox, c.waiter = 1, __import__("collections").deque(), None
-    c.seq = c.snap_seq = 0
-    c.buffer = []
+    c.instrument_id = 1
     c.hub = FakeHub(snapshot_seq)
     return c
+
+
+def sent(c: consumers.MarketConsumer) -> list[str]:
+    """What the outbox holds, as frames (book messages as `book first-last`, `+` when conflated)."""
+    out = []
+    for item in c.outbox:
+        text = item if isinstance(item, str) or item is None else item.render()
+        if text and text.startswith('{"type":"book"'):
+            payload = json.loads(text)
+            text = f"book {payload['first']}-{payload['seq']}" + ("+" if payload.get("conflated") else "")
+        out.append(text)
+    return out
 
 
 def test_updates_buffered_during_the_snapshot_are_dropped_up_to_its_seq_then_flushed_in_order():
@@ -205,21 +221,21 @@ def test_updates_buffered_during_the_snapshot_are_dropped_up_to_its_seq_then_flu
         await c._finish_resync()
         # Still in flight after the snapshot: already-applied updates are dropped too.
         c.offer(book(7, 7))
-        c.offer(book(8, 8))
-        return list(c.outbox)
+        c.offer(trade(8))
+        return sent(c)
 
-    assert async_to_sync(body)() == ["snapshot 5", "book 6-7", "trade 7", "book 8-8"]
+    assert async_to_sync(body)() == ["snapshot 5", "book 6-7", "trade 7", "trade 8"]
 
 
 def test_a_message_straddling_the_snapshot_keeps_only_the_later_updates():
     async def body():
         c = relay(snapshot_seq=5)
-        c.offer({"kind": "book", "first": 4, "seq": 6, "instrument": 1,
-                 "text": '{"type":"book","seq":6,"updates":[{"seq":4},{"seq":5},{"seq":6}]}'})
+        c.offer(book(4, 6))
         await c._finish_resync()
-        return list(c.outbox)
+        return [json.loads(item.render()) for item in list(c.outbox)[1:]]
 
-    assert async_to_sync(body)() == ["snapshot 5", '{"type":"book","seq":6,"updates":[{"seq":6}]}']
+    [update] = async_to_sync(body)()
+    assert (update["first"], update["seq"], [u["seq"] for u in update["updates"]]) == (6, 6, [6])
 
 
 def test_a_gap_in_the_stream_makes_the_socket_resynchronise():
@@ -233,9 +249,29 @@ def test_a_gap_in_the_stream_makes_the_socket_resynchronise():
         c.offer(book(9, 9))
         c.offer(book(10, 10))
         await asyncio.sleep(0.01)
-        return list(c.outbox)
+        return sent(c)
 
+    # Nothing queued before the new snapshot absorbs what comes after it.
     assert async_to_sync(body)() == ["snapshot 2", "book 3-3", "snapshot 9", "book 10-10"]
+
+
+def test_queued_book_messages_merge_into_one_frame_per_level_and_trades_are_kept():
+    async def body():
+        c = relay(snapshot_seq=0)
+        await c._finish_resync()
+        c.offer(book(1, 2))
+        c.offer(trade(2))
+        c.offer(book(3, 3))
+        later = book(4, 4)
+        later["text"] = later["text"].replace('"price_fen_per_lot":1004', '"price_fen_per_lot":1001').replace('"checksum":4', '"checksum":44')
+        c.offer(later)  # the level of seq 1 again
+        return sent(c), json.loads(c.outbox[1].render())
+
+    frames, merged = async_to_sync(body)()
+    assert frames == ["snapshot 0", "book 1-4+", "trade 2"]
+    assert merged["checksum"] == 44
+    # Per level, the last change, in the order of the last changes.
+    assert [(u["price_fen_per_lot"], u["seq"]) for u in merged["updates"]] == [(1002, 2), (1003, 3), (1001, 4)]
 
 
 def test_a_socket_that_falls_too_far_behind_is_closed(settings):
@@ -245,8 +281,7 @@ def test_a_socket_that_falls_too_far_behind_is_closed(settings):
         c = relay(snapshot_seq=0)
         await c._finish_resync()
         for n in range(1, 5):
-            c.offer(book(n, n))
+            c.offer(trade(n))  # trades are never merged
         return c.dropped, list(c.outbox), c._close_code
 
     assert async_to_sync(body)() == (True, [None], consumers.CLOSE_TOO_SLOW)
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator  # noqa: F401  (re-exported for the tests)
 
 from exchange.selectors import checksum
@@ -11,11 +10,10 @@ TIMEOUT = 5
 
 
 def ws_app():
-    """The websocket stack config/asgi.py should serve (exchange.ws_auth.websocket_application)."""
-    from config.routing import websocket_urlpatterns
-    from exchange.ws_auth import websocket_application
+    """The websocket stack config/asgi.py serves (config.routing.websocket_app)."""
+    from config.routing import websocket_app
 
-    return websocket_application(URLRouter(websocket_urlpatterns))
+    return websocket_app()
 
 
 async def open_socket(path: str, *, app=None, token: str | None = None, origin: bytes | None = b"http://testserver", headers=()):
@@ -45,15 +43,19 @@ class LocalBook:
         self.levels = {"buy": dict(map(tuple, snapshot["bids_fen_per_lot"])), "sell": dict(map(tuple, snapshot["asks_fen_per_lot"]))}
 
     def apply(self, message: dict) -> None:
+        """A message covers seqs `first`..`seq`; unless conflated, its updates are those seqs one by one."""
+        assert message["first"] == self.seq + 1, f"gap: {self.seq} then {message['first']}"
         for update in message["updates"]:
-            assert update["seq"] == self.seq + 1, f"gap: {self.seq} then {update['seq']}"
+            if not message.get("conflated"):
+                assert update["seq"] == self.seq + 1, f"gap: {self.seq} then {update['seq']}"
+            assert self.seq < update["seq"] <= message["seq"]
             self.seq = update["seq"]
             side = self.levels[update["side"]]
             if update["quantity"]:
                 side[update["price_fen_per_lot"]] = update["quantity"]
             else:
                 side.pop(update["price_fen_per_lot"], None)
-        assert message["seq"] == self.seq
+        self.seq = message["seq"]
 
     def bids(self) -> list[tuple[int, int]]:
         return sorted(self.levels["buy"].items(), key=lambda level: -level[0])

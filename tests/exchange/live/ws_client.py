@@ -49,7 +49,7 @@ class Client:
         self.args = args
         self.book: LocalBook | None = None
         self.errors: list[str] = []
-        self.counts = {"book_messages": 0, "updates": 0, "trades": 0, "tickers": 0, "heartbeats": 0, "resyncs": 0,
+        self.counts = {"book_messages": 0, "updates": 0, "trades": 0, "tickers": 0, "heartbeats": 0, "resyncs": 0, "conflated": 0,
                        "user_events": 0, "acks": 0, "refusals": 0}
         self.user_seq = 0
         self.organisations: set[int] = set()
@@ -71,8 +71,15 @@ class Client:
                     self.errors.append(f"snapshot {msg['seq']}: checksum {self.book.checksum()} != {msg['checksum']}")
             elif kind == "book":
                 book = self.book
+                # A message covers seqs first..seq; a conflated one has one update per level that changed.
+                if msg["first"] != book.seq + 1:
+                    self.errors.append(f"gap: had {book.seq}, message from {msg['first']}")
+                if msg.get("conflated"):
+                    self.counts["conflated"] += 1
                 for u in msg["updates"]:
-                    if u["seq"] != book.seq + 1:
+                    if msg.get("conflated") and not book.seq < u["seq"] <= msg["seq"]:
+                        self.errors.append(f"conflated update seq {u['seq']} outside {book.seq}..{msg['seq']}")
+                    elif not msg.get("conflated") and u["seq"] != book.seq + 1:
                         self.errors.append(f"gap: had {book.seq}, got {u['seq']}")
                     book.seq = u["seq"]
                     side = book.bids if u["side"] == "buy" else book.asks
@@ -86,6 +93,7 @@ class Client:
                 self.counts["book_messages"] += 1
                 if msg["seq"] != book.seq:
                     self.errors.append(f"message seq {msg['seq']} after updates to {book.seq}")
+                book.seq = msg["seq"]
                 if book.checksum() != msg["checksum"]:
                     self.errors.append(f"seq {book.seq}: checksum {book.checksum()} != {msg['checksum']}")
             elif kind == "heartbeat":
