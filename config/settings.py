@@ -138,6 +138,7 @@ CELERY_TIMEZONE = "Asia/Shanghai"
 # server runs the same list on a background thread (config/scheduler.py).
 PERIODIC_TASKS = {
     "marketplace.tasks.instruments_roll": 60,
+    "metering.tasks.deliveries_settle_due": 60,
     "oversight.tasks.audit_ingest": 60,
     "oversight.tasks.surveillance_scan": 300,
 }

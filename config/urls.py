@@ -8,6 +8,7 @@ from common.views import healthz
 api_v1 = [
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("ledger/", include("ledger.api.urls")),
+    path("metering/", include("metering.api.urls")),
     path("oversight/", include("oversight.api.urls")),
     path("", include("exchange.api.urls")),
     path("", include("marketplace.api.urls")),

@@ -67,6 +67,10 @@ class Organisation(models.Model):
     registration_region = models.CharField(max_length=64, help_text="Where the organisation is registered, e.g. Shanghai Minhang.")
     is_research_institution = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # A supplier's reputation, written by metering at each settlement (marketplace cannot import metering):
+    # the share of contract value actually delivered over its contracts settled in the last 90 days.
+    delivery_ratio = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    delivery_contracts = models.PositiveIntegerField(default=0, help_text="contracts behind delivery_ratio")
 
     class Meta:
         ordering = ["name"]
