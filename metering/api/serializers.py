@@ -11,8 +11,12 @@ from metering.models import MICRO, DeliveryStatus, Dispute
 from metering.services.ingest import grace_period
 
 
-def units(micro: int | None) -> Decimal | None:
-    return None if micro is None else (Decimal(micro) / MICRO).quantize(Decimal("0.000001"))
+def units(micro: int | None) -> str | None:
+    return None if micro is None else f"{micro // MICRO}.{micro % MICRO:06d}"
+
+
+def cny(fen: int) -> str:
+    return str(fen_to_cny(fen))
 
 
 # --- ingestion (documentation only: the view parses the body itself, in bulk) ---
@@ -65,10 +69,10 @@ class DisputeSerializer(serializers.ModelSerializer):
                   "resolution", "resolved_by", "resolved_at", "entry"]
         read_only_fields = fields
 
-    def get_delivered_before(self, d: Dispute) -> Decimal:
+    def get_delivered_before(self, d: Dispute) -> str:
         return units(d.delivered_before_micro)
 
-    def get_delivered_after(self, d: Dispute) -> Decimal | None:
+    def get_delivered_after(self, d: Dispute) -> str | None:
         return units(d.delivered_after_micro)
 
 
@@ -113,17 +117,17 @@ class ContractDeliverySerializer(serializers.ModelSerializer):
     def get_settle_after(self, c: Contract) -> str:
         return (c.instrument.delivery_end + grace_period()).isoformat()
 
-    def get_quantity_units(self, c: Contract) -> Decimal:
-        return (c.quantity * c.instrument.lot_size).quantize(Decimal("0.000001"))
+    def get_quantity_units(self, c: Contract) -> str:
+        return str((c.quantity * c.instrument.lot_size).quantize(Decimal("0.000001")))
 
-    def get_value(self, c: Contract) -> Decimal:
-        return fen_to_cny(c.value_fen)
+    def get_value(self, c: Contract) -> str:
+        return cny(c.value_fen)
 
     def get_delivery_status(self, c: Contract) -> str:
         d = self._d(c)
         return d.status if d else DeliveryStatus.OPEN
 
-    def get_delivered_units(self, c: Contract) -> Decimal:
+    def get_delivered_units(self, c: Contract) -> str:
         d = self._d(c)
         return units(d.delivered_micro if d else 0)
 
@@ -131,21 +135,21 @@ class ContractDeliverySerializer(serializers.ModelSerializer):
         d = self._d(c)
         return d.events if d else 0
 
-    def get_released(self, c: Contract) -> Decimal:
+    def get_released(self, c: Contract) -> str:
         d = self._d(c)
-        return fen_to_cny(d.released_fen if d else 0)
+        return cny(d.released_fen if d else 0)
 
-    def get_seller_fee(self, c: Contract) -> Decimal:
+    def get_seller_fee(self, c: Contract) -> str:
         d = self._d(c)
-        return fen_to_cny(d.fee_fen if d else 0)
+        return cny(d.fee_fen if d else 0)
 
-    def get_refunded(self, c: Contract) -> Decimal:
+    def get_refunded(self, c: Contract) -> str:
         d = self._d(c)
-        return fen_to_cny(d.refunded_fen if d else 0)
+        return cny(d.refunded_fen if d else 0)
 
-    def get_delivery_ratio(self, c: Contract) -> Decimal | None:
+    def get_delivery_ratio(self, c: Contract) -> str | None:
         d = self._d(c)
-        return d.delivery_ratio if d else None
+        return str(d.delivery_ratio) if d and d.delivery_ratio is not None else None
 
 
 class LedgerLineSerializer(serializers.Serializer):
