@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from common.db import bulk_update_rows
 from exchange import engine as eng
+from exchange.admission import Admission, Refusal
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
     FINAL_STATUSES,
@@ -103,21 +105,31 @@ class Matcher:
     # --- commands ------------------------------------------------------------------------------------
 
     def process(self, commands: list[dict]) -> list[dict]:
-        """Apply a batch of commands; returns one reply per command, after the batch is durable."""
+        """Apply a batch of commands; returns one reply per command, after the batch is durable. New orders
+        (`place`) are stored with their holds in the batch's own transaction (exchange.admission)."""
         batch = _Batch(now=timezone.now())
         now_ns = to_ns(batch.now)
-        order_ids = {c["order"] for c in commands if "order" in c}
-        batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
         outcomes = []
-        for command in commands:
-            try:
-                outcomes.append(self._apply(command, batch, now_ns))
-            except Exception:
-                log.exception("matcher: command %r failed", command)
-                self._forget(list(self.engine.books))
-                raise
         try:
             with transaction.atomic():
+                places = [(i, c) for i, c in enumerate(commands) if c["op"] == "place"]
+                admitted: dict = {}
+                created: set[int] = set()
+                if places:
+                    admission = Admission(now=batch.now, book_for=self._book, instrument_for=self.instruments.__getitem__)
+                    admitted, created = admission.admit(places)
+                    batch.orders.update((o.pk, o) for o in admitted.values() if isinstance(o, Order))
+                order_ids = {c["order"] for c in commands if "order" in c} - set(batch.orders)
+                batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
+                for i, command in enumerate(commands):
+                    try:
+                        if command["op"] == "place":
+                            outcomes.append(self._place(admitted[i], i in created, batch, now_ns))
+                        else:
+                            outcomes.append(self._apply(command, batch, now_ns))
+                    except Exception:
+                        log.exception("matcher: command %r failed", command)
+                        raise
                 self._persist(batch)
         except Exception:
             self._forget(list(self.engine.books))
@@ -125,20 +137,31 @@ class Matcher:
         publish(batch.publications)
         return [self._reply(outcome, batch) for outcome in outcomes]
 
+    def _place(self, result: Order | Refusal, created: bool, batch: _Batch, now: int) -> dict:
+        if isinstance(result, Refusal):
+            return result.as_reply()
+        if not created:
+            return {"op": "place", "order": result.pk, "created": False, "replay": True}
+        self._submit(result, batch, now)
+        return {"op": "place", "order": result.pk, "created": True}
+
+    def _submit(self, order: Order, batch: _Batch, now: int) -> None:
+        book = self._book(order.instrument_id)
+        if book is None or self.instruments[order.instrument_id].gate_closure <= batch.now:
+            self._finish(order, OrderStatus.REJECTED, "instrument_not_open", batch)
+            return
+        events = book.submit(engine_order(order), now)
+        self._record(order.instrument_id, events, batch, actor_id=order.user_id)
+        if order.cancel_requested_at and order.pk in book:
+            self._record(order.instrument_id, book.cancel(order.pk, now), batch, actor_id=order.user_id)
+
     def _apply(self, command: dict, batch: _Batch, now: int) -> dict:
         op = command["op"]
         if op == "submit":
             order = batch.orders.get(command["order"])
             if order is None or order.status != OrderStatus.PENDING:
                 return {"op": op, "order": command["order"]}
-            book = self._book(order.instrument_id)
-            if book is None or self.instruments[order.instrument_id].gate_closure <= batch.now:
-                self._finish(order, OrderStatus.REJECTED, "instrument_not_open", batch)
-                return {"op": op, "order": order.pk}
-            events = book.submit(engine_order(order), now)
-            self._record(order.instrument_id, events, batch, actor_id=order.user_id)
-            if order.cancel_requested_at and order.pk in book:
-                self._record(order.instrument_id, book.cancel(order.pk, now), batch, actor_id=order.user_id)
+            self._submit(order, batch, now)
             return {"op": op, "order": order.pk}
         if op == "cancel":
             order = batch.orders.get(command["order"])
@@ -379,8 +402,9 @@ class Matcher:
         Contract.objects.bulk_create(batch.contracts)
         OrderEvent.objects.bulk_create(batch.events)
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
+        stamp = timezone.now()  # after the batch's inserts: never before an order's created_at
         for order in dirty:
-            order.updated_at = batch.now
+            order.updated_at = stamp
         bulk_update_rows(Order, dirty, [
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
@@ -411,7 +435,11 @@ class Matcher:
     def _reply(self, outcome: dict, batch: _Batch) -> dict:
         order = batch.orders.get(outcome.get("order")) if outcome.get("order") else None
         if order is not None:
-            outcome["state"] = order_state(order, batch.fills.get(order.pk, []))
+            if outcome.pop("replay", False):  # a retry: every fill the order has had, not this batch's
+                fills = list(Trade.objects.filter(Q(maker_order_id=order.pk) | Q(taker_order_id=order.pk)).order_by("seq"))
+            else:
+                fills = batch.fills.get(order.pk, [])
+            outcome["state"] = order_state(order, fills)
         return outcome
 
     def reject_broken(self, order: Order) -> None:
@@ -450,6 +478,18 @@ def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
     """What the matcher answers about an order: enough for the API to respond without re-reading it."""
     return {
         "id": order.pk,
+        "client_order_id": order.client_order_id,
+        "instrument": order.instrument_id,
+        "organisation": order.organisation_id,
+        "side": order.side,
+        "type": order.type,
+        "time_in_force": order.time_in_force,
+        "expires_at": order.expires_at.isoformat() if order.expires_at else None,
+        "post_only": order.post_only,
+        "min_quantity": order.min_quantity,
+        "stp": order.stp,
+        "listing": order.listing_id,
+        "created_at": order.created_at.isoformat() if order.created_at else None,
         "status": order.status,
         "filled_quantity": order.filled_quantity,
         "open_quantity": order.open_quantity,

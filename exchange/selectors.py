@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
 from zlib import crc32
 
@@ -12,6 +13,29 @@ from django.db.models import Prefetch, Q, QuerySet, Sum
 from exchange.models import BookState, Order, OrderStatus, Side, Trade
 from marketplace.models import Instrument, User
 from marketplace.selectors import organisation_ids_for_user
+
+INSTRUMENT_CACHE_SECONDS = 2.0
+_instruments: dict[int, tuple[float, Instrument]] = {}
+
+
+def instrument_get_cached(pk: int) -> Instrument | None:
+    """An instrument with its product, read at most every INSTRUMENT_CACHE_SECONDS per process: order entry
+    validates the trading rules (tick, lot, band) from it on every request. Status and gate closure are
+    checked again by the matcher, which is the authority on them."""
+    now = time.monotonic()
+    hit = _instruments.get(pk)
+    if hit is not None and now - hit[0] < INSTRUMENT_CACHE_SECONDS:
+        return hit[1]
+    instrument = Instrument.objects.select_related("product").filter(pk=pk).first()
+    if instrument is None:
+        _instruments.pop(pk, None)
+        return None
+    _instruments[pk] = (now, instrument)
+    return instrument
+
+
+def instrument_cache_clear() -> None:
+    _instruments.clear()
 
 
 def order_with_fills() -> QuerySet[Order]:

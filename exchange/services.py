@@ -1,17 +1,19 @@
-"""Order entry: validate against the instrument, store the order and its hold in one transaction, then hand
-it to the matcher. Nothing here touches the book: the matcher is its only writer."""
+"""Order entry: validate against the instrument's rules, then hand the order to the matcher, which stores it
+with its hold in its batch's transaction and matches it (exchange.admission, exchange.matcher). Cancels and
+amends are recorded here, then applied by the matcher. Nothing here touches the book."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from common.errors import ServiceError
+from exchange.admission import buyer_hold_fen, listing_capacity_lots, listing_used_lots
 from exchange.books import band_fen_per_lot
 from exchange.models import (
     FINAL_STATUSES,
@@ -54,29 +56,8 @@ class OrderRequest:
     listing: Listing | None = None
 
 
-def max_fee_fen(*, notional_fen: int, instrument: Instrument) -> int:
-    """The most fees an order of this notional can be charged: each role's running total is rounded half up
-    once, so the sum of the two never exceeds the whole rounded up plus one fen."""
-    bps = max(instrument.maker_fee_bps, instrument.taker_fee_bps)
-    return -((-notional_fen * bps) // 10_000) + (1 if bps else 0)
-
-
-def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instrument) -> int:
-    notional = price_fen_per_lot * open_lots
-    return notional + max_fee_fen(notional_fen=notional, instrument=instrument)
-
-
-def listing_capacity_lots(listing: Listing, instrument: Instrument) -> int:
-    """Whole lots of the instrument's product that the listing can deliver in its window."""
-    units = listing.units_per_hour * instrument.window_hours
-    return int((units / instrument.lot_size).to_integral_value(rounding=ROUND_FLOOR))
-
-
 def listing_free_lots(listing: Listing, instrument: Instrument) -> int:
-    used = CapacityHold.objects.filter(listing=listing, instrument=instrument).aggregate(
-        n=Sum(F("lots") - F("released_lots"))
-    )["n"] or 0
-    return listing_capacity_lots(listing, instrument) - used
+    return listing_capacity_lots(listing, instrument) - listing_used_lots([listing.pk], instrument.pk).get(listing.pk, 0)
 
 
 def _require_trader(user: User, organisation: Organisation) -> None:
@@ -134,85 +115,51 @@ def _validate(req: OrderRequest, organisation: Organisation, now: dt.datetime) -
     return price
 
 
-def _same_request(order: Order, req: OrderRequest, price: int | None) -> bool:
-    return (
-        order.instrument_id == req.instrument.pk and order.side == req.side and order.type == req.type
-        and order.quantity == req.quantity and order.price_fen_per_lot == price
-        and order.time_in_force == req.time_in_force and order.expires_at == req.expires_at
-        and order.post_only == req.post_only and order.min_quantity == req.min_quantity and order.stp == req.stp
-    )
+def order_command(*, user: User, organisation: Organisation, request: OrderRequest, now: dt.datetime | None = None) -> dict:
+    """Validate an order where no database is needed (fields, tick, lot, band, side against the organisation's
+    kind) and build the matcher's `place` command. Membership, funds, capacity, the instrument's status and
+    idempotency are checked by the matcher, which stores the order (exchange.admission)."""
+    if user.is_regulator:
+        raise ServiceError("Regulators have read-only access.", status_code=403)
+    price = _validate(request, organisation, now or timezone.now())
+    return {
+        "op": "place", "instrument": request.instrument.pk, "organisation": organisation.pk, "user": user.pk,
+        "client_order_id": request.client_order_id, "side": str(request.side), "type": str(request.type),
+        "time_in_force": str(request.time_in_force), "price_fen_per_lot": price, "quantity": request.quantity,
+        "min_quantity": request.min_quantity, "post_only": request.post_only, "stp": str(request.stp),
+        "expires_at": request.expires_at.isoformat() if request.expires_at else None,
+        "listing": request.listing.pk if isinstance(request.listing, Listing) else request.listing,
+    }
 
 
-def order_place(*, user: User, organisation: Organisation, request: OrderRequest, now: dt.datetime | None = None) -> tuple[Order, bool]:
-    """Store a pending order with its hold (buyer: funds for price x quantity plus the maximum fee; seller:
-    lots on a listing that covers the window). Idempotent on (organisation, client_order_id): a retry of the
-    same order returns it with created=False; a different order under the same id is a conflict."""
-    now = now or timezone.now()
-    _require_trader(user, organisation)
-    try:
-        with transaction.atomic():
-            return _order_place(user, organisation, request, now)
-    except IntegrityError:
-        # A concurrent retry stored the same client order id first: answer as a replay.
-        with transaction.atomic():
-            return _order_place(user, organisation, request, now)
+@dataclass(frozen=True)
+class Placement:
+    """What order entry answers: the order after matching (`state`, from the matcher's reply) and whether
+    this call created it; state None when the matcher did not answer in time (the command is queued and
+    will be processed: ask again by client_order_id)."""
+
+    state: dict | None
+    created: bool
 
 
-def _order_place(user: User, organisation: Organisation, req: OrderRequest, now: dt.datetime) -> tuple[Order, bool]:
-    existing = Order.objects.filter(organisation=organisation, client_order_id=req.client_order_id).first()
-    if existing is not None:
-        price = req.instrument.price_to_fen_per_lot(req.price) if req.price is not None else None
-        if _same_request(existing, req, price):
-            return existing, False
-        raise OrderConflict(f"client_order_id {req.client_order_id!r} is already used by order {existing.pk} with different terms.")
-    price = _validate(req, organisation, now)
-    inst = req.instrument
-    hold = listing = None
-    if req.side == Side.SELL:
-        listing = _reserve_capacity(organisation, inst, req.quantity, req.listing)  # locks the listing
-    else:
-        # The hold comes first so the order row is written once, with it. Its reference is the order's own
-        # unique key (organisation, client order id).
-        hold_price = price if price is not None else band_fen_per_lot(inst)[1]
-        amount = buyer_hold_fen(price_fen_per_lot=hold_price, open_lots=req.quantity, instrument=inst)
-        hold = ledger.hold_place(
-            organisation=organisation, amount_fen=amount, reference=f"order:{organisation.pk}:{req.client_order_id}",
-            memo=f"order {req.client_order_id} on {inst.code}", new_reference=True,
-        )
-    order = Order.objects.create(
-        instrument=inst, organisation=organisation, user=user, client_order_id=req.client_order_id, side=req.side,
-        type=req.type, time_in_force=req.time_in_force, price_fen_per_lot=price, quantity=req.quantity,
-        open_quantity=req.quantity, min_quantity=req.min_quantity, post_only=req.post_only, stp=req.stp,
-        expires_at=req.expires_at, hold=hold, listing=listing,
-    )
-    if listing is not None:
-        CapacityHold.objects.create(listing=listing, order=order, instrument=inst, lots=req.quantity)
-    return order, True
+def order_place(*, user: User, organisation: Organisation, request: OrderRequest, now: dt.datetime | None = None, timeout: float | None = None) -> Placement:
+    """Place an order: validated here, stored with its hold (buyer: funds for price x quantity plus the
+    maximum fee; seller: lots on a listing covering the window) by the matcher in its batch's transaction,
+    then matched. Idempotent on (organisation, client_order_id): a retry with the same terms returns the
+    stored order with created=False; different terms under the same id are a conflict (409)."""
+    from exchange import transport
 
-
-def _eligible_listings(organisation: Organisation, inst: Instrument):
-    return Listing.objects.filter(
-        supplier=organisation, product_id=inst.product_id, is_active=True,
-        available_from__lte=inst.delivery_start, available_until__gte=inst.delivery_end,
-    ).select_related("device_model", "product").order_by("pk")
-
-
-def _reserve_capacity(organisation: Organisation, inst: Instrument, lots: int, wanted: Listing | None) -> Listing:
-    """Pick (and lock) a listing with `lots` free for the instrument's window."""
-    candidates = _eligible_listings(organisation, inst)
-    if wanted is not None:
-        candidates = candidates.filter(pk=wanted.pk)
-        if not candidates.exists():
-            raise OrderError("That listing does not offer this product for the whole delivery window.", field="listing")
-    free_total = 0
-    for listing in candidates.select_for_update(of=("self",)):
-        free = listing_free_lots(listing, inst)
-        if free >= lots:
-            return listing
-        free_total += max(free, 0)
-    if not candidates.exists():
-        raise OrderError(f"You have no active listing of {inst.product.code} covering {inst.code}'s delivery window.", field="quantity")
-    raise OrderError(f"Not enough listed capacity: at most {free_total} lots free on one listing for this window.", field="quantity")
+    command = order_command(user=user, organisation=organisation, request=request, now=now)
+    replies = transport.send([command], timeout=timeout)
+    if replies is None:
+        return Placement(state=None, created=False)
+    reply = replies[0]
+    error = reply.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise ServiceError("The matcher failed on this order; it was not stored. Try again.", status_code=503)
+        raise (OrderConflict if error["status"] == 409 else OrderError)(error["message"], field=error["field"], status_code=error["status"])
+    return Placement(state=reply["state"], created=reply["created"])
 
 
 def order_cancel_request(*, user: User, order: Order, now: dt.datetime | None = None) -> Order:

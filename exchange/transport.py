@@ -52,6 +52,9 @@ class MatcherLoop:
 
     def _fail(self, command: dict) -> dict:
         log.exception("matcher: command %r failed on its own", command)
+        if command.get("op") == "place":
+            # Nothing was stored: the batch's transaction rolled back. The caller gets an error and may retry.
+            return {"op": "place", "error": "internal_error"}
         if command.get("op") == "submit":
             # A poison order must not block the queue: reject it and give back its hold.
             try:
@@ -182,10 +185,6 @@ class RedisClient:
         return replies  # type: ignore[return-value]
 
 
-def queue_key(shard: int) -> str:
-    return f"suanli:matcher:{shard}"
-
-
 def _shard_for(command: dict) -> int:
     iid = command.get("instrument")
     if iid is None and "order" in command:
@@ -194,35 +193,58 @@ def _shard_for(command: dict) -> int:
 
 
 def serve_redis(*, shard: int, shards: int, stop: threading.Event | None = None) -> None:
-    """The body of `manage.py runmatcher`: recover, then pop and answer batches until stopped."""
+    """The body of `manage.py runmatcher`: recover, then pop and answer batches until stopped.
+
+    Reliable queue: each message moves (LMOVE, atomically) from the shard's queue to its in-flight list and
+    leaves it only after its batch is committed and answered. A matcher killed in between finds the messages
+    in the in-flight list when it restarts and processes them first (they arrived before anything still
+    queued); what was already committed answers as a replay (orders are idempotent on client_order_id)."""
     import redis
 
     r = redis.Redis.from_url(settings.REDIS_URL)
     loop = MatcherLoop(Matcher(shard=shard, shards=shards))
+    key, inflight = queue_key(shard), inflight_key(shard)
+    recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
+    if recovered:
+        log.warning("matcher shard %s: re-processing %d messages in flight at the last stop", shard, len(recovered))
+        _serve_messages(r, loop, recovered)
+        r.delete(inflight)
     loop.housekeeping(force=True)
     gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
-    key = queue_key(shard)
     while stop is None or not stop.is_set():
-        got = r.brpop([key], timeout=max(int(settings.MATCHER_HOUSEKEEPING_SECONDS), 1))
-        messages = [] if got is None else [json.loads(got[1])]
+        raw = r.blmove(key, inflight, timeout=max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), src="RIGHT", dest="LEFT")
+        messages = [] if raw is None else [json.loads(raw)]
         while messages and len(messages) < MAX_BATCH:
-            raw = r.rpop(key)
+            raw = r.lmove(key, inflight, src="RIGHT", dest="LEFT")
             if raw is None:
                 break
             messages.append(json.loads(raw))
         if messages:
-            flat = [c for m in messages for c in m["commands"]]
-            replies = loop.run(flat)
-            i = 0
-            pipe = r.pipeline()
-            for m in messages:
-                n = len(m["commands"])
-                pipe.lpush(m["reply"], json.dumps(replies[i : i + n]))
-                pipe.expire(m["reply"], 60)
-                i += n
-            pipe.execute()
+            _serve_messages(r, loop, messages)
+            r.delete(inflight)
         loop.housekeeping()
         close_old_connections()
+
+
+def _serve_messages(r, loop: MatcherLoop, messages: list[dict]) -> None:
+    flat = [c for m in messages for c in m["commands"]]
+    replies = loop.run(flat)
+    i = 0
+    pipe = r.pipeline()
+    for m in messages:
+        n = len(m["commands"])
+        pipe.lpush(m["reply"], json.dumps(replies[i : i + n]))
+        pipe.expire(m["reply"], 60)
+        i += n
+    pipe.execute()
+
+
+def queue_key(shard: int) -> str:
+    return f"suanli:matcher:{shard}"
+
+
+def inflight_key(shard: int) -> str:
+    return f"suanli:matcher:{shard}:inflight"
 
 
 _client = None

@@ -62,7 +62,7 @@ def _find_order(user, message: dict) -> Order:
 
 def order_place_command(user, message: dict) -> dict:
     """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}."""
-    from exchange.api.serializers import OrderInSerializer
+    from exchange.api.serializers import OrderInSerializer, order_payload
 
     _not_regulator(user)
     _throttle(user)
@@ -73,9 +73,10 @@ def order_place_command(user, message: dict) -> dict:
     serializer.is_valid(raise_exception=True)
     v = dict(serializer.validated_data)
     organisation = acting_organisation(user, v.pop("organisation", None), services.TRADING_ROLES)
-    order, created = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
-    replies = transport.send([{"op": "submit", "order": order.pk, "instrument": order.instrument_id}]) if created else []
-    return {"order": _order_data(order.pk), "created": created, "confirmed": replies is not None}
+    placed = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
+    if placed.state is None:
+        return {"order": {"client_order_id": v["client_order_id"], "instrument": v["instrument"].pk, "status": "pending"}, "created": None, "confirmed": False}
+    return {"order": order_payload(placed.state, v["instrument"]), "created": placed.created, "confirmed": True}
 
 
 def order_cancel_command(user, message: dict) -> dict:

@@ -26,8 +26,9 @@ def api() -> APIClient:
 def inline_matcher(settings):
     """API tests run the matcher in the calling thread, so each request sees its own fills at once.
     Transport tests switch to the thread or Redis matcher themselves."""
-    from exchange import transport
+    from exchange import selectors, transport
 
+    selectors.instrument_cache_clear()  # ids are reused from test to test
     settings.MATCHER_TRANSPORT = "inline"
     transport._client = None
     transport.InlineClient.reset()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from drf_spectacular.types import OpenApiTypes
@@ -8,13 +9,26 @@ from rest_framework import serializers
 
 from common.api import StrictFieldsMixin
 from exchange.models import Order, OrderType, SelfTradePrevention, Side, TimeInForce, Trade
+from exchange.selectors import instrument_get_cached
 from marketplace.models import Instrument, Listing
 
 CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
+class CachedInstrumentField(serializers.PrimaryKeyRelatedField):
+    """An instrument id, resolved through the per-process cache (exchange.selectors.instrument_get_cached)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not str(data).isdigit():
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        instrument = instrument_get_cached(int(data))
+        if instrument is None:
+            self.fail("does_not_exist", pk_value=data)
+        return instrument
+
+
 class OrderInSerializer(StrictFieldsMixin, serializers.Serializer):
-    instrument = serializers.PrimaryKeyRelatedField(queryset=Instrument.objects.select_related("product"))
+    instrument = CachedInstrumentField(queryset=Instrument.objects.select_related("product"))
     side = serializers.ChoiceField(choices=Side.choices)
     type = serializers.ChoiceField(choices=OrderType.choices, default=OrderType.LIMIT)
     price = serializers.DecimalField(max_digits=14, decimal_places=4, required=False, allow_null=True, help_text="CNY per standard unit")
@@ -32,6 +46,14 @@ class OrderInSerializer(StrictFieldsMixin, serializers.Serializer):
         if not CLIENT_ORDER_ID.match(value):
             raise serializers.ValidationError("Use 1-64 letters, digits and . _ : -")
         return value
+
+
+class OrderPendingSerializer(serializers.Serializer):
+    client_order_id = serializers.CharField()
+    instrument = serializers.IntegerField()
+    status = serializers.CharField()
+    confirmed = serializers.BooleanField()
+    detail = serializers.CharField()
 
 
 class OrderAmendSerializer(StrictFieldsMixin, serializers.Serializer):
@@ -133,21 +155,29 @@ class PublicTradeSerializer(serializers.ModelSerializer):
         return _price(obj, obj.price_fen_per_lot)
 
 
-def order_data(order: Order, state: dict | None = None) -> dict:
-    """The API's view of an order. With the matcher's reply (`state`), the in-memory order is updated from
-    it and nothing is read back from the database."""
-    if state is None:
-        from exchange.selectors import order_with_fills
+_DATETIME = serializers.DateTimeField()
 
-        return OrderSerializer(order_with_fills().get(pk=order.pk)).data
-    for name in ("status", "filled_quantity", "open_quantity", "quantity", "price_fen_per_lot", "reason", "fee_fen"):
-        setattr(order, name, state[name])
-    price = order.instrument.fen_per_lot_to_price
-    fills = [
-        {"trade": f["trade"], "seq": f["seq"], "price": str(price(f["price_fen_per_lot"])), "quantity": f["quantity"], "created_at": f["created_at"]}
-        for f in state["fills"]
-    ]
-    data = OrderSerializer(order, context={"fills": fills}).data
-    if state.get("updated_at"):
-        data["updated_at"] = state["updated_at"]
-    return data
+
+def _iso(value: str | None) -> str | None:
+    """An ISO timestamp from the matcher, rendered as DRF renders datetimes (current time zone)."""
+    return None if value is None else _DATETIME.to_representation(dt.datetime.fromisoformat(value))
+
+
+def order_payload(state: dict, instrument: Instrument) -> dict:
+    """An order as OrderSerializer renders it, built from the matcher's reply without touching the database
+    (order entry's hot path; tests/exchange check it equals a GET of the same order)."""
+    price = instrument.fen_per_lot_to_price
+    return {
+        "id": state["id"], "client_order_id": state["client_order_id"], "instrument": state["instrument"],
+        "instrument_code": instrument.code, "organisation": state["organisation"], "side": state["side"],
+        "type": state["type"], "price": None if state["price_fen_per_lot"] is None else str(price(state["price_fen_per_lot"])),
+        "quantity": state["quantity"], "time_in_force": state["time_in_force"], "expires_at": _iso(state["expires_at"]),
+        "post_only": state["post_only"], "min_quantity": state["min_quantity"], "stp": state["stp"], "status": state["status"],
+        "filled_quantity": state["filled_quantity"], "open_quantity": state["open_quantity"], "reason": state["reason"],
+        "fee_fen": state["fee_fen"], "listing": state["listing"], "created_at": _iso(state["created_at"]),
+        "updated_at": _iso(state["updated_at"]),
+        "fills": [
+            {"trade": f["trade"], "seq": f["seq"], "price": str(price(f["price_fen_per_lot"])), "quantity": f["quantity"], "created_at": _iso(f["created_at"])}
+            for f in state["fills"]
+        ],
+    }

@@ -61,18 +61,25 @@ class OrderListCreate(generics.ListAPIView):
     def get_queryset(self):
         return selectors.order_list_for_user(self.request.user).order_by("-id")
 
-    @extend_schema(request=s.OrderInSerializer, responses={201: s.OrderSerializer, 200: s.OrderSerializer})
+    @extend_schema(
+        request=s.OrderInSerializer,
+        responses={201: s.OrderSerializer, 200: s.OrderSerializer, 202: s.OrderPendingSerializer},
+        description="Answers with the order after matching (201, or 200 for a retry with the same client_order_id), "
+        "or 202 when the matcher did not answer in time: the order is queued; ask for it by client_order_id.",
+    )
     def post(self, request):
         data = s.OrderInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = dict(data.validated_data)
         organisation = acting_organisation(request.user, v.pop("organisation", None), services.TRADING_ROLES)
-        order, created = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
-        state = None
-        if created:
-            replies = transport.send([{"op": "submit", "order": order.pk, "instrument": order.instrument_id}])
-            state = replies[0].get("state") if replies else None
-        return Response(s.order_data(order, state), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        placed = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
+        if placed.state is None:
+            return Response(
+                {"client_order_id": v["client_order_id"], "instrument": v["instrument"].pk, "status": "pending", "confirmed": False,
+                 "detail": "Queued: the matcher has not answered yet. GET /api/v1/orders/by-client-id/{client_order_id}/ shortly."},
+                status=status.HTTP_202_ACCEPTED,
+            )
+        return Response(s.order_payload(placed.state, v["instrument"]), status=status.HTTP_201_CREATED if placed.created else status.HTTP_200_OK)
 
 
 class OrderDetail(APIView):

@@ -50,12 +50,13 @@ def _run(setup, stream, *, kill_at: int | None, settings) -> dict:
                 settings.MATCHER_REPLY_TIMEOUT = 0.3
             if killed_at is not None and k == killed_at + 10:
                 assert proc.wait(timeout=10) == -signal.SIGKILL
-                proc = _matcher()  # recovers the pending orders, in arrival order
+                proc = _matcher()  # re-processes what was in flight, then the queue, in arrival order
                 settings.MATCHER_REPLY_TIMEOUT = 5
             org, user = (buyer, buyer_user) if side == "buy" else (seller, seller_user)
             req = services.OrderRequest(instrument=instrument, side=side, quantity=qty, client_order_id=f"{tag}-{cid}", price=instrument.fen_per_lot_to_price(price), time_in_force=tif)
-            order, _ = services.order_place(user=user, organisation=org, request=req)
-            transport.send([{"op": "submit", "order": order.pk}])  # None while the matcher is down: stays pending
+            # Unanswered (state None) while the matcher is down: the command waits in Redis, or in the dead
+            # matcher's in-flight list if it had taken it, and is processed after the restart.
+            services.order_place(user=user, organisation=org, request=req)
         transport.send([{"op": "expire"}], timeout=30)  # a barrier: answered after everything before it
         assert not Order.objects.filter(instrument=instrument, status="pending").exists()
     finally:

@@ -57,18 +57,19 @@ def test_gate_closure_after_a_matcher_restart_expires_orders_from_the_database(a
     assert balances_get(organisation=m["buyer"])["held"] == 0
 
 
-def test_an_order_reaching_the_matcher_after_gate_closure_is_rejected(api, market_setup, settings):
+def test_an_order_reaching_the_matcher_after_gate_closure_is_refused_and_not_stored(api, market_setup, settings):
     m = market_setup
     inst = m["instrument"]
     from exchange import services
 
     req = services.OrderRequest(instrument=inst, side="buy", quantity=1, client_order_id="late", price=inst.reference_price)
-    order, _ = services.order_place(user=m["buyer_user"], organisation=m["buyer"], request=req)
+    command = services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=req)  # valid when sent
     inst.gate_closure = timezone.now() - dt.timedelta(seconds=1)  # closes before the matcher sees the order
     inst.save(update_fields=["gate_closure"])
-    transport.send([{"op": "submit", "order": order.pk, "instrument": inst.pk}])
-    order.refresh_from_db()
-    assert (order.status, order.reason) == ("rejected", "instrument_not_open")
+    [reply] = transport.send([command])
+    assert reply["error"]["status"] == 400 and reply["error"]["field"] == "instrument"
+    assert "not open for trading" in reply["error"]["message"]
+    assert not Order.objects.filter(client_order_id="late").exists()
     assert balances_get(organisation=m["buyer"])["held"] == 0
 
 

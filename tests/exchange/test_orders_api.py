@@ -204,3 +204,19 @@ def test_ticker_and_candles_summarise_the_tape(api, market_setup):
     assert api.get(f"/api/v1/instruments/{inst.pk}/candles/", {"interval": "7m"}).status_code == 400
     assert api.get(f"/api/v1/instruments/{inst.pk}/book/", {"depth": "0"}).status_code == 400
     assert api.get("/api/v1/instruments/999999/ticker/").status_code == 404
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_the_placement_answer_is_the_order_as_stored(api, market_setup, side):
+    """POST answers from the matcher's reply without reading the order back: it must equal a GET of it."""
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=2, client_order_id="maker")
+    user = m["buyer_user"] if side == "buy" else m["seller_user"]
+    price = "15.00" if side == "buy" else "16.00"
+    posted = place(api, user, inst, side=side, price=price, quantity=3, client_order_id="x2")
+    assert posted.status_code == 201, posted.json()
+    got = api.get(f"/api/v1/orders/{posted.json()['id']}/")
+    assert posted.json() == got.json()
+    if side == "buy":
+        assert posted.json()["status"] == "open" and posted.json()["filled_quantity"] == 2 and len(posted.json()["fills"]) == 1

@@ -20,11 +20,12 @@ def test_concurrent_retries_of_one_client_order_id_place_one_order(market_setup)
 
     def attempt(side: str) -> None:
         org, user = (m["buyer"], m["buyer_user"]) if side == "buy" else (m["supplier"], m["seller_user"])
-        req = services.OrderRequest(instrument=m["instrument"], side=side, quantity=3, client_order_id=f"same-{side}", price=m["instrument"].reference_price)
+        req = services.OrderRequest(instrument=m["instrument"], side=side, quantity=3, client_order_id=f"same-{side}",
+                                    price=m["instrument"].reference_price + (m["instrument"].tick_size if side == "sell" else 0))  # no cross
         barrier.wait()
         try:
-            order, _ = services.order_place(user=user, organisation=org, request=req)
-            ids.append((side, order.pk))
+            placed = services.order_place(user=user, organisation=org, request=req)
+            ids.append((side, placed.state["id"]))
         except Exception as exc:  # pragma: no cover - reported by the assertion below
             errors.append(repr(exc))
         finally:

@@ -1,0 +1,272 @@
+"""Admission: the matcher stores a batch's new orders, their holds and their journal entries in the batch's
+own transaction (group commit), instead of each web request writing its own.
+
+The web process has validated what it can without the database (fields, tick, lot, band, roles) and sends
+a `place` command. Here, per batch and in arrival order:
+
+- idempotency on (organisation, client_order_id): a retry with the same terms answers with the stored order
+  (created False), different terms are a conflict (409); two of them in one batch count as a retry;
+- the instrument must be open, not halted, before gate closure (the matcher's view is the authority);
+- a buyer's funds (price x quantity + the maximum fee; market orders at the band's edge) must be available:
+  every account involved is locked once, in id order, and debited in arrival order;
+- a seller's lots must fit on one of its listings covering the window (listings locked, in id order);
+- then holds, their journal entries, orders and capacity holds are inserted, a statement per table.
+
+A refusal is an answer (the REST 400/409 with the field at fault), never a stored order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR
+
+from django.db.models import F, Sum
+
+from exchange import engine as eng
+from exchange.books import band_fen_per_lot
+from exchange.models import CapacityHold, Order, OrderType, Side
+from ledger import services as ledger
+from ledger.models import Account, AccountKind, EntryKind, Hold
+from marketplace.models import Instrument, InstrumentStatus, Listing, MemberRole, Membership
+
+# What a place command carries besides op/instrument/organisation/user, and the Order field it fills.
+TERMS = ("side", "type", "time_in_force", "price_fen_per_lot", "quantity", "min_quantity", "post_only", "stp", "expires_at")
+
+
+@dataclass
+class Refusal:
+    status: int
+    field: str
+    message: str
+
+    def as_reply(self) -> dict:
+        return {"op": "place", "error": {"status": self.status, "field": self.field, "message": self.message}}
+
+
+def max_fee_fen(*, notional_fen: int, instrument: Instrument) -> int:
+    """The most fees an order of this notional can be charged: each role's running total is rounded half up
+    once, so the sum of the two never exceeds the whole rounded up plus one fen."""
+    bps = max(instrument.maker_fee_bps, instrument.taker_fee_bps)
+    return -((-notional_fen * bps) // 10_000) + (1 if bps else 0)
+
+
+def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instrument) -> int:
+    notional = price_fen_per_lot * open_lots
+    return notional + max_fee_fen(notional_fen=notional, instrument=instrument)
+
+
+def listing_capacity_lots(listing: Listing, instrument: Instrument) -> int:
+    """Whole lots of the instrument's product that the listing can deliver in its window."""
+    units = listing.units_per_hour * instrument.window_hours
+    return int((units / instrument.lot_size).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, int]:
+    rows = (
+        CapacityHold.objects.filter(listing_id__in=listing_ids, instrument_id=instrument_id)
+        .values("listing_id").annotate(n=Sum(F("lots") - F("released_lots"))).values_list("listing_id", "n")
+    )
+    return dict(rows)
+
+
+def _parse_expiry(value) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def same_terms(order: Order, command: dict) -> bool:
+    return order.instrument_id == command["instrument"] and all(
+        getattr(order, name) == (_parse_expiry(command.get(name)) if name == "expires_at" else command.get(name)) for name in TERMS
+    )
+
+
+class Admission:
+    """One batch's placements. `admit` returns {command index: Order (new or replayed) | Refusal}."""
+
+    def __init__(self, *, now: dt.datetime, book_for, instrument_for) -> None:
+        self.now = now
+        self.book_for = book_for  # instrument id -> engine Book or None (loads it)
+        self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
+
+    def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
+        """Returns the outcome per command index and the indexes whose order was created here."""
+        outcome: dict[int, Order | Refusal] = {}
+        traders = self._traders(places)
+        allowed = []
+        for i, c in places:
+            if (c["user"], c["organisation"]) in traders:
+                allowed.append((i, c))
+            else:
+                outcome[i] = Refusal(403, "organisation", "You may not trade for this organisation.")
+        existing = self._existing(allowed)
+        seen: dict[tuple[int, str], int] = {}
+        fresh: list[tuple[int, dict, Instrument]] = []
+        for i, c in allowed:
+            key = (c["organisation"], c["client_order_id"])
+            stored = existing.get(key)
+            if stored is None and key in seen:
+                first = outcome[seen[key]]
+                if isinstance(first, Refusal):
+                    outcome[i] = first
+                    continue
+                stored = first
+            if stored is not None:
+                outcome[i] = stored if same_terms(stored, c) else Refusal(
+                    409, "client_order_id", f"client_order_id {c['client_order_id']!r} is already used by order {stored.pk} with different terms."
+                )
+                continue
+            seen[key] = i
+            refusal, inst = self._instrument_check(c)
+            if refusal is not None:
+                outcome[i] = refusal
+                continue
+            fresh.append((i, c, inst))
+        holds = self._funds(fresh, outcome)
+        listings = self._capacity(fresh, outcome)
+        created = self._insert([(i, c, inst) for i, c, inst in fresh if i not in outcome], holds, listings, outcome)
+        return outcome, created
+
+    # --- checks --------------------------------------------------------------------------------------
+
+    def _traders(self, places: list[tuple[int, dict]]) -> set[tuple[int, int]]:
+        """(user, organisation) pairs of the batch that may trade: an admin or trader membership, checked
+        here, in the transaction that stores the order, so a revoked trader cannot slip one in."""
+        rows = Membership.objects.filter(
+            user_id__in={c["user"] for _, c in places}, organisation_id__in={c["organisation"] for _, c in places},
+            role__in=(MemberRole.ADMIN, MemberRole.TRADER), user__is_active=True,
+        ).values_list("user_id", "organisation_id")
+        return set(rows)
+
+    def _existing(self, places: list[tuple[int, dict]]) -> dict[tuple[int, str], Order]:
+        orgs = {c["organisation"] for _, c in places}
+        cids = {c["client_order_id"] for _, c in places}
+        rows = Order.objects.filter(organisation_id__in=orgs, client_order_id__in=cids).select_related("hold")
+        return {(o.organisation_id, o.client_order_id): o for o in rows}
+
+    def _instrument_check(self, c: dict) -> tuple[Refusal | None, Instrument | None]:
+        book = self.book_for(c["instrument"])
+        inst = self.instrument_for(c["instrument"]) if book is not None else Instrument.objects.filter(pk=c["instrument"]).first()
+        if inst is None:
+            return Refusal(400, "instrument", f"Invalid pk \"{c['instrument']}\" - object does not exist."), None
+        if (book.status == eng.Status.HALTED) if book is not None else inst.status == InstrumentStatus.HALTED:
+            return Refusal(400, "instrument", f"Trading in {inst.code} is halted."), None
+        if book is None or inst.gate_closure <= self.now:
+            return Refusal(400, "instrument", f"{inst.code} is not open for trading (status {inst.status}, gate closure {inst.gate_closure:%Y-%m-%d %H:%M %Z})."), None
+        return None, inst
+
+    def _funds(self, fresh, outcome) -> dict[int, int]:
+        """Hold amount per command index for the buys that are funded; refuses the others."""
+        buys = [(i, c, inst) for i, c, inst in fresh if c["side"] == Side.BUY]
+        if not buys:
+            return {}
+        orgs = sorted({c["organisation"] for _, c, _ in buys})
+        accounts = {(org, kind): pk for pk, org, kind in Account.objects.filter(organisation_id__in=orgs, kind__in=[AccountKind.AVAILABLE, AccountKind.HELD]).values_list("pk", "organisation_id", "kind")}
+        for org in orgs:
+            if (org, AccountKind.AVAILABLE) not in accounts or (org, AccountKind.HELD) not in accounts:
+                from marketplace.models import Organisation
+
+                opened = ledger.accounts_open(organisation=Organisation.objects.get(pk=org))
+                accounts[(org, AccountKind.AVAILABLE)] = opened[AccountKind.AVAILABLE].pk
+                accounts[(org, AccountKind.HELD)] = opened[AccountKind.HELD].pk
+        ids = sorted(accounts.values())
+        balance = dict(Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "balance_fen"))
+        amounts: dict[int, int] = {}
+        self.accounts = accounts
+        for i, c, inst in buys:
+            price = c["price_fen_per_lot"] if c["type"] == OrderType.LIMIT else band_fen_per_lot(inst)[1]
+            amount = buyer_hold_fen(price_fen_per_lot=price, open_lots=c["quantity"], instrument=inst)
+            available = accounts[(c["organisation"], AccountKind.AVAILABLE)]
+            if balance[available] < amount:
+                short, have = amount - balance[available], balance[available]
+                outcome[i] = Refusal(400, "amount", f"Insufficient funds in available: short by {short // 100}.{short % 100:02d} CNY (balance {have // 100}.{have % 100:02d} CNY).")
+                continue
+            balance[available] -= amount
+            amounts[i] = amount
+        return amounts
+
+    def _capacity(self, fresh, outcome) -> dict[int, int]:
+        """Listing id per command index for the sells that fit; refuses the others."""
+        sells = [(i, c, inst) for i, c, inst in fresh if c["side"] == Side.SELL]
+        if not sells:
+            return {}
+        chosen: dict[int, int] = {}
+        for inst_id in sorted({c["instrument"] for _, c, _ in sells}):
+            group = [(i, c, inst) for i, c, inst in sells if c["instrument"] == inst_id]
+            inst = group[0][2]
+            orgs = sorted({c["organisation"] for _, c, _ in group})
+            listings = list(
+                Listing.objects.select_for_update(of=("self",)).filter(
+                    supplier_id__in=orgs, product_id=inst.product_id, is_active=True,
+                    available_from__lte=inst.delivery_start, available_until__gte=inst.delivery_end,
+                ).select_related("device_model", "product").order_by("pk")
+            )
+            used = listing_used_lots([x.pk for x in listings], inst_id)
+            free = {x.pk: listing_capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
+            by_org: dict[int, list[Listing]] = {}
+            for listing in listings:
+                by_org.setdefault(listing.supplier_id, []).append(listing)
+            for i, c, _ in group:
+                mine = by_org.get(c["organisation"], [])
+                if c.get("listing") is not None:
+                    mine = [x for x in mine if x.pk == c["listing"]]
+                    if not mine:
+                        outcome[i] = Refusal(400, "listing", "That listing does not offer this product for the whole delivery window.")
+                        continue
+                if not mine:
+                    outcome[i] = Refusal(400, "quantity", f"You have no active listing of {inst.product.code} covering {inst.code}'s delivery window.")
+                    continue
+                fit = next((x for x in mine if free[x.pk] >= c["quantity"]), None)
+                if fit is None:
+                    most = max(max(free[x.pk], 0) for x in mine)
+                    outcome[i] = Refusal(400, "quantity", f"Not enough listed capacity: at most {most} lots free on one listing for this window.")
+                    continue
+                free[fit.pk] -= c["quantity"]
+                chosen[i] = fit.pk
+        return chosen
+
+    # --- writes --------------------------------------------------------------------------------------
+
+    def _insert(self, admitted, holds: dict[int, int], listings: dict[int, int], outcome) -> set[int]:
+        if not admitted:
+            return set()
+        hold_rows, memos = [], []
+        for i, c, inst in admitted:
+            if i in holds:
+                hold_rows.append(Hold(organisation_id=c["organisation"], reference=f"order:{c['organisation']}:{c['client_order_id']}", amount_fen=holds[i]))
+                memos.append(f"order {c['client_order_id']} on {inst.code}")
+        hold_ids: dict[str, int] = {}
+        if hold_rows:
+            Hold.objects.bulk_create(hold_rows)
+            if any(h.pk is None for h in hold_rows):
+                hold_ids = dict(Hold.objects.filter(reference__in=[h.reference for h in hold_rows]).values_list("reference", "pk"))
+            else:
+                hold_ids = {h.reference: h.pk for h in hold_rows}
+            ledger.entries_post([
+                ledger.EntryRequest(
+                    idempotency_key=f"hold:{h.reference}:place", kind=EntryKind.HOLD, reference=h.reference,
+                    postings=[(self.accounts[(h.organisation_id, AccountKind.AVAILABLE)], -h.amount_fen), (self.accounts[(h.organisation_id, AccountKind.HELD)], h.amount_fen)],
+                    memo=memo,
+                )
+                for h, memo in zip(hold_rows, memos, strict=True)
+            ])
+        orders = []
+        for i, c, _ in admitted:
+            reference = f"order:{c['organisation']}:{c['client_order_id']}"
+            orders.append(Order(
+                instrument_id=c["instrument"], organisation_id=c["organisation"], user_id=c["user"], client_order_id=c["client_order_id"],
+                side=c["side"], type=c["type"], time_in_force=c["time_in_force"], price_fen_per_lot=c["price_fen_per_lot"],
+                quantity=c["quantity"], open_quantity=c["quantity"], min_quantity=c["min_quantity"], post_only=c["post_only"],
+                stp=c["stp"], expires_at=_parse_expiry(c.get("expires_at")), hold_id=hold_ids.get(reference), listing_id=listings.get(i),
+            ))
+        Order.objects.bulk_create(orders)
+        if any(o.pk is None for o in orders):  # PostgreSQL and SQLite >= 3.35 return them
+            raise RuntimeError("the database did not return the new orders' ids")
+        CapacityHold.objects.bulk_create([
+            CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
+            for o in orders if o.listing_id is not None
+        ])
+        created = set()
+        for (i, _, _), order in zip(admitted, orders, strict=True):
+            outcome[i] = order
+            created.add(i)
+        return created
