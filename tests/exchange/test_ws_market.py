@@ -13,7 +13,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from exchange import consumers
 from exchange.models import Trade
 from exchange.publish import market_group
-from tests.exchange.live.helpers import TIMEOUT, LocalBook, open_socket, place, release_worker_connections
+from tests.exchange.live.helpers import TIMEOUT, LocalBook, open_socket, place, release_worker_connections, ws_app
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -169,6 +169,62 @@ def test_unknown_instrument_gets_an_error_and_4404(db):
     async_to_sync(body)()
 
 
+def test_a_slow_socket_gets_queued_book_updates_merged_and_its_rebuilt_book_matches(api, market_setup):
+    """A socket whose sends do not complete (a slow client) gets, once it drains, one conflated book frame
+    covering every update it missed; applying it to the snapshot gives the server's checksum and book."""
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="15.00", quantity=5, client_order_id="s1")
+    bid = place(api, m["buyer_user"], inst, side="buy", price="14.00", quantity=2, client_order_id="b1")
+    gate = asyncio.Event()
+
+    def slow(app):
+        async def wrapped(scope, receive, send):
+            async def gated_send(message):
+                if message["type"] == "websocket.send":
+                    await gate.wait()
+                await send(message)
+
+            return await app(scope, receive, gated_send)
+
+        return wrapped
+
+    async def body():
+        comm, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", app=slow(ws_app()))
+        assert connected
+        [consumer] = consumers.market_hub().topics[inst.pk].consumers
+        while consumer.buffer is not None:  # the snapshot is read (and stuck in the outbox)
+            await asyncio.sleep(0.01)
+        # While the socket is stuck (its snapshot not even sent): four level changes, seq 3..6, and a trade.
+        await database_sync_to_async(place)(api, m["seller_user"], inst, side="sell", price="15.05", quantity=1, client_order_id="s2")
+        await database_sync_to_async(place)(api, m["buyer_user"], inst, side="buy", price="15.10", quantity=3, client_order_id="b2")
+        await database_sync_to_async(api.delete)(f"/api/v1/orders/{bid['id']}/")
+        await database_sync_to_async(place)(api, m["seller_user"], inst, side="sell", price="15.00", quantity=1, client_order_id="s3")
+        await asyncio.sleep(0.2)  # the hub has relayed all of it
+        gate.set()
+        snapshot = await comm.receive_json_from(TIMEOUT)
+        assert (snapshot["type"], snapshot["seq"]) == ("snapshot", 2)
+        merged = await comm.receive_json_from(TIMEOUT)
+        # Trades are never merged: they follow, as they were (the trade is reflected at seq 4).
+        tail = [await comm.receive_json_from(TIMEOUT) for _ in range(2)]
+        assert [(f["type"], f["book_seq"]) for f in tail] == [("trade", 4), ("ticker", 4)]
+        assert await comm.receive_nothing(0.1)
+        await comm.disconnect()
+        return snapshot, merged
+
+    snapshot, merged = async_to_sync(body)()
+    assert (merged["type"], merged["first"], merged["seq"], merged["conflated"]) == ("book", 3, 6, True)
+    # One update per level, the level's last change, in the order of the last changes.
+    assert [(u["side"], u["price_fen_per_lot"], u["quantity"], u["seq"]) for u in merged["updates"]] == [
+        ("sell", 1505, 1, 3), ("buy", 1400, 0, 5), ("sell", 1500, 3, 6),
+    ]
+    book = LocalBook(snapshot)
+    book.apply(merged)
+    rest = rest_book(api, inst)
+    assert book.checksum() == merged["checksum"] == rest["checksum"] == crc32(b"1500:3:1505:1")
+    assert (book.seq, book.bids(), book.asks()) == (rest["seq"], [], [(1500, 3), (1505, 1)])
+
+
 # --- the relay logic, without sockets ---------------------------------------------------------------------
 
 
@@ -285,3 +341,111 @@ def test_a_socket_that_falls_too_far_behind_is_closed(settings):
         return c.dropped, list(c.outbox), c._close_code
 
     assert async_to_sync(body)() == (True, [None], consumers.CLOSE_TOO_SLOW)
+
+
+def test_the_market_stream_gets_no_session_but_foreign_origins_are_still_refused(market_setup):
+    inst = market_setup["instrument"]
+
+    async def body():
+        _, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", origin=b"https://evil.example.com")
+        assert not connected
+        for origin in (b"http://testserver", None):  # a page of ours; a program without Origin
+            comm, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", origin=origin)
+            assert connected
+            assert (await comm.receive_json_from(TIMEOUT))["type"] == "snapshot"
+            [consumer] = consumers.market_hub().topics[inst.pk].consumers
+            assert "session" not in consumer.scope and "user" not in consumer.scope
+            await comm.disconnect()
+
+    async_to_sync(body)()
+
+
+# --- writing frames straight to uvicorn's transport ------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class FakeProtocol:
+    """What MarketConsumer uses of uvicorn's websockets-sansio connection."""
+
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.close_sent = self.disconnected = False
+
+
+def frames(data: bytes) -> list[str]:
+    out = []
+    while data:
+        assert data[0] == 0x81  # FIN + text
+        size, head = data[1], 2
+        if size == 126:
+            size, head = int.from_bytes(data[2:4], "big"), 4
+        out.append(data[head:head + size].decode())
+        data = data[head + size:]
+    return out
+
+
+async def no_close(message):
+    raise AssertionError(f"unexpected {message}")
+
+
+def relayed(message: dict) -> dict:
+    """As the hub hands it to each socket: with the frame encoded once for all of them."""
+    return {**message, "frame": consumers._frame(message["text"].encode())}
+
+
+def test_frames_go_straight_to_the_transport_and_a_pushed_back_socket_drains_conflated_in_one_write():
+    async def body():
+        c = relay(snapshot_seq=0)
+        c.proto = FakeProtocol()
+        c.send = no_close  # frames go to the transport; ASGI send would only close
+        writes = c.proto.transport.writes
+        await c._finish_resync()
+        first = relayed(book(1, 1))
+        c.offer(first)
+        assert writes[0] == consumers._frame(b"snapshot 0")
+        assert writes[1] is first["frame"]  # the process-wide frame itself: no per-socket encoding
+        assert c.writer is None and not c.outbox
+        c.proto.writable.clear()  # the transport's buffer is over its high-water mark
+        for message in (book(2, 2), trade(2), book(3, 4)):
+            c.offer(relayed(message))
+        assert len(writes) == 2 and len(c.outbox) == 2
+        c.proto.writable.set()
+        while c.writer is not None:
+            await asyncio.sleep(0)
+        return writes
+
+    writes = async_to_sync(body)()
+    assert len(writes) == 3  # the backlog in one write
+    merged, traded = frames(writes[2])
+    assert traded == "trade 2"
+    merged = json.loads(merged)
+    assert (merged["first"], merged["seq"], merged["conflated"], [u["seq"] for u in merged["updates"]]) == (2, 4, True, [2, 3, 4])
+
+
+def test_the_pinned_uvicorns_sansio_connection_is_recognised():
+    """The fast path depends on uvicorn's websockets-sansio protocol (pinned in requirements.txt): if an
+    upgrade renames what it uses, this fails instead of every socket quietly taking the slow path."""
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+
+    async def app(scope, receive, send):  # pragma: no cover
+        pass
+
+    async def body():
+        config = uvicorn.Config(app, ws="websockets-sansio", lifespan="off")
+        config.load()
+        proto = WebSocketsSansIOProtocol(config=config, server_state=ServerState(), app_state={})
+        proto.transport = FakeTransport()
+        return consumers._direct_protocol(proto.send) is proto, consumers._direct_protocol(FakeProtocol().writable.wait)
+
+    assert async_to_sync(body)() == (True, None)
