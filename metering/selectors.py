@@ -86,7 +86,7 @@ def metrics_report(*, user: User, group_by: str = "data_centre", start: dt.datet
         qs = qs.filter(started_at__lt=end)
     key = _GROUP_FIELD[group_by]
     rows = qs.values(key, "data_centre_id").annotate(
-        units=Sum("credited_micro"), device_seconds=Sum("device_seconds"), energy=Sum("energy_kwh"),
+        units=Sum("credited_micro"), sum_seconds=Sum("device_seconds"), energy=Sum("energy_kwh"),
         util_weighted=Sum(F("utilisation_pct") * F("device_seconds"), filter=Q(utilisation_pct__isnull=False)),
         util_seconds=Sum("device_seconds", filter=Q(utilisation_pct__isnull=False)),
     ).order_by(key, "data_centre_id")
@@ -102,7 +102,7 @@ def metrics_report(*, user: User, group_by: str = "data_centre", start: dt.datet
         dc = dcs.get(r["data_centre_id"])
         energy = Decimal(r["energy"] or 0)
         g["units"] += r["units"] or 0
-        g["device_seconds"] += r["device_seconds"] or 0
+        g["device_seconds"] += r["sum_seconds"] or 0
         g["energy"] += energy
         g["util_w"] += Decimal(r["util_weighted"] or 0)
         g["util_s"] += r["util_seconds"] or 0

@@ -23,9 +23,9 @@ class OrganisationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = Organisation
         fields = [
             "id", "name", "name_zh", "credit_code", "kind", "size_class", "founded_on", "registration_region",
-            "is_research_institution", "created_at",
+            "is_research_institution", "delivery_ratio", "delivery_contracts", "created_at",
         ]
-        read_only_fields = ["id", "created_at"]
+        read_only_fields = ["id", "delivery_ratio", "delivery_contracts", "created_at"]
 
 
 class LatencySerializer(StrictFieldsMixin, serializers.ModelSerializer):
@@ -46,13 +46,17 @@ class DeviceLineSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 class DataCentreSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     owner = serializers.PrimaryKeyRelatedField(queryset=Organisation.objects.all())
     owner_name = serializers.CharField(source="owner.name", read_only=True)
+    owner_delivery_ratio = serializers.DecimalField(
+        source="owner.delivery_ratio", max_digits=5, decimal_places=4, read_only=True,
+        help_text="the supplier's reputation: share of contract value delivered over the last 90 days (metering)",
+    )
     latencies = LatencySerializer(many=True, required=False)
     devices = DeviceLineSerializer(many=True, required=False)
 
     class Meta:
         model = DataCentre
         fields = [
-            "id", "owner", "owner_name", "name", "region", "pue", "renewable_share", "carbon_intensity",
+            "id", "owner", "owner_name", "owner_delivery_ratio", "name", "region", "pue", "renewable_share", "carbon_intensity",
             "security_level", "interconnect_gbps", "is_active", "latencies", "devices", "created_at",
         ]
         read_only_fields = ["id", "created_at"]
@@ -125,11 +129,15 @@ class ListingSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     device_model = serializers.PrimaryKeyRelatedField(queryset=DeviceModel.objects.all())
     units_per_hour = serializers.DecimalField(max_digits=18, decimal_places=6, read_only=True)
     device_count = serializers.IntegerField(min_value=1, max_value=10_000_000)
+    supplier_delivery_ratio = serializers.DecimalField(
+        source="supplier.delivery_ratio", max_digits=5, decimal_places=4, read_only=True,
+        help_text="the supplier's reputation: share of contract value delivered over the last 90 days (metering)",
+    )
 
     class Meta:
         model = Listing
         fields = [
-            "id", "supplier", "data_centre", "product", "device_model", "device_count", "available_from",
+            "id", "supplier", "supplier_delivery_ratio", "data_centre", "product", "device_model", "device_count", "available_from",
             "available_until", "units_per_hour", "is_active", "created_at",
         ]
         read_only_fields = ["id", "supplier", "is_active", "created_at"]
