@@ -23,6 +23,7 @@ from decimal import ROUND_FLOOR
 
 from django.db.models import F, Sum
 
+from common.db import bulk_insert_rows
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
@@ -87,6 +88,7 @@ class Admission:
         self.now = now
         self.book_for = book_for  # instrument id -> engine Book or None (loads it)
         self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
+        self.capacity_holds: list[CapacityHold] = []  # those created here, for the matcher's batch
 
     def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
         """Returns the outcome per command index and the indexes whose order was created here."""
@@ -236,11 +238,8 @@ class Admission:
                 memos.append(f"order {c['client_order_id']} on {inst.code}")
         hold_ids: dict[str, int] = {}
         if hold_rows:
-            Hold.objects.bulk_create(hold_rows)
-            if any(h.pk is None for h in hold_rows):
-                hold_ids = dict(Hold.objects.filter(reference__in=[h.reference for h in hold_rows]).values_list("reference", "pk"))
-            else:
-                hold_ids = {h.reference: h.pk for h in hold_rows}
+            bulk_insert_rows(Hold, hold_rows)
+            hold_ids = {h.reference: h.pk for h in hold_rows}
             ledger.entries_post([
                 ledger.EntryRequest(
                     idempotency_key=f"hold:{h.reference}:place", kind=EntryKind.HOLD, reference=h.reference,
@@ -258,13 +257,14 @@ class Admission:
                 quantity=c["quantity"], open_quantity=c["quantity"], min_quantity=c["min_quantity"], post_only=c["post_only"],
                 stp=c["stp"], expires_at=_parse_expiry(c.get("expires_at")), hold_id=hold_ids.get(reference), listing_id=listings.get(i),
             ))
-        Order.objects.bulk_create(orders)
+        bulk_insert_rows(Order, orders)
         if any(o.pk is None for o in orders):  # PostgreSQL and SQLite >= 3.35 return them
             raise RuntimeError("the database did not return the new orders' ids")
-        CapacityHold.objects.bulk_create([
+        self.capacity_holds = [
             CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
             for o in orders if o.listing_id is not None
-        ])
+        ]
+        bulk_insert_rows(CapacityHold, self.capacity_holds)
         created = set()
         for (i, _, _), order in zip(admitted, orders, strict=True):
             outcome[i] = order

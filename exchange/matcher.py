@@ -16,11 +16,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
-from common.db import bulk_update_rows
+from common.db import bulk_insert_rows, bulk_update_rows
 from exchange import engine as eng
 from exchange.admission import Admission, Refusal
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
@@ -62,7 +62,8 @@ class _Batch:
     # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
     captures: list[tuple] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
-    capacity: dict[int, CapacityHold] = field(default_factory=dict)
+    sold: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # sell order id -> lots sold now
+    unsold_released: set[int] = field(default_factory=set)  # finished sell orders: release what is unsold
     states: dict[int, BookState] = field(default_factory=dict)
     publications: list[Publication] = field(default_factory=list)
     fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
@@ -75,6 +76,9 @@ class Matcher:
         self.engine = eng.Engine()
         self.instruments: dict[int, Instrument] = {}
         self.states: dict[int, BookState] = {}
+        # The resting orders of the loaded books, as last written: the matcher is the only writer of the
+        # fields it keeps here, so a trade against them needs no read. Dropped with the books on failure.
+        self.resting: dict[int, Order] = {}
 
     # --- books ---------------------------------------------------------------------------------------
 
@@ -88,7 +92,8 @@ class Matcher:
         instrument = Instrument.objects.select_related("product").filter(pk=instrument_id).first()
         if instrument is None or instrument.status not in (InstrumentStatus.OPEN, InstrumentStatus.HALTED):
             return None
-        resting = Order.objects.filter(instrument_id=instrument_id, status=OrderStatus.OPEN).order_by("pk")
+        resting = list(Order.objects.filter(instrument_id=instrument_id, status=OrderStatus.OPEN).order_by("pk"))
+        self.resting.update((o.pk, o) for o in resting)
         state, _ = BookState.objects.get_or_create(instrument_id=instrument_id)
         book = book_from_orders(instrument, resting, state.book_seq)
         self.engine.books[instrument_id] = book
@@ -97,6 +102,9 @@ class Matcher:
         return book
 
     def _forget(self, instrument_ids) -> None:
+        gone = set(instrument_ids)
+        for pk in [pk for pk, o in self.resting.items() if o.instrument_id in gone]:
+            del self.resting[pk]
         for iid in instrument_ids:
             self.engine.books.pop(iid, None)
             self.instruments.pop(iid, None)
@@ -245,6 +253,9 @@ class Matcher:
             elif kind in (EK.ACCEPTED, EK.REJECTED, EK.CANCELLED, EK.REDUCED, EK.AMENDED, EK.EXPIRED):
                 wanted.add(e[1])
         missing = wanted - set(batch.orders)
+        for pk in [pk for pk in missing if pk in self.resting]:
+            batch.orders[pk] = self.resting[pk]
+            missing.discard(pk)
         if missing:
             batch.orders.update(Order.objects.select_related("hold").in_bulk(missing))
 
@@ -342,11 +353,10 @@ class Matcher:
             taker_side=SIDE_NAME[taker_side], buyer_fee_fen=buyer_fee, seller_fee_fen=seller_fee, created_at=batch.now,
         )
         batch.trades.append(trade)
-        cap = self._capacity(sell, batch)
-        cap.sold_lots += qty
+        batch.sold[sell.pk] += qty
         batch.contracts.append(Contract(
             trade=trade, instrument_id=instrument.pk, buyer_id=buy.organisation_id, seller_id=sell.organisation_id,
-            listing_id=cap.listing_id, quantity=qty, price_fen_per_lot=price, value_fen=value,
+            listing_id=sell.listing_id, quantity=qty, price_fen_per_lot=price, value_fen=value,
         ))
         label = f"{instrument.code} #{trade.seq}"
         batch.captures.append((buy.hold_id, value, ("escrow", buy.organisation_id), EntryKind.CAPTURE,
@@ -372,12 +382,6 @@ class Matcher:
         order.fee_fen += fee
         return fee
 
-    def _capacity(self, order: Order, batch: _Batch) -> CapacityHold:
-        cap = batch.capacity.get(order.pk)
-        if cap is None:
-            cap = batch.capacity[order.pk] = CapacityHold.objects.get(order_id=order.pk)
-        return cap
-
     def _finish(self, order: Order, status: str, reason: str, batch: _Batch) -> None:
         """Make an order final and give back what it no longer needs: the rest of a buyer's hold, the
         unsold lots of a seller's capacity."""
@@ -392,15 +396,14 @@ class Matcher:
         if order.side == Side.BUY and order.hold_id:
             batch.releases.append((order.hold_id, f"order:{order.pk}:release"))
         elif order.side == Side.SELL:
-            cap = self._capacity(order, batch)
-            cap.released_lots = cap.lots - cap.sold_lots
+            batch.unsold_released.add(order.pk)
 
     # --- persistence ------------------------------------------------------------------------------------
 
     def _persist(self, batch: _Batch) -> None:
-        Trade.objects.bulk_create(batch.trades)
-        Contract.objects.bulk_create(batch.contracts)
-        OrderEvent.objects.bulk_create(batch.events)
+        bulk_insert_rows(Trade, batch.trades)
+        bulk_insert_rows(Contract, batch.contracts)
+        bulk_insert_rows(OrderEvent, batch.events)
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
         stamp = timezone.now()  # after the batch's inserts: never before an order's created_at
         for order in dirty:
@@ -409,12 +412,16 @@ class Matcher:
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
         ])
-        bulk_update_rows(CapacityHold, list(batch.capacity.values()), ["sold_lots", "released_lots"])
+        capacity_settle(sold=batch.sold, finished=batch.unsold_released)
         for state in batch.states.values():
             state.save()
         self._settle_holds(batch)
         for order in dirty:
             batch.publications.append(Publication.order(order, batch.fills.get(order.pk, [])))
+            if order.status == OrderStatus.OPEN:
+                self.resting[order.pk] = order
+            else:
+                self.resting.pop(order.pk, None)
 
     def _settle_holds(self, batch: _Batch) -> None:
         """Captures (escrow, fees) and then releases of whatever each finished order's hold has left, in ONE
@@ -504,3 +511,26 @@ def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
             for t in fills or []
         ],
     }
+
+
+def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
+    """Sell orders' capacity holds: add the lots sold in this batch, and for the orders that finished give
+    back whatever is neither sold nor released (from the row's current `lots`, which an amend may have
+    raised meanwhile). One statement on PostgreSQL."""
+    ids = sorted(set(sold) | finished)
+    if not ids:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE exchange_capacityhold AS c SET sold_lots = c.sold_lots + v.sold, "
+                "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold ELSE c.released_lots END "
+                "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[]) AS v(oid, sold, fin) WHERE c.order_id = v.oid",
+                [ids, [sold.get(pk, 0) for pk in ids], [pk in finished for pk in ids]],
+            )
+        return
+    for pk in ids:
+        update = {"sold_lots": F("sold_lots") + sold.get(pk, 0)}
+        if pk in finished:
+            update["released_lots"] = F("lots") - F("sold_lots") - sold.get(pk, 0)
+        CapacityHold.objects.filter(order_id=pk).update(**update)

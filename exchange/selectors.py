@@ -11,8 +11,10 @@ from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
 from exchange.models import BookState, Order, OrderStatus, Side, Trade
-from marketplace.models import Instrument, User
-from marketplace.selectors import organisation_ids_for_user
+from marketplace.models import Instrument, MemberRole, Organisation, User
+from marketplace.selectors import NotAMember, acting_organisation, organisation_ids_for_user
+
+TRADING_ROLES = (MemberRole.ADMIN, MemberRole.TRADER)
 
 INSTRUMENT_CACHE_SECONDS = 2.0
 _instruments: dict[int, tuple[float, Instrument]] = {}
@@ -34,8 +36,40 @@ def instrument_get_cached(pk: int) -> Instrument | None:
     return instrument
 
 
-def instrument_cache_clear() -> None:
+TRADER_CACHE_SECONDS = 5.0
+_trading: dict[int, tuple[float, list[Organisation]]] = {}
+
+
+def trading_organisation_get(user: User, organisation_id: int | str | None) -> Organisation:
+    """`acting_organisation` for order entry (roles admin or trader), the user's memberships read at most every
+    TRADER_CACHE_SECONDS per process. Safe to cache: the matcher checks the membership again in the
+    transaction that stores the order, so a revoked trader's order is refused (403) even within the window."""
+    if not user.is_authenticated:
+        return acting_organisation(user, organisation_id, TRADING_ROLES)
+    now = time.monotonic()
+    hit = _trading.get(user.pk)
+    if hit is None or now - hit[0] >= TRADER_CACHE_SECONDS:
+        orgs = [m.organisation for m in user.memberships.filter(role__in=TRADING_ROLES).select_related("organisation").order_by("organisation_id")]
+        hit = _trading[user.pk] = (now, orgs)
+    orgs = hit[1]
+    if organisation_id in (None, ""):
+        if len(orgs) == 1:
+            return orgs[0]
+        if not orgs:
+            raise NotAMember("You are not a member of an organisation that may do this.")
+        raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
+    if not str(organisation_id).isdigit():
+        raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
+    for org in orgs:
+        if org.pk == int(organisation_id):
+            return org
+    raise NotAMember("No such organisation among yours.")
+
+
+def caches_clear() -> None:
+    """Forget the per-process caches of order entry (tests: ids are reused from one test to the next)."""
     _instruments.clear()
+    _trading.clear()
 
 
 def order_with_fills() -> QuerySet[Order]:

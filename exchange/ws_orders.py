@@ -72,7 +72,7 @@ def order_place_command(user, message: dict) -> dict:
     serializer = OrderInSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     v = dict(serializer.validated_data)
-    organisation = acting_organisation(user, v.pop("organisation", None), services.TRADING_ROLES)
+    organisation = selectors.trading_organisation_get(user, v.pop("organisation", None))
     placed = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
     if placed.state is None:
         return {"order": {"client_order_id": v["client_order_id"], "instrument": v["instrument"].pk, "status": "pending"}, "created": None, "confirmed": False}

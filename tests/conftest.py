@@ -28,7 +28,7 @@ def inline_matcher(settings):
     Transport tests switch to the thread or Redis matcher themselves."""
     from exchange import selectors, transport
 
-    selectors.instrument_cache_clear()  # ids are reused from test to test
+    selectors.caches_clear()  # ids are reused from test to test
     settings.MATCHER_TRANSPORT = "inline"
     transport._client = None
     transport.InlineClient.reset()

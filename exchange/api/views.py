@@ -3,6 +3,8 @@ from __future__ import annotations
 import datetime as dt
 
 import django_filters
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -23,13 +25,43 @@ from marketplace.selectors import acting_organisation, organisation_ids_for_user
 
 
 class OrderRateThrottle(UserRateThrottle):
-    """Per-account order-entry rate (settings REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"])."""
+    """Per-account order-entry rate (settings REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"]), shared by
+    REST and websocket order entry and by every web process (through the cache: Redis when configured).
+
+    A fixed window counted with one INCR (DRF's sliding window reads and rewrites a pickled list of request
+    times twice per request): at most `rate` orders per window, so a burst straddling two windows can
+    reach twice the rate for an instant. 429 with Retry-After = the seconds left in the window."""
 
     scope = "orders"
 
     def get_rate(self) -> str | None:
         # Read at request time (DRF binds THROTTLE_RATES at import), so the setting can change at run time.
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None or not request.user or not request.user.is_authenticated:
+            return True
+        now = self.timer()
+        window = int(now // self.duration)
+        self.wait_seconds = (window + 1) * self.duration - now
+        key = f"throttle:{self.scope}:{request.user.pk}:{window}"
+        return _count(key, int(self.duration) + 1) <= self.num_requests
+
+    def wait(self) -> float:
+        return max(self.wait_seconds, 1)
+
+
+def _count(key: str, ttl: int) -> int:
+    """Increment a counter that expires after `ttl` seconds; one round trip on Redis."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        raw = backend.make_and_validate_key(key)
+        pipe = backend._cache.get_client(raw, write=True).pipeline()
+        pipe.incr(raw)
+        pipe.expire(raw, ttl)
+        return pipe.execute()[0]
+    backend.add(key, 0, ttl)
+    return backend.incr(key)
 
 
 class OrderFilter(django_filters.FilterSet):
@@ -71,7 +103,7 @@ class OrderListCreate(generics.ListAPIView):
         data = s.OrderInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = dict(data.validated_data)
-        organisation = acting_organisation(request.user, v.pop("organisation", None), services.TRADING_ROLES)
+        organisation = selectors.trading_organisation_get(request.user, v.pop("organisation", None))
         placed = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
         if placed.state is None:
             return Response(
