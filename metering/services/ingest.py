@@ -291,7 +291,7 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
 def _store(candidates: list[tuple], contracts: dict[int, _ContractInfo], now: dt.datetime, outcome: IngestResult) -> None:
     results = outcome.results
     deliveries = _deliveries_lock({c[2] for c in candidates}, contracts)
-    existing = _existing_ids({contracts[c[2]].seller_id for c in candidates}, [c[1] for c in candidates])
+    existing = _existing_ids([(contracts[c[2]].seller_id, c[1]) for c in candidates])
     rows: list[tuple] = []
     touched: dict[int, ContractDelivery] = {}
     for cand in candidates:
@@ -355,18 +355,26 @@ def _deliveries_lock(ids: set[int], contracts: dict[int, _ContractInfo]) -> dict
     return found
 
 
-def _existing_ids(supplier_ids: set[int], event_ids: list[str]) -> set[tuple[int, str]]:
+def _existing_ids(pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Which (supplier, event id) pairs are already stored."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
+        # One index probe per id, whatever the table's statistics: with `event_id = ANY(...)` and stale
+        # statistics the planner scanned all of the supplier's events and filtered them (0.3 s at 1M rows).
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cur:  # binary parameters: see _insert
             cur.execute(
-                "SELECT supplier_id, event_id FROM metering_usageevent WHERE supplier_id = ANY(%s) AND event_id = ANY(%s)",
-                [list(supplier_ids), event_ids],
+                "SELECT u.supplier_id, u.event_id FROM unnest(%b::bigint[], %b::text[]) AS v(s, e) "
+                "CROSS JOIN LATERAL (SELECT supplier_id, event_id FROM metering_usageevent "
+                "WHERE supplier_id = v.s AND event_id = v.e) AS u",
+                [[p[0] for p in pairs], [p[1] for p in pairs]],
             )
             return set(cur.fetchall())
     out: set[tuple[int, str]] = set()
+    suppliers = {p[0] for p in pairs}
+    event_ids = [p[1] for p in pairs]
     for k in range(0, len(event_ids), 500):
         out.update(
-            UsageEvent.objects.filter(supplier_id__in=supplier_ids, event_id__in=event_ids[k:k + 500]).values_list("supplier_id", "event_id")
+            UsageEvent.objects.filter(supplier_id__in=suppliers, event_id__in=event_ids[k:k + 500]).values_list("supplier_id", "event_id")
         )
     return out
 
