@@ -120,7 +120,8 @@ def test_three_client_processes_trade_and_keep_the_servers_book(market_setup, tm
     base = f"127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--ws", "websockets-sansio", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],  # as in the Makefile: the market stream writes frames straight to its sockets
         cwd=ROOT, env=_server_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
     )
     procs = [server]
