@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from decimal import ROUND_DOWN, Decimal
 
 from django.db import transaction
@@ -19,6 +20,7 @@ from metering.models import MICRO, ContractDelivery, DeliveryStatus, Dispute, Di
 from metering.services.ingest import _units, deliveries_ensure, grace_period
 from metering.services.money import fee_for, movement_request, parties_for, released_for
 
+log = logging.getLogger(__name__)
 REPUTATION_DAYS = 90
 _RATIO = Decimal("0.0001")
 
@@ -90,14 +92,22 @@ def deliveries_settle_due(*, now: dt.datetime | None = None, limit: int = 500) -
         .filter(Q(delivery__isnull=True) | Q(delivery__status__in=[DeliveryStatus.OPEN, DeliveryStatus.DELIVERING]))
         .order_by("pk").values_list("pk", "seller_id")[:limit]
     )
-    settled, suppliers = 0, set()
+    settled, failed, suppliers = 0, 0, set()
     for pk, seller_id in due:
-        delivery_settle(contract_id=pk, now=now)
+        try:
+            delivery_settle(contract_id=pk, now=now)
+        except Exception:  # e.g. a ledger refusal: logged, retried at the next run, the others go on
+            log.exception("settlement of contract %s failed", pk)
+            failed += 1
+            continue
         settled += 1
         suppliers.add(seller_id)
     for seller_id in sorted(suppliers):
         supplier_reputation_update(organisation_id=seller_id, now=now)
-    return {"settled": settled, "suppliers": len(suppliers)}
+    out = {"settled": settled, "suppliers": len(suppliers)}
+    if failed:
+        out["failed"] = failed
+    return out
 
 
 def supplier_reputation_update(*, organisation_id: int, now: dt.datetime | None = None) -> Decimal | None:
