@@ -59,8 +59,24 @@ def test_new_rows_are_appended_after_the_head_and_checkpointed(chain, trader):
 
 
 def _sql(statement, params):
+    """Run SQL as someone with the database's keys would: on PostgreSQL the oversight tables refuse UPDATE
+    and DELETE by trigger, so the attacker disables the triggers first (rolled back with the test)."""
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE oversight_auditrecord DISABLE TRIGGER USER")
+            cursor.execute("ALTER TABLE oversight_auditcheckpoint DISABLE TRIGGER USER")
         cursor.execute(statement, params)
+
+
+@pytest.mark.postgres
+def test_postgresql_refuses_changes_to_the_chain(chain):
+    from django.db import DatabaseError, transaction
+
+    for statement in ("UPDATE oversight_auditrecord SET payload = '{}' WHERE seq = 1", "DELETE FROM oversight_auditrecord WHERE seq = 1",
+                      "UPDATE oversight_auditcheckpoint SET seq = 1"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement)
+    assert audit_verify().ok
 
 
 def test_editing_a_record_in_the_database_is_named(chain):
@@ -88,7 +104,7 @@ def test_deleting_the_newest_records_is_caught_by_the_signed_checkpoint(chain):
 
 
 def test_a_forged_checkpoint_is_refused(chain):
-    AuditCheckpoint.objects.update(signature="0" * 64)
+    _sql("UPDATE oversight_auditcheckpoint SET signature = %s", ["0" * 64])
     result = audit_verify(check_sources=False)
     assert not result.ok and "bad signature" in result.reason
 
@@ -140,7 +156,7 @@ def test_a_row_committed_late_with_a_lower_id_is_still_ingested(chain, settings)
 
     settings.AUDIT_INGEST_LAG_SECONDS = 3600
     event = OrderEvent.objects.order_by("id").first()
-    AuditRecord.objects.filter(kind="order_event", object_id=event.pk).delete()  # as if it had not committed yet
+    _sql("DELETE FROM oversight_auditrecord WHERE kind = 'order_event' AND object_id = %s", [event.pk])  # as if not committed yet
     assert AuditCursor.objects.get(source="order_event").safe_id < event.pk
     added = audit_ingest()
     assert added["order_event"] == 1
