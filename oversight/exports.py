@@ -46,7 +46,7 @@ def _iso(at: dt.datetime | str | None) -> str:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-TIMESTAMP_FIELDS = {"created_at", "updated_at"}
+TIMESTAMP_FIELDS = {"created_at", "updated_at", "received_at", "started_at", "ended_at"}
 
 
 def _as_text(queryset: QuerySet, fields: tuple[str, ...]) -> tuple[QuerySet, tuple[str, ...]]:
@@ -104,7 +104,18 @@ def _order_events() -> tuple[list[str], tuple[str, ...], Callable]:
     return header, fields, row
 
 
-SPECS = {"trades": _trades, "orders": _orders, "order_events": _order_events}
+def _usage_events() -> tuple[list[str], tuple[str, ...], Callable]:
+    header = ["id", "received_at", "supplier", "event_id", "contract", "data_centre", "device_model", "started_at", "ended_at",
+              "device_count", "device_seconds", "units_micro", "credited_micro", "energy_kwh", "energy_estimated", "utilisation_pct"]
+    fields = ("id", "received_at", "supplier_id", "event_id", "contract_id", "data_centre_id", "device_model_id", "started_at",
+              "ended_at", "device_count", "device_seconds", "units_micro", "credited_micro", "energy_kwh", "energy_estimated", "utilisation_pct")
+
+    def row(r):
+        return (r[0], _iso(r[1]), *r[2:7], _iso(r[7]), _iso(r[8]), *r[9:])
+    return header, fields, row
+
+
+SPECS = {"trades": _trades, "orders": _orders, "order_events": _order_events, "usage_events": _usage_events}
 
 
 def csv_rows(name: str, queryset: QuerySet, *, chunk_size: int = CHUNK) -> Iterator[str]:

@@ -29,6 +29,13 @@ DEFAULTS = {
     "SPOOF_MIN_COUNT": 3,          # "repeatedly": this many such cancels per organisation, instrument and day
     "SPOOF_NEAR_TOUCH_BPS": 100,   # within 1% of the last trade (or the reference before the first trade)
     "PRICE_DEVIATION_BPS": 500,    # trades more than 5% from the instrument's reference price
+    "DELIVERY_RECENT_DAYS": 7,     # a supplier's delivery ratio over its contracts settled in the last week ...
+    "DELIVERY_PRIOR_DAYS": 30,     # ... against the 30 days before
+    "DELIVERY_DROP": "0.10",       # alert when it fell by more than 10 points ...
+    "DELIVERY_FLOOR": "0.80",      # ... or, with no history, is below 80%
+    "DELIVERY_MIN_CONTRACTS": 2,   # settled contracts needed in each period
+    "ENERGY_MIN_RATIO": "0.25",    # metered IT energy below a quarter of rated power x device time: compute
+    "ENERGY_MAX_RATIO": "1.30",    # without the power to run it; above 1.3x: energy the claimed devices cannot draw
 }
 
 
@@ -177,11 +184,93 @@ def scan_off_reference_prices(*, since: dt.datetime) -> int:
     return raised
 
 
+def _ratio(released: int | None, value: int | None) -> Decimal | None:
+    return (Decimal(released) / Decimal(value)).quantize(Decimal("0.0001")) if value else None
+
+
+def scan_delivery_ratios(*, now: dt.datetime) -> int:
+    """Suppliers whose delivery ratio (released over value of contracts settled, as metering computes its
+    reputation) fell: the last DELIVERY_RECENT_DAYS against the DELIVERY_PRIOR_DAYS before. One alert per
+    supplier per ISO week."""
+    from django.db.models import Count, Sum
+
+    from metering.models import ContractDelivery, DeliveryStatus
+
+    recent_from = now - dt.timedelta(days=threshold("DELIVERY_RECENT_DAYS"))
+    prior_from = recent_from - dt.timedelta(days=threshold("DELIVERY_PRIOR_DAYS"))
+    settled = ContractDelivery.objects.filter(status=DeliveryStatus.SETTLED, settled_at__gte=prior_from, settled_at__lte=now)
+
+    def per_supplier(qs) -> dict[int, tuple]:
+        rows = qs.values("contract__seller_id").annotate(released=Sum("released_fen"), value=Sum("value_fen"), n=Count("pk"))
+        return {r["contract__seller_id"]: (_ratio(r["released"], r["value"]), r["n"]) for r in rows}
+
+    recent = per_supplier(settled.filter(settled_at__gte=recent_from))
+    prior = per_supplier(settled.filter(settled_at__lt=recent_from))
+    drop, floor, minimum = Decimal(threshold("DELIVERY_DROP")), Decimal(threshold("DELIVERY_FLOOR")), threshold("DELIVERY_MIN_CONTRACTS")
+    year, week, _ = now.isocalendar()
+    raised = 0
+    for supplier, (ratio, n) in recent.items():
+        if ratio is None or n < minimum:
+            continue
+        before, before_n = prior.get(supplier, (None, 0))
+        has_history = before is not None and before_n >= minimum
+        if not (has_history and ratio < before - drop) and not (not has_history and ratio < floor):
+            continue
+        _, created = alert_raise(
+            kind=AlertKind.DELIVERY_RATIO, fingerprint=f"delivery:{supplier}:{year}-W{week:02d}",
+            severity=Severity.HIGH if ratio < Decimal("0.5") else Severity.MEDIUM,
+            summary=(f"delivery ratio fell from {before:.1%} to {ratio:.1%}" if has_history else f"delivery ratio {ratio:.1%}, below {floor:.0%}"),
+            evidence={"recent_ratio": str(ratio), "recent_contracts": n, "prior_ratio": None if before is None else str(before),
+                      "prior_contracts": before_n, "recent_from": recent_from.isoformat(), "prior_from": prior_from.isoformat()},
+            organisation_id=supplier,
+        )
+        raised += created
+    return raised
+
+
+def scan_usage_energy(*, since: dt.datetime) -> int:
+    """Contracts whose metered IT energy does not add up to the compute claimed: energy over rated power x
+    device time outside [ENERGY_MIN_RATIO, ENERGY_MAX_RATIO]. Estimated energy (none metered) is skipped.
+    One alert per contract."""
+    from metering.models import UsageEvent
+
+    rows = (UsageEvent.objects.filter(received_at__gte=since, energy_estimated=False)
+            .values_list("contract_id", "supplier_id", "device_seconds", "energy_kwh", "device_model__power_w", "id"))
+    per_contract: dict[int, dict] = {}
+    for contract_id, supplier, device_seconds, kwh, power_w, event_id in rows.iterator(chunk_size=2000):
+        c = per_contract.setdefault(contract_id, {"supplier": supplier, "expected": Decimal(0), "metered": Decimal(0), "events": []})
+        c["expected"] += Decimal(device_seconds * power_w) / 3_600_000
+        c["metered"] += kwh
+        c["events"].append(event_id)
+    low, high = Decimal(threshold("ENERGY_MIN_RATIO")), Decimal(threshold("ENERGY_MAX_RATIO"))
+    raised = 0
+    for contract_id, c in per_contract.items():
+        if not c["expected"]:
+            continue
+        ratio = (c["metered"] / c["expected"]).quantize(Decimal("0.001"))
+        if low <= ratio <= high:
+            continue
+        _, created = alert_raise(
+            kind=AlertKind.USAGE_MISMATCH, fingerprint=f"usage:{contract_id}",
+            severity=Severity.HIGH if ratio < low / 2 or ratio > high * 2 else Severity.MEDIUM,
+            summary=f"metered energy is {ratio}x what the claimed device time draws at rated power",
+            evidence={"contract": contract_id, "energy_ratio": str(ratio), "metered_kwh": str(c["metered"]),
+                      "expected_kwh": str(c["expected"].quantize(Decimal("0.001"))), "usage_events": c["events"][:100],
+                      "usage_event_count": len(c["events"])},
+            organisation_id=c["supplier"],
+        )
+        raised += created
+    return raised
+
+
 def surveillance_scan(*, now: dt.datetime | None = None) -> dict[str, int]:
     """Every scan over the lookback window; returns the number of new alerts per pattern."""
-    since = (now or timezone.now()) - dt.timedelta(hours=threshold("LOOKBACK_HOURS"))
+    now = now or timezone.now()
+    since = now - dt.timedelta(hours=threshold("LOOKBACK_HOURS"))
     return {
         AlertKind.WASH_TRADE: scan_wash_trades(since=since),
         AlertKind.SPOOFING: scan_spoofing(since=since),
         AlertKind.OFF_REFERENCE_PRICE: scan_off_reference_prices(since=since),
+        AlertKind.DELIVERY_RATIO: scan_delivery_ratios(now=now),
+        AlertKind.USAGE_MISMATCH: scan_usage_energy(since=since),
     }

@@ -8,6 +8,7 @@ from django.db.models import Q
 
 from exchange.models import Contract, ContractStatus, Order, OrderEvent, OrderEventKind, OrderStatus, Side, Trade
 from ledger.models import EntryKind, JournalEntry
+from metering.models import ContractDelivery, DeliveryStatus, UsageEvent
 from oversight.models import Alert, AlertKind, AlertStatus, Severity
 
 
@@ -95,3 +96,25 @@ class AlertFilter(django_filters.FilterSet):
     class Meta:
         model = Alert
         fields = ["kind", "status", "severity", "organisation", "instrument"]
+
+
+class UsageEventFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte", help_text="usage starting at or after")
+    until = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt", help_text="usage starting before")
+    buyer = django_filters.NumberFilter(field_name="contract__buyer_id")
+    energy_estimated = django_filters.BooleanFilter()
+
+    class Meta:
+        model = UsageEvent
+        fields = ["supplier", "buyer", "contract", "data_centre", "device_model", "energy_estimated"]
+
+
+class DeliveryFilter(django_filters.FilterSet):
+    supplier = django_filters.NumberFilter(field_name="contract__seller_id")
+    buyer = django_filters.NumberFilter(field_name="contract__buyer_id")
+    status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices)
+    settled_since = django_filters.IsoDateTimeFilter(field_name="settled_at", lookup_expr="gte")
+
+    class Meta:
+        model = ContractDelivery
+        fields = ["supplier", "buyer", "status", "settled_since"]

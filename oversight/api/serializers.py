@@ -8,6 +8,7 @@ from common.api import StrictFieldsMixin
 from common.money import format_cny
 from exchange.models import Contract, Order, OrderEvent, Trade
 from ledger.models import JournalEntry, Posting
+from metering.models import ContractDelivery, UsageEvent
 from oversight.models import (
     Alert,
     AlertReview,
@@ -144,3 +145,20 @@ class OutstandingAttestationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Contract
         fields = ["id", "seller", "buyer", "instrument", "instrument_code", "delivery_end", "quantity", "status"]
+
+
+class UsageEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = UsageEvent
+        fields = ["id", "supplier", "event_id", "contract", "data_centre", "device_model", "started_at", "ended_at", "device_count",
+                  "device_seconds", "units_micro", "credited_micro", "energy_kwh", "energy_estimated", "utilisation_pct", "received_at"]
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    supplier = serializers.IntegerField(source="contract.seller_id")
+    buyer = serializers.IntegerField(source="contract.buyer_id")
+
+    class Meta:
+        model = ContractDelivery
+        fields = ["contract", "supplier", "buyer", "status", "quantity_micro", "delivered_micro", "delivery_ratio", "value_fen",
+                  "released_fen", "fee_fen", "refunded_fen", "events", "settled_at", "updated_at"]

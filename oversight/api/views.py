@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from exchange.models import Contract, Order, OrderEvent, Trade
 from ledger.models import JournalEntry, Posting
 from marketplace.selectors import organisation_ids_for_user
+from metering.models import ContractDelivery, UsageEvent
 from oversight import audit, exports, metrics, services
 from oversight.api import filters as f
 from oversight.api import serializers as s
@@ -45,6 +46,10 @@ class IdCursor(CursorPagination):
 
 class SeqCursor(IdCursor):
     ordering = "-seq"
+
+
+class ContractCursor(IdCursor):
+    ordering = "-contract_id"
 
 
 EXPORT = OpenApiParameter("export", str, enum=["csv"], required=False, description="stream the whole filtered list as CSV")
@@ -109,6 +114,24 @@ class JournalEntryList(_OverseerList):
 
     def get_queryset(self):
         return JournalEntry.objects.prefetch_related(Prefetch("postings", queryset=Posting.objects.select_related("account").order_by("id")))
+
+
+class UsageEventList(_OverseerList):
+    """Every accepted metering record (usage event), newest first; `?export=csv` streams them."""
+
+    serializer_class = s.UsageEventSerializer
+    filterset_class = f.UsageEventFilter
+    csv_name = "usage_events"
+    queryset = UsageEvent.objects.all()
+
+
+class DeliveryList(_OverseerList):
+    """Each contract's delivery state as metering keeps it."""
+
+    serializer_class = s.DeliverySerializer
+    filterset_class = f.DeliveryFilter
+    pagination_class = ContractCursor
+    queryset = ContractDelivery.objects.select_related("contract")
 
 
 class AuditRecordList(_OverseerList):

@@ -10,6 +10,7 @@ from oversight.audit import audit_ingest, audit_verify
 from oversight.models import Alert, AlertReview, AuditRecord, OwnershipGroup
 from oversight.surveillance import surveillance_scan
 from oversight.tasks import surveillance_scan as surveillance_task
+from tests.oversight.metering_helpers import deliver, usage
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +35,7 @@ def kinds():
 
 def test_honest_traffic_raises_no_alert(market, trader):
     honest(trader, market)
-    assert surveillance_scan() == {"wash_trade": 0, "spoofing": 0, "off_reference_price": 0}
+    assert surveillance_scan() == {"wash_trade": 0, "spoofing": 0, "off_reference_price": 0, "delivery_ratio": 0, "usage_mismatch": 0}
     assert not Alert.objects.exists()
 
 
@@ -154,3 +155,47 @@ def test_alert_list_filters(api, market, alert):
     api.force_authenticate(market["regulator"])
     assert [a["kind"] for a in api.get("/api/v1/oversight/alerts/", {"kind": "spoofing"}).json()["results"]] == ["spoofing"]
     assert [a["id"] for a in api.get("/api/v1/oversight/alerts/", {"severity": "high", "status": "open"}).json()["results"]] == [alert.pk]
+
+
+# --- Patterns from metering ----------------------------------------------------------------------------
+
+def test_a_supplier_whose_delivery_ratio_fell_is_one_alert(market, trader):
+    from exchange.models import Contract
+
+    m = market
+    for seller in ("seller1", "seller1", "seller1", "seller1", "seller2", "seller2", "seller2", "seller2"):
+        trader.trade(m[seller], m["buyer_user1"], "15.00", 2)
+    s1 = list(Contract.objects.filter(seller=m["supplier1"]).order_by("id"))
+    s2 = list(Contract.objects.filter(seller=m["supplier2"]).order_by("id"))
+    # supplier 1: 100% three weeks ago, 60% this week; supplier 2: a steady 95%
+    for contract, share, days in zip(s1, ("1", "1", "0.6", "0.6"), (20, 18, 2, 1), strict=True):
+        deliver(contract, share=share, settled_days_ago=days)
+    for contract, days in zip(s2, (20, 18, 2, 1), strict=True):
+        deliver(contract, share="0.95", settled_days_ago=days)
+    assert surveillance_scan()["delivery_ratio"] == 1
+    assert surveillance_scan()["delivery_ratio"] == 0
+    alert = Alert.objects.get(kind="delivery_ratio")
+    assert alert.organisation == m["supplier1"] and alert.severity == "medium"
+    assert (alert.evidence["prior_ratio"], alert.evidence["recent_ratio"]) == ("1.0000", "0.6000")
+    assert alert.summary == "delivery ratio fell from 100.0% to 60.0%"
+
+
+def test_usage_whose_energy_does_not_add_up_is_one_alert_per_contract(market, trader):
+    from exchange.models import Contract
+
+    m = market
+    for _ in range(3):
+        trader.trade(m["seller1"], m["buyer_user1"], "15.00", 10)
+    honest_contract, estimated_contract, suspect = Contract.objects.order_by("id")
+    # 10 H100 (700 W) for an hour draw at most 7 kWh of IT energy.
+    usage(honest_contract, 1, kwh="5.600")
+    usage(honest_contract, 2, kwh="6.100")
+    usage(estimated_contract, 1, kwh="0.100", estimated=True)  # not metered: nothing to compare
+    usage(suspect, 1, kwh="0.700")
+    usage(suspect, 2, kwh="0.650")
+    assert surveillance_scan()["usage_mismatch"] == 1
+    assert surveillance_scan()["usage_mismatch"] == 0
+    alert = Alert.objects.get(kind="usage_mismatch")
+    assert alert.organisation == m["supplier1"] and alert.severity == "high"
+    assert alert.evidence["contract"] == suspect.pk and alert.evidence["energy_ratio"] == "0.096"
+    assert (alert.evidence["metered_kwh"], alert.evidence["expected_kwh"]) == ("1.350", "14.000")
