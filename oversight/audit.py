@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from exchange.models import Contract, OrderEvent, Trade
 from ledger.models import JournalEntry
-from oversight.models import AlertReview, AuditCheckpoint, AuditCursor, AuditRecord, DeletionAttestation
+from oversight.models import Alert, AlertReview, AuditCheckpoint, AuditCursor, AuditRecord, DeletionAttestation
 
 GENESIS = "0" * 64
 BATCH = 5000
@@ -103,6 +103,8 @@ def sources() -> list[Source]:
         Source("admin_action", lambda: LogEntry.objects.all(), (
             "action_time", "user_id", "content_type_id", "object_id", "object_repr", "action_flag", "change_message"),
             time_field="action_time"),
+        # An alert's opening (its evidence and status change later: those enter through reviews).
+        Source("alert", lambda: Alert.objects.all(), ("kind", "fingerprint", "organisation_id", "instrument_id", "created_at")),
         Source("alert_review", lambda: AlertReview.objects.all(), (
             "alert_id", "actor_id", "from_status", "to_status", "note", "created_at")),
         Source("deletion_attestation", lambda: DeletionAttestation.objects.all(), (
@@ -138,8 +140,9 @@ def audit_ingest(*, batch: int = BATCH, now: dt.datetime | None = None) -> dict[
     """Append every source row not yet in the chain; idempotent. Returns how many were added per kind."""
     added: dict[str, int] = {}
     for source in sources():
+        after = 0  # within one run, rows up to the last id appended are done: each batch starts past them
         while True:
-            n = _ingest_batch(source, batch)
+            n, after = _ingest_batch(source, batch, after)
             added[source.kind] = added.get(source.kind, 0) + n
             if n < batch:
                 break
@@ -155,13 +158,14 @@ def _pending(source: Source, safe_id: int) -> QuerySet:
 
 
 @transaction.atomic
-def _ingest_batch(source: Source, batch: int) -> int:
+def _ingest_batch(source: Source, batch: int, after: int = 0) -> tuple[int, int]:
+    """Append up to `batch` pending rows with id > `after`; returns (how many, the last id appended)."""
     AuditCursor.objects.get_or_create(source=_CHAIN_LOCK)
     AuditCursor.objects.select_for_update().get(source=_CHAIN_LOCK)  # one writer of the chain
     cursor, _ = AuditCursor.objects.get_or_create(source=source.kind)
-    rows = source.payloads(_pending(source, cursor.safe_id)[:batch])
+    rows = source.payloads(_pending(source, max(cursor.safe_id, after))[:batch])
     if not rows:
-        return 0
+        return 0, after
     head = AuditRecord.objects.order_by("-seq").values_list("seq", "hash").first() or (0, GENESIS)
     seq, prev = head
     records = []
@@ -171,7 +175,7 @@ def _ingest_batch(source: Source, batch: int) -> int:
         records.append(AuditRecord(seq=seq, kind=source.kind, object_id=object_id, payload=payload, prev_hash=prev, hash=digest))
         prev = digest
     AuditRecord.objects.bulk_create(records)
-    return len(records)
+    return len(records), rows[-1][0]
 
 
 @transaction.atomic

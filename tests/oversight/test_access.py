@@ -208,3 +208,12 @@ def test_oversight_endpoints_are_for_regulators_and_operators_only(api, world):
             assert api.get(url).status_code == 403, url
     api.logout()
     assert api.get("/api/v1/oversight/trades/").status_code in (401, 403)
+
+
+def test_a_regulator_is_kept_out_of_the_django_admin(client, world):
+    client.force_login(world["regulator"])
+    for url in ("/admin/", "/admin/exchange/order/", f"/admin/marketplace/listing/{world['listing1'].pk}/change/"):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+    response = client.post(f"/admin/marketplace/listing/{world['listing1'].pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and Listing.objects.filter(pk=world["listing1"].pk).exists()

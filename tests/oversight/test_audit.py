@@ -161,3 +161,32 @@ def test_a_row_committed_late_with_a_lower_id_is_still_ingested(chain, settings)
     added = audit_ingest()
     assert added["order_event"] == 1
     assert AuditRecord.objects.filter(kind="order_event", object_id=event.pk).exists()
+
+
+def test_admin_actions_and_alert_openings_enter_the_chain(chain):
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    from marketplace.models import Organisation
+    from oversight.models import Alert
+
+    entry = LogEntry.objects.create(user=chain["regulator"], content_type=ContentType.objects.get_for_model(Organisation),
+                                    object_id=str(chain["buyer1"].pk), object_repr="Buyer 1", action_flag=CHANGE, change_message="renamed")
+    alert = Alert.objects.create(kind="spoofing", severity="medium", fingerprint="spoof:1:1:2026-11-29", summary="s", organisation=chain["buyer1"])
+    added = audit_ingest()
+    assert (added["admin_action"], added["alert"]) == (1, 1)
+    assert '"change_message":"renamed"' in AuditRecord.objects.get(kind="admin_action", object_id=entry.pk).payload
+    # A rescan refreshing the evidence and a review changing the status leave the opening record valid.
+    Alert.objects.filter(pk=alert.pk).update(evidence={"orders": [1, 2, 3]}, severity="high", status="under_review")
+    assert audit_verify().ok
+
+
+def test_ingestion_in_small_batches_gives_the_same_chain(chain, trader):
+    for i in range(3):
+        trader.trade(chain["seller2"], chain["buyer_user1"], "15.00", 1 + i)
+    before = AuditRecord.objects.count()
+    added = audit_ingest(batch=2)
+    assert added["trade"] == 3 and added["contract"] == 3
+    assert AuditRecord.objects.count() == before + sum(added.values())
+    assert sum(audit_ingest(batch=2).values()) == 0
+    assert audit_verify().ok
