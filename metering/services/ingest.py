@@ -232,7 +232,8 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
 
     grace, horizon = grace_period(), now + clock_skew()
     candidates: list[tuple] = []  # (index, event_id, contract, dc, model, start, end, count, device_us, units, energy, estimated, util)
-    seen: set[tuple[int, str]] = set()
+    seen: dict[tuple[int, str], int] = {}  # first index of each id in the batch
+    repeats: list[tuple[int, int]] = []  # (index, index of its first occurrence)
     for i, (eid, cid, dc, model, start, end, count, energy, util) in parsed:
         c = contracts.get(cid)
         if c is None:
@@ -257,10 +258,12 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
         if count > c.device_count:
             results[i] = _rejected(eid, "too_many_devices")
             continue
-        if (c.seller_id, eid) in seen:
+        first = seen.get((c.seller_id, eid))
+        if first is not None:
             results[i] = {"event_id": eid, "status": "duplicate"}
+            repeats.append((i, first))
             continue
-        seen.add((c.seller_id, eid))
+        seen[(c.seller_id, eid)] = i
         device_us = count * ((end - start) // _US)
         estimated = energy is None
         if estimated:
@@ -277,6 +280,10 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
             except _Race:
                 if attempt == 2:
                     raise
+    for i, first in repeats:
+        if results[first]["status"] == "rejected":  # type: ignore[index]
+            # A repeat of an event refused for the contract's state (settled, full) is refused alike.
+            results[i] = {**results[first], "event_id": results[i]["event_id"]}  # type: ignore[index]
     for r in results:
         status = r["status"]  # type: ignore[index]
         if status == "accepted":

@@ -109,9 +109,13 @@ def test_field_level_errors_for_each_bad_value(api, deal):
 
 def test_over_quantity_is_capped_then_rejected(api, deal):
     # 10 H100 for 1 hour = 9.89 units; then 1 H100 for 1 hour crosses 10 units and is credited 0.11; then nothing is left.
-    r = post_events(api, deal["seller_user"], [event(deal, "a", devices=10), event(deal, "b", offset_minutes=60), event(deal, "c", offset_minutes=120)]).json()
+    r = post_events(api, deal["seller_user"], [
+        event(deal, "a", devices=10), event(deal, "b", offset_minutes=60), event(deal, "c", offset_minutes=120),
+        event(deal, "c", offset_minutes=120),
+    ]).json()
     assert [(x["status"], x.get("credited"), x.get("reason")) for x in r["results"]] == [
         ("accepted", None, None), ("accepted", "0.110000", None), ("rejected", None, "over_quantity"),
+        ("rejected", None, "over_quantity"),  # a repeat of a refused event is not "duplicate": nothing was accepted
     ]
     d = ContractDelivery.objects.get(pk=deal["contract"].pk)
     assert (d.delivered_micro, d.released_fen, d.fee_fen) == (10_000_000, 15000, 8)
