@@ -142,6 +142,10 @@ PERIODIC_TASKS = {
     "oversight.tasks.audit_ingest": 60,
     "oversight.tasks.surveillance_scan": 300,
 }
+# Metering: usage is accepted (and buyers may dispute) until a contract's window end plus this grace; then
+# it settles. Usage ending more than the skew in the future is refused.
+METERING_GRACE_SECONDS = int(os.environ.get("METERING_GRACE_SECONDS", str(6 * 3600)))
+METERING_CLOCK_SKEW_SECONDS = int(os.environ.get("METERING_CLOCK_SKEW_SECONDS", "300"))
 # Audit checkpoints are signed with HMAC-SHA256 under this key; empty: derived from SECRET_KEY (embedded).
 AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY", "")
 # The audit job moves its per-source cursor only past rows older than this (late commits with lower ids).
