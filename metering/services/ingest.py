@@ -234,6 +234,7 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
     candidates: list[tuple] = []  # (index, event_id, contract, dc, model, start, end, count, device_us, units, energy, estimated, util)
     seen: dict[tuple[int, str], int] = {}  # first index of each id in the batch
     repeats: list[tuple[int, int]] = []  # (index, index of its first occurrence)
+    late: list[tuple[int, tuple[int, str]]] = []  # too late to count, but maybe a resend of a stored event
     for i, (eid, cid, dc, model, start, end, count, energy, util) in parsed:
         c = contracts.get(cid)
         if c is None:
@@ -241,6 +242,7 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
             continue
         if now > c.end + grace:
             results[i] = _rejected(eid, "late")
+            late.append((i, (c.seller_id, eid)))
             continue
         if start < c.start or end > c.end:
             results[i] = _rejected(eid, "outside_window")
@@ -280,6 +282,12 @@ def usage_batch_ingest(*, supplier_ids: Collection[int], events: Sequence[Any], 
             except _Race:
                 if attempt == 2:
                     raise
+    if late:
+        # An agent resending after the grace period gets "duplicate" for what was stored, as before it.
+        stored = _existing_ids([pair for _, pair in late])
+        for i, pair in late:
+            if pair in stored:
+                results[i] = {"event_id": pair[1], "status": "duplicate"}
     for i, first in repeats:
         if results[first]["status"] == "rejected":  # type: ignore[index]
             # A repeat of an event refused for the contract's state (settled, full) is refused alike.
@@ -305,11 +313,11 @@ def _store(candidates: list[tuple], contracts: dict[int, _ContractInfo], now: dt
         i, eid, cid = cand[0], cand[1], cand[2]
         c = contracts[cid]
         d = deliveries[cid]
-        if d.status == DeliveryStatus.SETTLED:
-            results[i] = _rejected(eid, "contract_settled")
-            continue
         if (c.seller_id, eid) in existing:
             results[i] = {"event_id": eid, "status": "duplicate"}
+            continue
+        if d.status == DeliveryStatus.SETTLED:
+            results[i] = _rejected(eid, "contract_settled")
             continue
         remaining = d.quantity_micro - d.delivered_micro
         if remaining <= 0:

@@ -135,6 +135,9 @@ def test_late_events_within_grace_are_accepted_and_after_it_rejected(api, deal, 
     assert within.results[0]["status"] == "accepted"
     assert after.results[0]["reason"] == "late"
     assert UE.objects.count() == 1
+    # A resend of what was stored, after the grace period, is still answered duplicate (the agent's rerun).
+    resent = usage_batch_ingest(supplier_ids=ids, events=[event(deal, "in-grace")], now=end + dt.timedelta(hours=5))
+    assert resent.results[0]["status"] == "duplicate"
 
 
 def test_settled_contract_takes_no_more_usage(api, deal, settings):
@@ -142,10 +145,12 @@ def test_settled_contract_takes_no_more_usage(api, deal, settings):
 
     settings.METERING_GRACE_SECONDS = 0
     end = deal["window_start"] + dt.timedelta(days=1)
+    ids = {deal["supplier"].pk}
+    usage_batch_ingest(supplier_ids=ids, events=[event(deal, "before")], now=deal["now"])
     delivery_settle(contract_id=deal["contract"].pk, now=end)
     settings.METERING_GRACE_SECONDS = 3600
-    r = usage_batch_ingest(supplier_ids={deal["supplier"].pk}, events=[event(deal, "after-settle")], now=end)
-    assert r.results[0]["reason"] == "contract_settled"
+    r = usage_batch_ingest(supplier_ids=ids, events=[event(deal, "after-settle", offset_minutes=60), event(deal, "before")], now=end)
+    assert [x.get("reason", x["status"]) for x in r.results] == ["contract_settled", "duplicate"]
 
 
 def test_batch_limits_and_body_errors(api, deal):
