@@ -26,6 +26,8 @@ token-less forced authentication, ``--repeat`` times, median reported:
 ``tape_page_ms`` is the slowest of those medians. The export streams the whole tape (``?export=csv``)
 through the view and counts rows: ``export_rows_per_s``; the baseline in the same run is PostgreSQL's own
 ``COPY (SELECT the same columns) TO STDOUT CSV`` read by psycopg, the ceiling for any exporter.
+Then (unless ``--no-audit``) the million trades are appended to the audit chain by ``audit_ingest`` and the
+chain verified, alone and with every record compared against its source row.
 The last line printed is JSON.
 """
 
@@ -137,6 +139,7 @@ def main() -> None:
     parser.add_argument("--trades", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-audit", action="store_true", help="skip appending the trades to the audit chain and verifying it")
     args = parser.parse_args()
     url = os.environ.get("OVERSIGHT_BENCH_URL", DEFAULT_URL)
     name = urlsplit(url).path.lstrip("/")
@@ -215,11 +218,30 @@ def main() -> None:
         copy_s = time.perf_counter() - t
         copy_rate = copied / copy_s
         print(f"baseline COPY ... TO STDOUT CSV: {copied:,} rows in {copy_s:.1f} s = {copy_rate:,.0f} rows/s; export/COPY = {export_rate / copy_rate:.2f}")
+        audit = {}
+        if not args.no_audit:
+            from oversight.audit import audit_ingest, audit_verify
+
+            t = time.perf_counter()
+            added = audit_ingest()
+            ingest_s = time.perf_counter() - t
+            t = time.perf_counter()
+            chain_only = audit_verify(check_sources=False)
+            chain_s = time.perf_counter() - t
+            t = time.perf_counter()
+            full = audit_verify()
+            full_s = time.perf_counter() - t
+            assert chain_only.ok and full.ok, (chain_only, full)
+            n = sum(added.values())
+            audit = {"audit_ingest_rows_per_s": round(n / ingest_s), "audit_verify_chain_rows_per_s": round(n / chain_s),
+                     "audit_verify_with_sources_rows_per_s": round(n / full_s)}
+            print(f"audit: ingested {n:,} records in {ingest_s:.1f} s ({n / ingest_s:,.0f}/s); verified the chain in {chain_s:.1f} s, "
+                  f"chain + sources in {full_s:.1f} s")
         result = {
             "trades": args.trades, "tape_page_ms": round(max(medians.values()), 1),
             **{f"{k}_ms": round(v, 1) for k, v in medians.items()},
             "export_rows_per_s": round(export_rate), "export_rss_growth_mb": round(rss_growth_mb, 1), "copy_rows_per_s": round(copy_rate), "export_vs_copy": round(export_rate / copy_rate, 2),
-            "goals_met": max(medians.values()) < 200 and export_rate > 50_000,
+            "goals_met": max(medians.values()) < 200 and export_rate > 50_000, **audit,
         }
     finally:
         connection.close()
