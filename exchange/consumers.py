@@ -37,7 +37,7 @@ from common.errors import ServiceError
 from exchange import selectors
 from exchange.models import BookState
 from exchange.publish import market_group, organisation_group, register_server_loop
-from exchange.ws_orders import COMMANDS, error_frame, orders_cancel_placed
+from exchange.ws_orders import COMMANDS, PlacePipeline, error_frame, orders_cancel_placed
 from marketplace.models import Instrument
 from marketplace.selectors import organisation_ids_for_user
 
@@ -541,6 +541,7 @@ class UserConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.seq = 0
         self.placed: set[int] = set()
+        self.places = PlacePipeline(self._send_text, self.placed)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         self.cancel_on_disconnect = query.get("cancel_on_disconnect", ["0"])[0].lower() in ("1", "true", "yes")
         self.organisations = sorted(await database_sync_to_async(organisation_ids_for_user)(user))
@@ -562,6 +563,8 @@ class UserConsumer(AsyncWebsocketConsumer):
             self.heartbeat_task.cancel()
         for org in self.organisations:
             await self.channel_layer.group_discard(organisation_group(org), self.channel_name)
+        self.places.closed = True
+        await self.places.drain()  # placements still in flight: their ids count for cancel-on-disconnect
         if self.cancel_on_disconnect and self.placed:
             try:
                 n = await _db(orders_cancel_placed)(self.user, set(self.placed))
@@ -595,6 +598,10 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=_dumps({"type": "error", "request_id": request_id, "status": 400, "code": "unknown_type",
                                               "message": f"`type` is one of {', '.join(COMMANDS)} or ping.", "fields": {}}))
             return
+        if kind == "place":
+            await self.places.place(self.user, message)  # answered when the matcher's batch commits
+            return
+        await self.places.drain()  # a cancel or amend never overtakes the placements sent before it
         try:
             result = await _db(command)(self.user, message)
         except Exception as exc:
@@ -602,9 +609,10 @@ class UserConsumer(AsyncWebsocketConsumer):
                 log.exception("websocket %s command failed", kind)
             await self.send(text_data=_dumps(error_frame(request_id, exc)))
             return
-        if kind == "place":
-            self.placed.add(result["order"]["id"])
         await self.send(text_data=_dumps({"type": "ack", "request_id": request_id, **result}))
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def _heartbeat(self) -> None:
         while True:

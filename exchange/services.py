@@ -150,7 +150,11 @@ def order_place(*, user: User, organisation: Organisation, request: OrderRequest
     from exchange import transport
 
     command = order_command(user=user, organisation=organisation, request=request, now=now)
-    replies = transport.send([command], timeout=timeout)
+    return placement_from_replies(transport.send([command], timeout=timeout))
+
+
+def placement_from_replies(replies: list[dict] | None) -> Placement:
+    """The matcher's answer to one place command, or the refusal it carries as an exception."""
     if replies is None:
         return Placement(state=None, created=False)
     reply = replies[0]

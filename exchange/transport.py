@@ -13,6 +13,7 @@ and every matcher re-reads what is pending when it starts and once a second whil
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -24,7 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from exchange.matcher import Matcher, shard_of
@@ -33,6 +34,7 @@ from marketplace.models import Instrument
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
+_STOP = object()
 
 
 class MatcherLoop:
@@ -89,6 +91,11 @@ class InlineClient:
                 loop = self._loops[0] = MatcherLoop(Matcher())
             return loop.run(commands)
 
+    async def submit(self, commands: list[dict], timeout: float):
+        from asgiref.sync import sync_to_async
+
+        return sync_to_async(self.request)(commands, timeout)  # runs (in order) when awaited
+
     def loop_for_tests(self) -> MatcherLoop:
         with self._lock:
             return self._loops.setdefault(0, MatcherLoop(Matcher()))
@@ -116,6 +123,16 @@ class ThreadClient:
         except FutureTimeout:
             return None
 
+    async def submit(self, commands: list[dict], timeout: float):
+        future: Future = Future()
+        self.queue.put((commands, future))
+        return _within(asyncio.wrap_future(future), timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """End the matcher thread after what is queued (tests; the server's thread lives as long as it)."""
+        self.queue.put(_STOP)  # type: ignore[arg-type]
+        self.thread.join(timeout)
+
     def _serve(self) -> None:
         close_old_connections()
         try:
@@ -128,12 +145,19 @@ class ThreadClient:
                 first = self.queue.get(timeout=settings.MATCHER_HOUSEKEEPING_SECONDS)
             except queue.Empty:
                 first = None
+            if first is _STOP:
+                connection.close()
+                return
             items = [] if first is None else [first]
             while items and len(items) < MAX_BATCH:
                 try:
-                    items.append(self.queue.get_nowait())
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is _STOP:
+                    self.queue.put(item)  # after this batch
+                    break
+                items.append(item)
             try:
                 if items:
                     _answer(self.loop, items)
@@ -163,11 +187,10 @@ class RedisClient:
         import redis
 
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
+        self._hubs: dict[asyncio.AbstractEventLoop, _ReplyHub] = {}
 
     def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
-        by_shard: dict[int, list[tuple[int, dict]]] = {}
-        for i, command in enumerate(commands):
-            by_shard.setdefault(_shard_for(command), []).append((i, command))
+        by_shard = _by_shard(commands)
         replies: list[dict | None] = [None] * len(commands)
         keys = []
         for shard, items in by_shard.items():
@@ -183,6 +206,78 @@ class RedisClient:
             for (i, _), reply in zip(items, json.loads(got[1]), strict=True):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
+
+    async def submit(self, commands: list[dict], timeout: float):
+        """From an event loop (websocket order entry): the answer comes back through the process's one reply
+        list, read by one task per loop, instead of a connection blocked per request."""
+        loop = asyncio.get_running_loop()
+        hub = self._hubs.get(loop)
+        if hub is None:
+            hub = self._hubs[loop] = _ReplyHub()
+        return await hub.submit(commands, timeout)
+
+
+class _ReplyHub:
+    def __init__(self) -> None:
+        import redis.asyncio
+
+        self.redis = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        self.listener = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        self.key = f"suanli:reply:{uuid.uuid4().hex}"
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, commands: list[dict], timeout: float):
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._listen())
+        loop = asyncio.get_running_loop()
+        waits = []
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, items in _by_shard(commands).items():
+            rid = uuid.uuid4().hex
+            future = self.waiting[rid] = loop.create_future()
+            waits.append((rid, future, items))
+            pipe.lpush(queue_key(shard), json.dumps({"reply": self.key, "id": rid, "commands": [c for _, c in items]}))
+        await pipe.execute()
+        return self._collect(waits, len(commands), timeout)
+
+    async def _collect(self, waits, n: int, timeout: float) -> list[dict] | None:
+        replies: list[dict | None] = [None] * n
+        try:
+            async with asyncio.timeout(timeout):
+                for _, future, items in waits:
+                    for (i, _), reply in zip(items, await future, strict=True):
+                        replies[i] = reply
+        except TimeoutError:
+            return None
+        finally:
+            for rid, _, _ in waits:
+                self.waiting.pop(rid, None)
+        return replies  # type: ignore[return-value]
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                got = await self.listener.blpop([self.key], timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("matcher replies: reading %s failed; retrying", self.key)
+                await asyncio.sleep(0.5)
+                continue
+            if got is None:
+                continue
+            message = json.loads(got[1])
+            future = self.waiting.get(message["id"])
+            if future is not None and not future.done():
+                future.set_result(message["replies"])
+
+
+def _by_shard(commands: list[dict]) -> dict[int, list[tuple[int, dict]]]:
+    by_shard: dict[int, list[tuple[int, dict]]] = {}
+    for i, command in enumerate(commands):
+        by_shard.setdefault(_shard_for(command), []).append((i, command))
+    return by_shard
 
 
 def _shard_for(command: dict) -> int:
@@ -233,7 +328,9 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict]) -> None:
     pipe = r.pipeline()
     for m in messages:
         n = len(m["commands"])
-        pipe.lpush(m["reply"], json.dumps(replies[i : i + n]))
+        answer = replies[i : i + n]
+        # A message with an id shares its process's reply list (websocket order entry): say which it answers.
+        pipe.lpush(m["reply"], json.dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
         pipe.expire(m["reply"], 60)
         i += n
     pipe.execute()
@@ -258,6 +355,20 @@ def client():
             kind = settings.MATCHER_TRANSPORT
             _client = {"inline": InlineClient, "thread": ThreadClient, "redis": RedisClient}[kind]()
         return _client
+
+
+async def submit_async(commands: list[dict], *, timeout: float | None = None):
+    """`send` from an event loop, in two steps: returns once the commands are queued (so a socket's
+    commands reach the matcher in the order it sent them) an awaitable of the replies (None when the matcher
+    did not answer in time)."""
+    return await client().submit(commands, settings.MATCHER_REPLY_TIMEOUT if timeout is None else timeout)
+
+
+async def _within(future, timeout: float) -> list[dict] | None:
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        return None
 
 
 def send(commands: list[dict], *, timeout: float | None = None) -> list[dict] | None:

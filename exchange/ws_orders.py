@@ -4,13 +4,21 @@ thread."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.utils.encoders import JSONEncoder
 
 from common.errors import ServiceError
 from exchange import selectors, services, transport
 from exchange.models import Order, OrderStatus
 from marketplace.selectors import acting_organisation, organisation_ids_for_user
+
+log = logging.getLogger(__name__)
 
 
 class _ThrottleRequest:
@@ -60,9 +68,10 @@ def _find_order(user, message: dict) -> Order:
     return order
 
 
-def order_place_command(user, message: dict) -> dict:
-    """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}."""
-    from exchange.api.serializers import OrderInSerializer, order_payload
+def place_prepare(user, message: dict) -> tuple[dict, object]:
+    """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}: validated
+    and turned into the matcher's command (and the instrument, to render the answer)."""
+    from exchange.api.serializers import OrderInSerializer
 
     _not_regulator(user)
     _throttle(user)
@@ -73,10 +82,76 @@ def order_place_command(user, message: dict) -> dict:
     serializer.is_valid(raise_exception=True)
     v = dict(serializer.validated_data)
     organisation = selectors.trading_organisation_get(user, v.pop("organisation", None))
-    placed = services.order_place(user=user, organisation=organisation, request=services.OrderRequest(**v))
+    return services.order_command(user=user, organisation=organisation, request=services.OrderRequest(**v)), v["instrument"]
+
+
+def place_answer(command: dict, instrument, replies: list[dict] | None) -> dict:
+    from exchange.api.serializers import order_payload
+
+    placed = services.placement_from_replies(replies)
     if placed.state is None:
-        return {"order": {"client_order_id": v["client_order_id"], "instrument": v["instrument"].pk, "status": "pending"}, "created": None, "confirmed": False}
-    return {"order": order_payload(placed.state, v["instrument"]), "created": placed.created, "confirmed": True}
+        return {"order": {"client_order_id": command["client_order_id"], "instrument": command["instrument"], "status": "pending"}, "created": None, "confirmed": False}
+    return {"order": order_payload(placed.state, instrument), "created": placed.created, "confirmed": True}
+
+
+def order_place_command(user, message: dict) -> dict:
+    command, instrument = place_prepare(user, message)
+    return place_answer(command, instrument, transport.send([command]))
+
+
+MAX_PLACES_IN_FLIGHT = 64
+
+
+class PlacePipeline:
+    """A socket's placements in flight. Each is validated and queued for the matcher in the order the socket
+    sent it; the socket does not wait for the matcher before reading its next frame, so placements from
+    one socket share the matcher's batches (acks come back as the batches commit, each with its
+    request_id). Any other command first waits for the placements before it, so a cancel can never
+    overtake the order it cancels. At most MAX_PLACES_IN_FLIGHT per socket: beyond that reading waits."""
+
+    def __init__(self, send, placed: set[int]) -> None:
+        self.send = send  # async (text) -> None
+        self.placed = placed  # order ids placed on this socket (cancel-on-disconnect)
+        self.tasks: set[asyncio.Task] = set()
+        self.closed = False
+
+    async def place(self, user, message: dict) -> None:
+        request_id = message.get("request_id")
+        try:
+            command, instrument = await database_sync_to_async(place_prepare)(user, message)
+            pending = await transport.submit_async([command])
+        except Exception as exc:
+            await self._send(error_frame(request_id, exc))
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(request_id, command, instrument, pending))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if len(self.tasks) >= MAX_PLACES_IN_FLIGHT:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _answer(self, request_id, command: dict, instrument, pending) -> None:
+        try:
+            result = place_answer(command, instrument, await pending)
+        except Exception as exc:
+            if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                log.exception("websocket place failed")
+            await self._send(error_frame(request_id, exc))
+            return
+        if result["order"].get("id") is not None:
+            self.placed.add(result["order"]["id"])
+        await self._send({"type": "ack", "request_id": request_id, **result})
+
+    async def drain(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def _send(self, frame: dict) -> None:
+        if self.closed:
+            return
+        try:
+            await self.send(json.dumps(frame, cls=JSONEncoder, separators=(",", ":")))
+        except Exception:  # the socket closed meanwhile: the order stands, the client asks by client_order_id
+            self.closed = True
 
 
 def order_cancel_command(user, message: dict) -> dict:

@@ -280,3 +280,44 @@ def test_the_configured_stack_admits_api_clients_without_an_origin(market_setup,
         assert connected
 
     async_to_sync(body)()
+
+
+@pytest.mark.parametrize("transport_kind", ["inline", "thread"])
+def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_them(api, market_setup, settings, transport_kind):
+    """A socket may send placements without waiting: each is answered by request_id once its batch commits;
+    a cancel sent right behind them finds the order it names (it waits for the placements before it)."""
+    from exchange import transport
+
+    settings.MATCHER_TRANSPORT = transport_kind
+    transport._client = None
+    m = market_setup
+    inst = m["instrument"]
+    key = token(m["buyer_user"])
+
+    async def body():
+        comm, _ = await user_socket(key)
+        for i in range(6):
+            await comm.send_json_to({"type": "place", "request_id": f"p{i}", "instrument": inst.pk, "side": "buy",
+                                     "price": f"14.{i:02d}", "quantity": 1, "client_order_id": f"pipe-{i}"})
+        await comm.send_json_to({"type": "cancel", "request_id": "c", "client_order_id": "pipe-5"})
+        acks, events = {}, []
+        while "c" not in acks:
+            frame = await comm.receive_json_from(TIMEOUT)
+            if frame.get("type") in ("ack", "error"):
+                acks[frame["request_id"]] = frame
+            else:
+                events.append(frame)
+        await comm.disconnect()
+        return acks
+
+    try:
+        acks = async_to_sync(body)()
+    finally:
+        if transport_kind == "thread":
+            transport.client().stop()
+    assert [acks[f"p{i}"]["order"]["status"] for i in range(6)] == ["open"] * 6
+    assert all(acks[f"p{i}"]["confirmed"] and acks[f"p{i}"]["created"] for i in range(6))
+    assert acks["c"]["type"] == "ack" and acks["c"]["order"]["client_order_id"] == "pipe-5"
+    assert sorted(Order.objects.filter(client_order_id__startswith="pipe-").values_list("client_order_id", "status")) == [
+        *((f"pipe-{i}", "open") for i in range(5)), ("pipe-5", "cancelled")]
+    transport._client = None
