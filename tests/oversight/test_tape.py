@@ -131,3 +131,19 @@ def test_contracts_and_journal_entries(api, tape):
     assert len(entries) == 1
     assert sum(p["amount_fen"] for p in entries[0]["postings"]) == 0
     assert {p["organisation"] for p in entries[0]["postings"]} == {tape["buyer1"].pk, None}
+
+
+def test_a_page_costs_the_same_queries_however_many_rows(api, tape, trader, django_assert_num_queries):
+    def page():
+        api.force_authenticate(tape["regulator"])
+        with django_assert_num_queries(1):  # one keyset query, instruments joined
+            assert len(api.get(TAPE, {"page_size": 2}).json()["results"]) == 2
+        with django_assert_num_queries(1):  # events joined to their orders and instruments
+            assert len(api.get(EVENTS, {"page_size": 2}).json()["results"]) == 2
+        with django_assert_num_queries(2):  # entries, then their postings with accounts
+            assert len(api.get("/api/v1/oversight/ledger/entries/", {"page_size": 3}).json()["results"]) == 3
+
+    page()
+    for i in range(5):
+        trader.trade(tape["seller1"], tape["buyer_user2"], "15.00", 1 + i)
+    page()
