@@ -36,22 +36,28 @@ def instrument_get_cached(pk: int) -> Instrument | None:
     return instrument
 
 
-TRADER_CACHE_SECONDS = 5.0
+TRADER_CACHE_SECONDS = 60.0
 _trading: dict[int, tuple[float, list[Organisation]]] = {}
 
 
 def trading_organisation_get(user: User, organisation_id: int | str | None) -> Organisation:
     """`acting_organisation` for order entry (roles admin or trader), the user's memberships read at most every
-    TRADER_CACHE_SECONDS per process. Safe to cache: the matcher checks the membership again in the
-    transaction that stores the order, so a revoked trader's order is refused (403) even within the window."""
+    TRADER_CACHE_SECONDS per process (and again before refusing, so a new membership counts at once). Safe
+    to cache: the matcher checks the membership again in the transaction that stores the order, so a
+    revoked trader's order is refused (403) at once."""
     if not user.is_authenticated:
         return acting_organisation(user, organisation_id, TRADING_ROLES)
     now = time.monotonic()
     hit = _trading.get(user.pk)
-    if hit is None or now - hit[0] >= TRADER_CACHE_SECONDS:
-        orgs = [m.organisation for m in user.memberships.filter(role__in=TRADING_ROLES).select_related("organisation").order_by("organisation_id")]
-        hit = _trading[user.pk] = (now, orgs)
+    fresh = hit is None or now - hit[0] >= TRADER_CACHE_SECONDS
+    if fresh:
+        hit = _trading[user.pk] = (now, _trading_organisations(user))
     orgs = hit[1]
+    wanted = None if organisation_id in (None, "") or not str(organisation_id).isdigit() else int(organisation_id)
+    if not fresh and (not orgs or (wanted is not None and all(o.pk != wanted for o in orgs))):
+        # A membership added since the cache was filled: look again before refusing.
+        orgs = _trading_organisations(user)
+        _trading[user.pk] = (now, orgs)
     if organisation_id in (None, ""):
         if len(orgs) == 1:
             return orgs[0]
@@ -64,6 +70,10 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
         if org.pk == int(organisation_id):
             return org
     raise NotAMember("No such organisation among yours.")
+
+
+def _trading_organisations(user: User) -> list[Organisation]:
+    return [m.organisation for m in user.memberships.filter(role__in=TRADING_ROLES).select_related("organisation").order_by("organisation_id")]
 
 
 def caches_clear() -> None:
