@@ -35,6 +35,7 @@ from exchange.models import Contract
 from ledger import services as ledger
 from marketplace.models import DeviceInventory, DeviceModel, Product
 from marketplace.units import UNIT_RATING_FIELD
+from metering import funding
 from metering.models import MICRO, ContractDelivery, DeliveryStatus, UsageEvent
 from metering.services.money import fee_for, movement_request, parties_for, released_for
 
@@ -450,6 +451,7 @@ def _insert(rows: list[tuple], now: dt.datetime) -> int:
 def _deliveries_update(touched: dict[int, ContractDelivery], contracts: dict[int, _ContractInfo], now: dt.datetime) -> None:
     """Write the new delivered quantities and release escrow for them: one entry per contract."""
     requests = []
+    moves: list[funding.EscrowMove] = []
     parties = parties_for({(contracts[cid].buyer_id, contracts[cid].seller_id) for cid in touched})
     for cid, d in touched.items():
         if d.status == DeliveryStatus.OPEN:
@@ -460,14 +462,17 @@ def _deliveries_update(touched: dict[int, ContractDelivery], contracts: dict[int
         c = contracts[cid]
         released = released_for(value_fen=d.value_fen, quantity_micro=d.quantity_micro, delivered_micro=d.delivered_micro)
         fee = fee_for(seller_fee_fen=d.seller_fee_fen, value_fen=d.value_fen, released_fen=released)
+        p = parties[(c.buyer_id, c.seller_id)]
         request = movement_request(
-            contract_id=cid, parties=parties[(c.buyer_id, c.seller_id)], released_from=d.released_fen, released_to=released,
+            contract_id=cid, parties=p, released_from=d.released_fen, released_to=released,
             fee_from=d.fee_fen, fee_to=fee, key=f"delivery:{cid}:release:{d.events}:{released}",
             memo=f"delivery of contract {cid}: {_units(d.delivered_micro)} of {_units(d.quantity_micro)} units",
         )
-        d.released_fen, d.fee_fen = released, fee
         if request is not None:
             requests.append(request)
+            moves.append(funding.EscrowMove(cid, d.value_fen, d.released_fen, released, 0, p.buyer_escrow, p.buyer_available, request.idempotency_key))
+        d.released_fen, d.fee_fen = released, fee
     bulk_update_rows(ContractDelivery, list(touched.values()), ["status", "delivered_micro", "events", "released_fen", "fee_fen", "updated_at"])
+    requests.extend(funding.requests_for(moves))
     if requests:
         ledger.entries_post(requests)

@@ -16,6 +16,7 @@ from ledger import services as ledger
 from ledger.models import EntryKind
 from marketplace.models import MemberRole, Organisation, User
 from marketplace.selectors import organisation_ids_for_user
+from metering import funding
 from metering.models import MICRO, ContractDelivery, DeliveryStatus, Dispute, DisputeStatus
 from metering.services.ingest import _units, deliveries_ensure, grace_period
 from metering.services.money import fee_for, movement_request, parties_for, released_for
@@ -73,6 +74,9 @@ def delivery_settle(*, contract_id: int, now: dt.datetime | None = None) -> Cont
             memo=f"undelivered part of contract {d.pk}: {_units(d.quantity_micro - d.delivered_micro)} units",
             reference=f"contract:{d.pk}",
         ))
+    requests.extend(funding.requests_for([funding.EscrowMove(
+        d.pk, d.value_fen, d.released_fen, released, refund, parties.buyer_escrow, parties.buyer_available, f"delivery:{d.pk}:settle", final=True,
+    )]))
     if requests:
         ledger.entries_post(requests)
     d.released_fen, d.fee_fen, d.refunded_fen = released, fee, refund
@@ -177,7 +181,12 @@ def dispute_resolve(*, dispute_id: int, user: User, delivered_units: Decimal, re
         key=f"dispute:{dispute.pk}:adjust", memo=f"dispute {dispute.pk} on contract {d.pk}: delivered set to {_units(delivered)} units",
         created_by_id=user.pk,
     )
-    entry = ledger.entries_post([request])[0] if request is not None else None
+    entry = None
+    if request is not None:
+        extra = funding.requests_for([funding.EscrowMove(
+            d.pk, d.value_fen, d.released_fen, released, 0, parties.buyer_escrow, parties.buyer_available, request.idempotency_key,
+        )])
+        entry = ledger.entries_post([request, *extra])[0]
     d.delivered_micro, d.released_fen, d.fee_fen = delivered, released, fee
     d.status = DeliveryStatus.DELIVERING
     d.save()
