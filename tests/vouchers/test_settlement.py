@@ -1,0 +1,51 @@
+"""A voucher inside settlement: commit at the contract, pay with delivery, release at refund."""
+
+import datetime as dt
+
+from ledger.verify import ledger_verify
+from metering import services as metering
+from metering.models import ContractDelivery
+from tests.vouchers.conftest import balance, event, org_balances, post_events, programme, voucher_for
+from vouchers import services
+from vouchers.models import Redemption
+
+
+def settle(deal):
+    end = deal["window_start"] + dt.timedelta(days=1)
+    return metering.delivery_settle(contract_id=deal["contract"].pk, now=end + metering.grace_period())
+
+
+def test_partial_delivery_pays_the_share_and_returns_the_rest(deal, authority, api):
+    contract, buyer, supplier = deal["contract"], deal["buyer"], deal["supplier"]
+    prog = programme(authority)
+    v = voucher_for(authority, buyer, prog, amount_fen=100_000)
+    before_b, before_s = org_balances(buyer), org_balances(supplier)
+
+    r = services.redemption_commit(contract_id=contract.pk)
+
+    assert (r.status, r.rate_bps, r.committed_fen) == ("committed", 2000, 3000)  # 20% of 15000 fen
+    assert balance(v.account) == 97_000 and balance(v.committed_account) == 3000
+    after = org_balances(buyer)
+    assert after["escrow"] == before_b["escrow"] - 3000 and after["available"] == before_b["available"] + 3000
+
+    # Half a contract delivered: 5 x 1 H100-hour = 4.945 of 10 units.
+    r1 = post_events(api, deal["seller_user"], [event(deal, i, offset_minutes=60 * i) for i in range(5)])
+    assert r1.status_code == 200 and r1.json()["accepted"] == 5
+    d = ContractDelivery.objects.get(pk=contract.pk)
+    assert d.released_fen == 15000 * 4_945_000 // 10_000_000 == 7417
+    r.refresh_from_db()
+    assert r.paid_fen == 3000 * 7417 // 15000 == 1483
+    assert balance(v.committed_account) == 3000 - 1483
+
+    settle(deal)
+    r.refresh_from_db(); d.refresh_from_db()
+    assert (r.status, r.paid_fen, r.released_fen) == ("settled", 1483, 1517)
+    assert balance(v.committed_account) == 0 and balance(v.account) == 97_000 + 1517
+    b = org_balances(buyer)
+    # The buyer (15000 fen in escrow at the trade) paid the delivered value less the subsidy.
+    assert 15000 - (b["available"] - before_b["available"]) == 7417 - 1483
+    assert b["escrow"] == before_b["escrow"] - 15000
+    # The supplier got the full released value (less its fee), whoever paid it.
+    assert org_balances(supplier)["available"] - before_s["available"] == d.released_fen - d.fee_fen
+    assert ledger_verify().ok
+
