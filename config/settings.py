@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "metering",
     "vouchers",
     "oversight",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -92,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context.portal",
             ],
         },
     },
@@ -141,6 +143,8 @@ PERIODIC_TASKS = {
     "metering.tasks.deliveries_settle_due": 60,
     "oversight.tasks.audit_ingest": 60,
     "oversight.tasks.surveillance_scan": 300,
+    "vouchers.tasks.redemptions_commit_new": 60,
+    "vouchers.tasks.vouchers_expire_due": 3600,
 }
 # Metering: usage is accepted (and buyers may dispute) until a contract's window end plus this grace; then
 # it settles. Usage ending more than the skew in the future is refused.
@@ -176,6 +180,10 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en"
+# The portal: sign-in page and where signing in and out lead.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 LANGUAGES = [("zh-hans", "简体中文"), ("en", "English")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "Asia/Shanghai"
@@ -237,6 +245,7 @@ SPECTACULAR_SETTINGS = {
         "AlertStatusEnum": "oversight.models.AlertStatus",
         "ContractStatusEnum": "exchange.models.ContractStatus",
         "OrderStatusEnum": "exchange.models.OrderStatus",
+        "SizeClassEnum": "marketplace.models.SizeClass",
     },
 }
 

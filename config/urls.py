@@ -4,12 +4,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.authtoken.views import obtain_auth_token
 
 from common.views import healthz
+from portal.urls import auth_urlpatterns
 
 api_v1 = [
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("ledger/", include("ledger.api.urls")),
     path("metering/", include("metering.api.urls")),
     path("oversight/", include("oversight.api.urls")),
+    path("vouchers/", include("vouchers.api.urls")),
     path("", include("exchange.api.urls")),
     path("", include("marketplace.api.urls")),
 ]
@@ -22,4 +24,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("i18n/", include("django.conf.urls.i18n")),
+    *auth_urlpatterns,
+    path("", include("portal.urls")),
 ]

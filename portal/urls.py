@@ -1,0 +1,26 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from portal import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("products/", views.products, name="products"),
+    path("inventory/", views.inventory, name="inventory"),
+    path("instruments/<int:pk>/", views.instrument, name="instrument"),
+    path("organisation/", views.organisation_switch, name="organisation-switch"),
+    path("orders/", views.orders, name="orders"),
+    path("wallet/", views.wallet, name="wallet"),
+    path("wallet/statement.csv", views.statement_csv, name="statement-csv"),
+    path("supplier/", views.supplier, name="supplier"),
+    path("regulator/", views.regulator, name="regulator"),
+    path("regulator/metrics/", views.metrics, name="metrics"),
+]
+
+# Sign-in and sign-out under the names Django's auth expects (settings.LOGIN_URL = "login").
+auth_urlpatterns = [
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+]
