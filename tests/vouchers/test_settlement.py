@@ -7,7 +7,6 @@ from metering import services as metering
 from metering.models import ContractDelivery
 from tests.vouchers.conftest import balance, event, org_balances, post_events, programme, voucher_for
 from vouchers import services
-from vouchers.models import Redemption
 
 
 def settle(deal):
@@ -38,7 +37,8 @@ def test_partial_delivery_pays_the_share_and_returns_the_rest(deal, authority, a
     assert balance(v.committed_account) == 3000 - 1483
 
     settle(deal)
-    r.refresh_from_db(); d.refresh_from_db()
+    r.refresh_from_db()
+    d.refresh_from_db()
     assert (r.status, r.paid_fen, r.released_fen) == ("settled", 1483, 1517)
     assert balance(v.committed_account) == 0 and balance(v.account) == 97_000 + 1517
     b = org_balances(buyer)
