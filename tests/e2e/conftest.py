@@ -1,0 +1,103 @@
+"""Browser tests: the portal served by uvicorn (config.asgi, embedded thread matcher, websockets) in a
+subprocess, driven by Playwright through Debian's chromium. Nothing is downloaded: without /usr/bin/chromium
+the tests are skipped locally and fail in CI (.ci/run installs it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+OUTPUT = Path(__file__).with_name("output")  # git-ignored: screenshots and the server log of the last run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env(tmp_path: Path) -> dict:
+    """As tests/exchange/live: SQLite's in-memory test database is copied to a file the server opens;
+    PostgreSQL's test database is used as it is (and Redis as the channel layer when REDIS_URL is set)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUANLI_SQLITE_PATH")}
+    env |= {"MATCHER_TRANSPORT": "thread", "SUANLI_EMBEDDED_SCHEDULER": "0", "CELERY_TASK_ALWAYS_EAGER": "1",
+            "PYTHONUNBUFFERED": "1", "CHANNEL_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}", "LOG_LEVEL": "WARNING",
+            "WS_HEARTBEAT_SECONDS": "2"}
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        path = tmp_path / "e2e.sqlite3"
+        connection.ensure_connection()
+        target = sqlite3.connect(path)
+        connection.connection.backup(target)
+        target.close()
+        env["SUANLI_SQLITE_PATH"] = str(path)
+    else:
+        db = connection.settings_dict
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        env["DATABASE_URL"] = f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return env
+
+
+class Server:
+    def __init__(self, tmp_path: Path) -> None:
+        OUTPUT.mkdir(exist_ok=True)
+        self.log_path = OUTPUT / "server.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--ws", "websockets-sansio", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env=_server_env(tmp_path), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, self.log()
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2).read()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start:\n" + self.log()
+                time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
