@@ -89,6 +89,7 @@ class Admission:
         self.book_for = book_for  # instrument id -> engine Book or None (loads it)
         self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
         self.capacity_holds: list[CapacityHold] = []  # those created here, for the matcher's batch
+        self.entries: list[ledger.EntryRequest] = []  # the new holds' journal entries: posted by the matcher
 
     def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
         """Returns the outcome per command index and the indexes whose order was created here."""
@@ -170,8 +171,12 @@ class Admission:
                 opened = ledger.accounts_open(organisation=Organisation.objects.get(pk=org))
                 accounts[(org, AccountKind.AVAILABLE)] = opened[AccountKind.AVAILABLE].pk
                 accounts[(org, AccountKind.HELD)] = opened[AccountKind.HELD].pk
+        # Read, not locked: the ledger call that posts the batch's entries (Matcher._settle_holds) locks every
+        # account of the batch at once, in id order, and refuses the whole batch if a concurrent debit (a
+        # payout, another shard) left one short; the loop then retries the batch's commands one by one, so
+        # only that order is refused. Locking here as well would take two lock phases: a deadlock risk.
         ids = sorted(accounts.values())
-        balance = dict(Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "balance_fen"))
+        balance = dict(Account.objects.filter(pk__in=ids).values_list("pk", "balance_fen"))
         amounts: dict[int, int] = {}
         self.accounts = accounts
         for i, c, inst in buys:
@@ -240,7 +245,8 @@ class Admission:
         if hold_rows:
             bulk_insert_rows(Hold, hold_rows)
             hold_ids = {h.reference: h.pk for h in hold_rows}
-            ledger.entries_post([
+            # Posted with the batch's captures and releases (Matcher._settle_holds): one ledger call.
+            self.entries = ([
                 ledger.EntryRequest(
                     idempotency_key=f"hold:{h.reference}:place", kind=EntryKind.HOLD, reference=h.reference,
                     postings=[(self.accounts[(h.organisation_id, AccountKind.AVAILABLE)], -h.amount_fen), (self.accounts[(h.organisation_id, AccountKind.HELD)], h.amount_fen)],

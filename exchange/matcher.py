@@ -66,6 +66,7 @@ class _Batch:
     unsold_released: set[int] = field(default_factory=set)  # finished sell orders: release what is unsold
     states: dict[int, BookState] = field(default_factory=dict)
     publications: list[Publication] = field(default_factory=list)
+    hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
     fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -79,6 +80,8 @@ class Matcher:
         # The resting orders of the loaded books, as last written: the matcher is the only writer of the
         # fields it keeps here, so a trade against them needs no read. Dropped with the books on failure.
         self.resting: dict[int, Order] = {}
+        self.escrow_accounts: dict[int, int] = {}  # organisation id -> its escrow account id
+        self.fees_account: int | None = None
 
     # --- books ---------------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Matcher:
                 if places:
                     admission = Admission(now=batch.now, book_for=self._book, instrument_for=self.instruments.__getitem__)
                     admitted, created = admission.admit(places)
+                    batch.hold_entries = admission.entries
                     batch.orders.update((o.pk, o) for o in admitted.values() if isinstance(o, Order))
                 order_ids = {c["order"] for c in commands if "order" in c} - set(batch.orders)
                 batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
@@ -427,17 +431,23 @@ class Matcher:
         """Captures (escrow, fees) and then releases of whatever each finished order's hold has left, in ONE
         ledger call: every account is locked in one statement, so a batch never deadlocks with a placement."""
         if not batch.captures and not batch.releases:
+            if batch.hold_entries:
+                ledger.entries_post(batch.hold_entries)
             return
-        orgs = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"}
-        escrow = dict(Account.objects.filter(organisation_id__in=orgs, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
-        fees = ledger.platform_account(kind=AccountKind.FEES).pk if batch.captures else None
+        escrow = self.escrow_accounts
+        missing = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"} - set(escrow)
+        if missing:  # account ids never change: read once per organisation
+            escrow.update(Account.objects.filter(organisation_id__in=missing, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
+        if batch.captures and self.fees_account is None:
+            self.fees_account = ledger.platform_account(kind=AccountKind.FEES).pk
+        fees = self.fees_account
         movements = [
             ledger.HoldMovement(hold_id=hold, amount_fen=amount, idempotency_key=key, kind=kind, memo=memo,
                                 destination_id=escrow[dest[1]] if dest[0] == "escrow" else fees)
             for hold, amount, dest, kind, key, memo in batch.captures
         ]
         movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
-        ledger.holds_move(movements)
+        ledger.holds_move(movements, entries=batch.hold_entries)
 
     def _reply(self, outcome: dict, batch: _Batch) -> dict:
         order = batch.orders.get(outcome.get("order")) if outcome.get("order") else None

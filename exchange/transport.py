@@ -28,8 +28,10 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from exchange.admission import Refusal
 from exchange.matcher import Matcher, shard_of
 from exchange.models import Order, OrderStatus
+from ledger.services import InsufficientFunds
 from marketplace.models import Instrument
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,19 @@ class MatcherLoop:
     def run(self, commands: list[dict]) -> list[dict]:
         try:
             return self.matcher.process(commands)
-        except Exception:
+        except Exception as exc:
             if len(commands) == 1:
-                return [self._fail(commands[0])]
+                return [self._fail(commands[0], exc)]
             return [self.run([c])[0] for c in commands]
 
-    def _fail(self, command: dict) -> dict:
-        log.exception("matcher: command %r failed on its own", command)
+    def _fail(self, command: dict, exc: Exception) -> dict:
         if command.get("op") == "place":
-            # Nothing was stored: the batch's transaction rolled back. The caller gets an error and may retry.
+            # Nothing was stored: the batch's transaction rolled back.
+            if isinstance(exc, InsufficientFunds):  # a concurrent debit won the race for the funds
+                return Refusal(400, "amount", str(exc)).as_reply()
+            log.exception("matcher: command %r failed on its own", command)
             return {"op": "place", "error": "internal_error"}
+        log.exception("matcher: command %r failed on its own", command)
         if command.get("op") == "submit":
             # A poison order must not block the queue: reject it and give back its hold.
             try:

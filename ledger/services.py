@@ -470,12 +470,17 @@ class HoldMovement:
     memo: str = ""
 
 
-def holds_move(movements: Sequence[HoldMovement]) -> None:
+def holds_move(movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequest] = ()) -> None:
     """Apply captures and releases to several holds in one transaction, all or nothing. A movement whose
     key is already in the journal is skipped (a replay). Locks the holds (by id), then every account in one
-    statement (by id): one lock phase, so it cannot deadlock with hold_place or another batch."""
+    statement (by id): one lock phase, so it cannot deadlock with hold_place or another batch.
+
+    `entries` are posted first, in the same call (the matcher's new holds of the batch: their funds reach
+    the held accounts before the captures take them out)."""
     movements = [m for m in movements if m.amount_fen != 0]
     if not movements:
+        if entries:
+            entries_post(entries)
         return
     with transaction.atomic():
         holds = {h.pk: h for h in Hold.objects.select_for_update().filter(pk__in=sorted({m.hold_id for m in movements})).order_by("pk")}
@@ -518,9 +523,9 @@ def holds_move(movements: Sequence[HoldMovement]) -> None:
                     memo=m.memo or f"{kind} {hold.reference}", reference=hold.reference,
                 )
             )
-        if not requests:
+        if not requests and not entries:
             return
-        entries_post(requests)
+        entries_post([*entries, *requests])
         changed = []
         for pk in set(captured) | set(released):
             hold = holds[pk]

@@ -220,3 +220,30 @@ def test_the_placement_answer_is_the_order_as_stored(api, market_setup, side):
     assert posted.json() == got.json()
     if side == "buy":
         assert posted.json()["status"] == "open" and posted.json()["filled_quantity"] == 2 and len(posted.json()["fills"]) == 1
+
+
+def test_one_batch_spends_funds_and_capacity_in_arrival_order(market_setup):
+    """The matcher admits a batch's orders in the order they arrived: the one that no longer fits is refused
+    (nothing stored for it), the ones before and after it that fit are placed."""
+    from exchange import services, transport
+
+    m = market_setup
+    inst = m["instrument"]
+
+    def command(user, org, side, qty, cid):
+        req = services.OrderRequest(instrument=inst, side=side, quantity=qty, client_order_id=cid, price=inst.reference_price - inst.tick_size * (1 if side == "buy" else -1))
+        return services.order_command(user=user, organisation=org, request=req)
+
+    replies = transport.send([
+        command(m["buyer_user"], m["buyer"], "buy", 400, "b-400"),  # 400 x 14.99 + fee: 6,000 of the 10,000 CNY
+        command(m["buyer_user"], m["buyer"], "buy", 300, "b-300"),  # would need 4,500 more: refused
+        command(m["buyer_user"], m["buyer"], "buy", 200, "b-200"),  # 3,000 more: fits
+        command(m["seller_user"], m["supplier"], "sell", 200, "s-200"),
+        command(m["seller_user"], m["supplier"], "sell", 100, "s-100"),  # 237 lots listed: refused
+        command(m["seller_user"], m["supplier"], "sell", 37, "s-37"),
+    ])
+    assert [r.get("state", {}).get("status") or r["error"]["field"] for r in replies] == ["open", "amount", "open", "open", "quantity", "open"]
+    assert "Insufficient funds" in replies[1]["error"]["message"] and "at most 37 lots" in replies[4]["error"]["message"]
+    assert sorted(Order.objects.values_list("client_order_id", flat=True)) == ["b-200", "b-400", "s-200", "s-37"]
+    assert CapacityHold.objects.filter(order__client_order_id__in=["s-200", "s-37"]).count() == 2
+    assert ledger_verify().ok
