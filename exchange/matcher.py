@@ -56,7 +56,8 @@ class _Batch:
     now: Any
     orders: dict[int, Order] = field(default_factory=dict)  # every order touched, by id
     dirty: set[int] = field(default_factory=set)
-    events: list[OrderEvent] = field(default_factory=list)
+    # (order, kind, quantity, price, reason, trade, actor id): plain tuples, made into rows at persist time
+    events: list[tuple] = field(default_factory=list)
     trades: list[Trade] = field(default_factory=list)
     contracts: list[Contract] = field(default_factory=list)
     # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
@@ -268,8 +269,9 @@ class Matcher:
         batch.states[instrument_id] = state
         return state
 
-    def _event(self, order: Order, kind: str, batch: _Batch, **fields) -> None:
-        batch.events.append(OrderEvent(order=order, kind=kind, **fields))
+    def _event(self, order: Order, kind: str, batch: _Batch, *, quantity: int = 0, price_fen_per_lot: int | None = None,
+               reason: str = "", trade: Trade | None = None, actor_id: int | None = None) -> None:
+        batch.events.append((order, kind, quantity, price_fen_per_lot, reason, trade, actor_id))
 
     def _record(self, instrument_id: int, events: list, batch: _Batch, actor_id: int | None = None) -> None:
         if not events:
@@ -407,7 +409,7 @@ class Matcher:
     def _persist(self, batch: _Batch) -> None:
         bulk_insert_rows(Trade, batch.trades)
         bulk_insert_rows(Contract, batch.contracts)
-        bulk_insert_rows(OrderEvent, batch.events)
+        events_insert(batch.events, timezone.now())
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
         stamp = timezone.now()  # after the batch's inserts: never before an order's created_at
         for order in dirty:
@@ -544,3 +546,25 @@ def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
         if pk in finished:
             update["released_lots"] = F("lots") - F("sold_lots") - sold.get(pk, 0)
         CapacityHold.objects.filter(order_id=pk).update(**update)
+
+
+def events_insert(events: list[tuple], now) -> None:
+    """The batch's order events (the audit trail), one statement on PostgreSQL: rows built from tuples, not
+    model instances (a Django model's __init__ was a fifth of a batch's CPU)."""
+    if not events:
+        return
+    if connection.vendor != "postgresql":
+        OrderEvent.objects.bulk_create([
+            OrderEvent(order=o, kind=k, quantity=q, price_fen_per_lot=p, reason=r, trade=t, actor_id=a, created_at=now)
+            for o, k, q, p, r, t, a in events
+        ])
+        return
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO exchange_orderevent (order_id, kind, quantity, price_fen_per_lot, reason, trade_id, actor_id, created_at) "
+            "SELECT o, k, q, p, r, t, a, %s FROM unnest(%s::bigint[], %s::varchar(10)[], %s::integer[], %s::bigint[], "
+            "%s::varchar(40)[], %s::bigint[], %s::bigint[]) AS v(o, k, q, p, r, t, a)",
+            [now, [e[0].pk for e in events], [str(e[1]) for e in events], [e[2] for e in events], [e[3] for e in events],
+             [e[4] for e in events], [e[5].pk if e[5] is not None else None for e in events], [e[6] for e in events]],
+        )
+
