@@ -87,15 +87,24 @@ class Server:
 
 
 @pytest.fixture
-def browser(monkeypatch):
+def portal(transactional_db, tmp_path):
+    """The portal tests' world, committed, and a server over it. Set up before `browser` (ask for it first):
+    no ORM call may happen while Playwright's event loop runs on this thread."""
+    from tests.portal.world import world_build
+
+    world = world_build()
+    server = Server(tmp_path)
+    yield world, server
+    server.stop()
+
+
+@pytest.fixture
+def browser():
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
