@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portal import views
+from portal import views, vouchers_views
 
 app_name = "portal"
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("supplier/", views.supplier, name="supplier"),
     path("regulator/", views.regulator, name="regulator"),
     path("regulator/metrics/", views.metrics, name="metrics"),
+    path("vouchers/", vouchers_views.desk, name="vouchers"),
+    path("vouchers/review/", vouchers_views.review, name="voucher-review"),
 ]
 
 # Sign-in and sign-out under the names Django's auth expects (settings.LOGIN_URL = "login").

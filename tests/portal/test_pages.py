@@ -12,9 +12,9 @@ from ledger.models import Payout, TopUp
 
 PUBLIC = ["/", "/products/", "/products/?chip_class=training&min_security=3&min_green=0&max_latency=50&region=qingpu",
           "/inventory/", "/inventory/?group_by=supplier", "/accounts/login/"]
-MEMBER = ["/orders/", "/wallet/", "/wallet/statement.csv"]
+MEMBER = ["/orders/", "/wallet/", "/wallet/statement.csv", "/vouchers/"]
 SUPPLIER = ["/supplier/"]
-REGULATOR = ["/regulator/", "/regulator/?instrument=AI&organisation=Moyuan", "/regulator/metrics/"]
+REGULATOR = ["/regulator/", "/regulator/?instrument=AI&organisation=Moyuan", "/regulator/metrics/", "/vouchers/review/"]
 
 # role -> expected status for member / supplier / regulator pages
 EXPECT = {
