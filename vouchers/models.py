@@ -183,6 +183,7 @@ class Redemption(models.Model):
     paid_fen = models.BigIntegerField(default=0, help_text="paid to the supplier as delivery was proven")
     released_fen = models.BigIntegerField(default=0, help_text="returned to the voucher at settlement")
     year = models.PositiveSmallIntegerField(help_text="calendar year the cap counts it in")
+    flags = models.JSONField(default=list, blank=True, help_text="checks for an auditor, set at settlement (e.g. energy_mismatch)")
     entry = models.ForeignKey(JournalEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)

@@ -145,6 +145,7 @@ def evidence_pack(redemption: Redemption) -> dict:
             "id": redemption.pk, "status": redemption.status, "reason": redemption.reason, "detail": redemption.detail,
             "rate_bps": redemption.rate_bps, "rate_kind": redemption.rate_kind, "value_fen": redemption.value_fen,
             "committed_fen": redemption.committed_fen, "paid_fen": redemption.paid_fen, "released_fen": redemption.released_fen,
+            "flags": redemption.flags,
         },
         "voucher": {"id": v.pk, "programme": v.programme.code, "organisation": v.organisation.name, "credit_code": v.organisation.credit_code},
         "trade": {"id": t.pk, "instrument": c.instrument.code, "seq": t.seq, "price_fen_per_lot": t.price_fen_per_lot,

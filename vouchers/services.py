@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from common.errors import ServiceError
@@ -24,7 +24,7 @@ from ledger.models import Account, AccountKind, EntryKind
 from marketplace.models import MemberRole, Organisation, PlatformRole, SizeClass, User
 from marketplace.selectors import organisation_ids_for_user
 from metering.funding import EscrowMove
-from metering.models import ContractDelivery, DeliveryStatus
+from metering.models import ContractDelivery, DeliveryStatus, UsageEvent
 from metering.services import deliveries_ensure
 from vouchers.models import (
     BPS,
@@ -425,9 +425,28 @@ def escrow_moves_fund(moves: Sequence[EscrowMove]) -> list[ledger.EntryRequest]:
                     memo=f"voucher {v.pk}: commitment on undelivered part of contract {r.contract_id} released (out of the buyer's refund)",
                 ))
             r.released_fen, r.status, r.settled_at = unused, RedemptionStatus.SETTLED, timezone.now()
-            fields += ["released_fen", "status", "settled_at"]
+            r.flags = usage_flags(contract_id=r.contract_id)
+            fields += ["released_fen", "status", "settled_at", "flags"]
         r.save(update_fields=fields)
     return out
+
+
+ENERGY_LOW, ENERGY_HIGH = Decimal("0.5"), Decimal("1.5")
+
+
+def usage_flags(*, contract_id: int) -> list[str]:
+    """Flags on a contract's metered usage for the auditor (the subsidy is not withheld for them): metered IT
+    energy below half or above 1.5 times what the devices draw at rated power for the compute claimed."""
+    agg = UsageEvent.objects.filter(contract_id=contract_id, energy_estimated=False).aggregate(
+        kwh=Sum("energy_kwh"), rated_ws=Sum(F("device_seconds") * F("device_model__power_w")),
+    )
+    if not agg["rated_ws"]:
+        return []
+    rated = Decimal(agg["rated_ws"]) / 3_600_000
+    metered = agg["kwh"] or Decimal(0)
+    if not ENERGY_LOW * rated <= metered <= ENERGY_HIGH * rated:
+        return [f"energy_mismatch: metered {metered:.3f} kWh against {rated:.3f} kWh at rated power"]
+    return []
 
 
 # --- Expiry ----------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 import datetime as dt
 
+import pytest
+
 from ledger.verify import ledger_verify
 from metering import services as metering
 from metering.models import ContractDelivery
@@ -114,3 +116,20 @@ def test_buyers_without_vouchers_settle_as_before(deal, api):
     d = settle(deal)
     assert d.released_fen + d.refunded_fen == 15000
     assert not Redemption.objects.exists()
+
+
+
+@pytest.mark.parametrize("kwh, flags", [
+    ("0.2", ["energy_mismatch: metered 0.200 kWh against 0.700 kWh at rated power"]),
+    ("0.7", []),
+    ("1.2", ["energy_mismatch: metered 1.200 kWh against 0.700 kWh at rated power"]),
+])
+def test_energy_that_does_not_match_the_compute_is_flagged(deal, authority, api, kwh, flags):
+    voucher_for(authority, deal["buyer"], programme(authority))
+    services.redemption_commit(contract_id=deal["contract"].pk)
+    # One H100 for an hour draws 0.7 kWh at rated power.
+    post_events(api, deal["seller_user"], [event(deal, 1, energy_kwh=kwh)])
+    settle(deal)
+    r = Redemption.objects.get(contract=deal["contract"])
+    assert r.flags == flags and r.status == "settled"  # flagged for the auditor, still paid
+    assert r.paid_fen == 3000 * r.contract.delivery.released_fen // 15000

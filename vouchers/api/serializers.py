@@ -106,4 +106,4 @@ class RedemptionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Redemption
         fields = ["id", "voucher", "programme_code", "contract", "supplier", "status", "reason", "detail", "value_fen", "rate_bps", "rate_kind",
-                  "committed_fen", "paid_fen", "released_fen", "year", "created_at", "settled_at"]
+                  "committed_fen", "paid_fen", "released_fen", "year", "flags", "created_at", "settled_at"]
