@@ -167,7 +167,10 @@ def test_another_organisations_voucher_and_evidence_are_404(api, authority, sme,
     assert api.get(f"{URL}/vouchers/{v.pk}/").json()["committed_fen"] == 3000
     pack = api.get(f"{URL}/redemptions/{r.pk}/evidence/").json()
     assert pack["redemption"]["committed_fen"] == 3000 and pack["contract"]["id"] == deal["contract"].pk
-    assert any(e["key"] == f"redemption:{deal['contract'].pk}:commit" for e in pack["ledger"])
+    keys = [e["key"] for e in pack["ledger"]]
+    c = deal["contract"]
+    assert keys[0] == f"trade:{c.instrument_id}:{c.trade.seq}:escrow" and f"redemption:{c.pk}:commit" in keys
+    assert f"voucher:{v.pk}:issue" in keys
     assert balance(v.account) == v.amount_fen - 3000
 
 
