@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portal import views, vouchers_views
+from portal import consoles, views, vouchers_views
 
 app_name = "portal"
 
@@ -17,6 +17,9 @@ urlpatterns = [
     path("supplier/", views.supplier, name="supplier"),
     path("regulator/", views.regulator, name="regulator"),
     path("regulator/metrics/", views.metrics, name="metrics"),
+    path("regulator/alerts/<int:pk>/review/", consoles.alert_review, name="alert-review"),
+    path("regulator/audit/", consoles.audit_verify, name="audit"),
+    path("supplier/metering/", consoles.metering_upload, name="metering-upload"),
     path("vouchers/", vouchers_views.desk, name="vouchers"),
     path("vouchers/review/", vouchers_views.review, name="voucher-review"),
 ]
