@@ -108,6 +108,14 @@ def test_supplier_and_buyer_trade_live_and_the_regulator_sees_it(portal, browser
         buyer.goto(f"{server.url}/wallet/")
         expect(buyer.get_by_test_id("balance-available")).to_contain_text("¥")
         shot(buyer, "wallet")
+        # My orders: an amend the server refuses shows its message on the row; a cancel empties the list.
+        supplier.goto(f"{server.url}/orders/")
+        row = supplier.locator("[data-testid=open-orders] tbody tr").first
+        row.get_by_label("New price").fill("99.00")
+        row.get_by_role("button", name="Amend").click()
+        expect(row.locator(".error")).to_contain_text("price", timeout=WAIT)
+        row.get_by_role("button", name="Cancel").click()
+        expect(supplier.get_by_test_id("open-orders")).to_contain_text("No open orders.", timeout=WAIT)
         supplier.goto(f"{server.url}/supplier/")
         expect(supplier.get_by_test_id("listings")).to_contain_text("AI-TRAIN")
         shot(supplier, "supplier")
@@ -137,7 +145,7 @@ def test_supplier_and_buyer_trade_live_and_the_regulator_sees_it(portal, browser
         # 390 px: every main page fits the screen (wide tables scroll inside their box).
         phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True).new_page()
         sign_in(phone, server.url, "my-trader", "/")
-        for p in ("/", "/products/", "/inventory/", path, "/orders/", "/wallet/"):
+        for p in ("/", "/products/", "/inventory/", path, "/orders/", "/wallet/", "/vouchers/"):
             phone.goto(f"{server.url}{p}")
             no_horizontal_scroll(phone)
             shot(phone, "phone-" + (re.sub(r"\W+", "-", p).strip("-") or "home"))
