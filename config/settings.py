@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "metering",
     "vouchers",
     "oversight",
+    "scheduling",
     "portal",
 ]
 

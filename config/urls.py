@@ -12,6 +12,7 @@ api_v1 = [
     path("metering/", include("metering.api.urls")),
     path("oversight/", include("oversight.api.urls")),
     path("vouchers/", include("vouchers.api.urls")),
+    path("demands/", include("scheduling.api.urls")),
     path("", include("exchange.api.urls")),
     path("", include("marketplace.api.urls")),
 ]
