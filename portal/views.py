@@ -172,6 +172,8 @@ def instrument(request: HttpRequest, pk: int) -> HttpResponse:
         "organisation": membership.organisation_id if membership else None,
         "signed_in": request.user.is_authenticated,
         "candles": candles,
+        # Status words for the live parts, in the page's language.
+        "labels": {str(value): str(label) for value, label in [*OrderStatus.choices, *InstrumentStatus.choices]},
         "tape": [{**t, "created_at": t["created_at"].isoformat()} for t in tape],
     }
     my_orders = []

@@ -7,6 +7,7 @@
   const T = JSON.parse(document.getElementById("market-text").textContent);
   const $ = (id) => document.getElementById(id);
   const lot = Number(cfg.lot_size);
+  const label = (status) => cfg.labels[status] || status;
   const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
   const fmt = (fenPerLot) => (fenPerLot / 100 / lot).toFixed(2);
   const book = { seq: 0, bids: new Map(), asks: new Map() };
@@ -105,7 +106,7 @@
     if (m.type === "snapshot") {
       window.suanliMarket.snapshots++;
       book.seq = m.seq; book.bids = new Map(m.bids_fen_per_lot); book.asks = new Map(m.asks_fen_per_lot);
-      if (m.status) $("inst-status").textContent = m.status;
+      if (m.status) $("inst-status").textContent = label(m.status);
       renderBook(); setState("live"); attempts = 0;
       if (m.trade_seq > lastTradeSeq) refetchTape();
     } else if (m.type === "book") {
@@ -120,7 +121,7 @@
     } else if (m.type === "ticker") {
       $("last-price").textContent = m.last;
     } else if (m.type === "status") {
-      $("inst-status").textContent = m.event.status;
+      $("inst-status").textContent = label(m.event.status);
     } else if (m.type === "heartbeat") {
       if (m.seq > book.seq) resync();
     }
@@ -142,7 +143,7 @@
       body.prepend(tr);
     }
     tr.querySelector('[data-field="filled"]').textContent = o.filled_quantity;
-    tr.querySelector('[data-field="status"]').textContent = o.status;
+    tr.querySelector('[data-field="status"]').textContent = label(o.status);
   }
   function addFill(o, f) {
     const list = $("my-fills"); if (!list) return;
@@ -209,7 +210,7 @@
       fetch("/api/v1/orders/", { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() }, body: JSON.stringify(body) })
         .then((r) => r.json().then((data) => ({ ok: r.ok, data: data })))
         .then(({ ok, data }) => {
-          if (ok) { $("t-result").textContent = T.placed + " #" + data.id + " (" + data.status + ")"; upsertOrder(data); return; }
+          if (ok) { $("t-result").textContent = T.placed + " #" + data.id + " (" + label(data.status) + ")"; upsertOrder(data); return; }
           if (data.detail) showError("form", data.detail);
           Object.entries(data).forEach(([f, msgs]) => { if (f !== "detail") showError(["price", "quantity", "side", "listing"].includes(f) ? f : "form", [].concat(msgs).join(" ")); });
           if (!form.querySelector(".error:not(:empty)")) showError("form", T.failed);

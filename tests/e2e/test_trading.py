@@ -138,9 +138,12 @@ def test_supplier_and_buyer_trade_live_and_the_regulator_sees_it(portal, browser
         buyer.get_by_test_id("lang-zh-hans").click()
         expect(buyer.locator("h2#book-h")).to_have_text("订单簿")
         expect(buyer.locator("#feed-state")).to_have_text("实时", timeout=WAIT)
+        expect(buyer.locator("#my-orders [data-field=status]").first).to_have_text("已成交")
+        expect(buyer.get_by_test_id("lang-en")).to_have_text("English")
         shot(buyer, "instrument-zh")
         buyer.get_by_test_id("lang-en").click()
         expect(buyer.locator("h2#book-h")).to_have_text("Order book")
+        expect(buyer.get_by_test_id("lang-zh-hans")).to_have_text("简体中文")
 
         # 390 px: every main page fits the screen (wide tables scroll inside their box).
         phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True).new_page()
