@@ -99,6 +99,42 @@ def portal(transactional_db, tmp_path):
 
 
 @pytest.fixture
+def portal_traded(transactional_db, tmp_path):
+    """As `portal`, with one trade (3 lots at 15.00) and its contract, a surveillance alert and an open
+    voucher programme with one application, so every page has rows to render."""
+    import datetime as dt
+
+    from django.utils import timezone
+    from rest_framework.test import APIClient
+
+    from oversight.models import Alert
+    from tests.factories import UserFactory
+    from tests.portal.world import world_build
+    from vouchers import services as vouchers
+
+    world = world_build()
+    api = APIClient()
+    for user, side, extra in ((world["seller_user"], "sell", {"listing": world["listing"].pk}), (world["buyer_user"], "buy", {})):
+        api.force_authenticate(user)
+        response = api.post("/api/v1/orders/", {"instrument": world["instrument"].pk, "side": side, "price": "15.00", "quantity": 3,
+                                                "client_order_id": f"crawl-{side}", **extra}, format="json")
+        assert response.status_code in (200, 201), response.json()
+    Alert.objects.create(kind="wash_trade", severity="high", fingerprint="crawl:1", organisation=world["buyer"],
+                         instrument=world["instrument"], summary="crawl alert")
+    authority = UserFactory(username="authority", platform_role="authority")
+    now = timezone.now()
+    programme = vouchers.programme_create(user=authority, code="crawl", name="Crawl programme", valid_from=now - dt.timedelta(days=1),
+                                          valid_until=now + dt.timedelta(days=100), rate_bps=3000, org_cap_per_year_fen=10_000_000)
+    vouchers.programme_fund(user=authority, programme=programme, amount_fen=50_000_000, idempotency_key="crawl")
+    vouchers.application_submit(user=world["multi"], programme=programme, organisation=world["buyer"], credit_code=world["buyer"].credit_code,
+                                 declared_size_class=world["buyer"].size_class, requested_fen=100_000, idempotency_key="crawl")
+    world["authority"] = authority
+    server = Server(tmp_path)
+    yield world, server
+    server.stop()
+
+
+@pytest.fixture
 def browser():
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
