@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4008
+HUB_STOP = "market.hub.stop"  # sent by the hub to itself when its last subscription ends
 GROUP_REFRESH_SECONDS = 3600  # channel-layer group memberships expire (channels: a day); renew well before
 
 
@@ -146,6 +147,10 @@ class MarketHub:
                 del self.topics[topic.instrument_id]
                 if topic.joined_at is not None:
                     await self.layer.group_discard(market_group(topic.instrument_id), self.channel)
+                if not self.topics and self.channel is not None:
+                    # Nothing left to relay: the reader stops on this message rather than being cancelled in
+                    # the middle of a Redis read (redis-py can lose that cancellation and keep reading).
+                    await self.layer.send(self.channel, {"type": HUB_STOP})
 
     async def snapshot(self, topic: _Topic) -> dict | None:
         """The next snapshot read that starts after this call (so after the caller registered)."""
@@ -185,6 +190,14 @@ class MarketHub:
                 log.exception("market hub: receive failed; retrying")
                 await asyncio.sleep(1)
                 continue
+            if message.get("type") == HUB_STOP:
+                if self.topics:
+                    continue  # subscribed again meanwhile
+                for task in self.tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                self.tasks, self.channel = [], None
+                return
             try:
                 self.dispatch(message)
             except Exception:
