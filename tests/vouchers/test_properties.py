@@ -1,9 +1,10 @@
 """Property: for any rate, caps, voucher size, deliveries (in any batches, with the commit before or in the
-middle of them) and refund at settlement, the subsidy paid is rate x delivered value within the caps, the
+middle of them), an operator's dispute adjustment up or down, and the refund at settlement, the subsidy paid is rate x delivered value within the caps, the
 rest of the commitment returns to the voucher, the supplier gets the full released value, and the ledger
 balances."""
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
 from django.db import transaction
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from ledger.verify import ledger_verify
 from metering import services as metering
 from metering.models import ContractDelivery
+from tests.factories import UserFactory
 from tests.vouchers.conftest import balance, event, org_balances, programme, voucher_for
 from vouchers import services
 from vouchers.models import Redemption
@@ -24,12 +26,13 @@ VALUE = 15_000  # the deal's contract
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     rate=st.integers(1, 10_000), contract_cap=st.none() | st.integers(1, 20_000), org_cap=st.integers(1, 20_000),
-    amount=st.integers(1, 20_000), cut=st.integers(0, 30),
+    amount=st.integers(1, 20_000), cut=st.integers(0, 30), disputed=st.none() | st.integers(0, 10_000_000),
     events=st.lists(st.tuples(st.integers(1, 10), st.integers(1, 180), st.integers(0, 1200)), max_size=25),
 )
-def test_subsidy_is_rate_times_delivered_value_within_caps(deal, authority, rate, contract_cap, org_cap, amount, cut, events):
+def test_subsidy_is_rate_times_delivered_value_within_caps(deal, authority, rate, contract_cap, org_cap, amount, cut, events, disputed):
     contract, buyer, supplier = deal["contract"], deal["buyer"], deal["supplier"]
     with transaction.atomic():
+        operator = UserFactory(username="op", platform_role="operator")
         prog = programme(authority, rate_bps=rate, contract_cap_fen=contract_cap, org_cap_per_year_fen=org_cap)
         v = voucher_for(authority, buyer, prog, amount_fen=amount)
         b0, s0 = org_balances(buyer), org_balances(supplier)
@@ -43,6 +46,12 @@ def test_subsidy_is_rate_times_delivered_value_within_caps(deal, authority, rate
         d = ContractDelivery.objects.get(pk=contract.pk)
         r.refresh_from_db()
         assert r.paid_fen == share * d.released_fen // VALUE
+        if disputed is not None:  # an operator sets the delivered quantity, up or down
+            dispute = metering.dispute_open(contract_id=contract.pk, user=deal["buyer_user"], reason="metering disputed")
+            metering.dispute_resolve(dispute_id=dispute.pk, user=operator, delivered_units=Decimal(disputed) / 1_000_000, resolution="set")
+            r.refresh_from_db()
+            d.refresh_from_db()
+            assert d.delivered_micro == disputed and r.paid_fen == share * d.released_fen // VALUE
         metering.deliveries_settle_due(now=deal["window_start"] + dt.timedelta(days=1) + metering.grace_period())
         d.refresh_from_db()
         r = Redemption.objects.get(pk=r.pk)
