@@ -169,6 +169,9 @@ def application_submit(*, user: User, programme: Programme, organisation: Organi
                 requested_fen=requested_fen, eligibility=results, eligible=all(r["passed"] for r in results),
             )
     except IntegrityError:
+        replay = Application.objects.filter(organisation=organisation, idempotency_key=idempotency_key).first()
+        if replay is not None and replay.programme_id == programme.pk and replay.requested_fen == requested_fen:
+            return replay, False  # a concurrent retry of the same request stored it first
         raise VoucherError("The organisation already has a live application or voucher in this programme.", field="programme", status_code=409) from None
     return app, True
 

@@ -213,3 +213,15 @@ def test_approval_past_the_budget_is_refused_and_writes_nothing(api, authority):
     assert not Voucher.objects.exists() and balance(prog.budget_account) == 10_000
     app.refresh_from_db()
     assert app.status == "pending"
+
+
+def test_a_second_application_to_the_same_programme_is_409(api, authority, sme):
+    org, admin = sme
+    prog = programme(authority)
+    api.force_authenticate(admin)
+    assert api.post(f"{URL}/applications/", _apply_body(prog, org), format="json").status_code == 201
+    r = api.post(f"{URL}/applications/", _apply_body(prog, org, idempotency_key="apply-2"), format="json")
+    assert r.status_code == 409 and "programme" in r.json()
+    r = api.post(f"{URL}/applications/", _apply_body(prog, org, requested_amount="1.00"), format="json")
+    assert r.status_code == 409 and "idempotency_key" in r.json()
+    assert Application.objects.count() == 1
