@@ -28,6 +28,7 @@ class DemandInSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "max_price", "max_total", "objective", "yuan_per_kg_co2", "residual",
         ]
         extra_kwargs = {"client_demand_id": {"validators": []}}
+        validators = []  # idempotency on (organisation, client_demand_id) is the service's: a retry answers 200
 
     def validate(self, attrs):
         if attrs["deadline"] <= attrs["earliest_start"]:
