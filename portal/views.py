@@ -22,6 +22,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from common.errors import ServiceError
@@ -36,6 +37,13 @@ from marketplace.regions import Region
 from portal.context import SESSION_KEY, acting_membership, memberships_for
 
 TRADING_ROLES = (MemberRole.ADMIN, MemberRole.TRADER)
+# Labels for the grouping keys of the inventory report and the voucher utilisation report.
+GROUP_LABELS = {
+    "region": gettext_lazy("region"), "supplier": gettext_lazy("supplier"), "chip_class": gettext_lazy("chip class"),
+    "domestic": gettext_lazy("domestic or imported chips"), "device_model": gettext_lazy("device model"),
+    "data_centre": gettext_lazy("data centre"), "district": gettext_lazy("buyer's district"), "industry": gettext_lazy("industry"),
+    "chip": gettext_lazy("chip class"),
+}
 
 
 def member_required(view):
@@ -128,7 +136,7 @@ def inventory(request: HttpRequest) -> HttpResponse:
         group_by = "region"
     report = market_selectors.inventory_report(group_by=group_by)
     centres = market_selectors.data_centre_list().filter(is_active=True).order_by("name")
-    return render(request, "portal/inventory.html", {"report": report, "centres": centres, "groups": market_selectors.INVENTORY_GROUPS, "group_by": group_by})
+    return render(request, "portal/inventory.html", {"report": report, "centres": centres, "groups": [(g, GROUP_LABELS[g]) for g in market_selectors.INVENTORY_GROUPS], "group_by": group_by})
 
 
 @require_POST

@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 
 from common.errors import ServiceError
 from marketplace.models import PlatformRole, SizeClass
-from portal.views import _fen_from_cny, member_required
+from portal.views import GROUP_LABELS, _fen_from_cny, member_required
 from vouchers import selectors, services
 from vouchers.models import Application, ApplicationStatus, Programme, Redemption, Voucher
 
@@ -96,6 +96,7 @@ def review(request: HttpRequest) -> HttpResponse:
         report["paid_pct"] = round(report["paid_fen"] * 100 / budget) if budget else 0
         reports.append({"programme": programme, "report": report})
     return render(request, "portal/voucher_review.html", {
-        "pending": pending, "reports": reports, "by": by, "groups": selectors.REPORT_GROUPS,
+        "pending": pending, "reports": reports, "by": by, "by_label": GROUP_LABELS.get(by, by),
+        "groups": [(g, GROUP_LABELS.get(g, g)) for g in selectors.REPORT_GROUPS],
         "can_decide": request.user.platform_role == PlatformRole.AUTHORITY or request.user.is_superuser,
     }, status=400 if request.method == "POST" else 200)
