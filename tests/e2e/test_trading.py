@@ -97,6 +97,10 @@ def test_supplier_and_buyer_trade_live_and_the_regulator_sees_it(portal, browser
         buyer.wait_for_function("n => window.suanliMarket.snapshots > n", arg=snapshots, timeout=WAIT)
         expect(buyer.locator("#feed-state")).to_have_attribute("data-state", "live")
         assert buyer.evaluate("window.suanliMarket.snapshots") == snapshots + 1
+        # A gap (the copy falls one update behind) is noticed and repaired from a fresh snapshot.
+        buyer.evaluate("window.suanliMarket.book.seq -= 1")
+        buyer.wait_for_function("n => window.suanliMarket.snapshots > n", arg=snapshots + 1, timeout=WAIT)
+        assert buyer.evaluate("window.suanliMarket.resyncs") >= 1
         supplier.get_by_label("Quantity (lots)").fill("2")
         supplier.get_by_role("button", name="Place order").click()
         expect(buyer.locator("#book-rows td.ask").first).to_have_text("15.50", timeout=WAIT)
