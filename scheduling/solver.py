@@ -401,34 +401,62 @@ def _prune(spec: Spec, cands: list[tuple[Offer, list[Segment], int]]) -> list[tu
     return _prune_group(spec, cands, bound)
 
 
+def _envelope(spec: Spec, o: Offer, segs: list[Segment], avail: int) -> list[tuple[float, int]]:
+    """The lower convex envelope of one queue's cumulative score, as (score per unit, units) pieces: taking
+    lots fractionally along it never costs more than any prefix fill, so it is a valid relaxation that,
+    unlike single levels, does not pretend a clean level can be bought without the dirty ones before it."""
+    points = [(0, 0.0)]
+    lots = 0
+    for seg in segs:
+        n = min(seg.lots, avail - lots)
+        if n <= 0:
+            break
+        lots += n
+        points.append((lots, points[-1][1] + n * score(spec, seg.price_fen_per_lot, seg.carbon_g_per_lot)))
+    hull: list[tuple[int, float]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):  # hull[-1] is on or above the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return [((b[1] - a[1]) / ((b[0] - a[0]) * o.lot_micro), (b[0] - a[0]) * o.lot_micro) for a, b in zip(hull, hull[1:], strict=False)]
+
+
 def _prune_group(spec: Spec, cands: list[tuple[Offer, list[Segment], int]], bound: float) -> list[tuple[Offer, list[Segment], int]]:
-    pieces = sorted(
-        (score(spec, s.price_fen_per_lot, s.carbon_g_per_lot) / o.lot_micro, min(s.lots, avail) * o.lot_micro)
-        for o, segs, avail in cands for s in segs
-    )
+    pieces = sorted(piece for o, segs, avail in cands for piece in _envelope(spec, o, segs, avail))
     per_unit = np.array([p[0] for p in pieces])
     units = np.cumsum([p[1] for p in pieces], dtype=float)
     scores = np.concatenate(([0.0], np.cumsum(per_unit * np.array([p[1] for p in pieces], dtype=float))))
     units0 = np.concatenate(([0.0], units))
 
-    def fractional(need: float) -> float:
+    def fractional(need: float, m: float) -> float:
+        """Cheapest fractional fill of `need` units from every queue's envelope, plus unlimited units at m
+        per unit (standing in for the rest of the queue being bought, level by level in any order)."""
         if need <= 0:
             return 0.0
-        i = int(np.searchsorted(units0, need, side="left"))
-        if i >= len(units0):
-            return math.inf
-        return scores[i - 1] + (need - units0[i - 1]) * per_unit[i - 1]
+        k = int(np.searchsorted(per_unit, m, side="left"))  # envelope pieces cheaper than m
+        if need <= units0[k]:
+            i = int(np.searchsorted(units0, need, side="left"))
+            return scores[i - 1] + (need - units0[i - 1]) * per_unit[i - 1]
+        return scores[k] + (need - units0[k]) * m
 
     tolerance = 1e-7 * max(1.0, abs(bound)) + 1e-6
     out = []
     for o, segs, avail in cands:
+        per_lot = [score(spec, s.price_fen_per_lot, s.carbon_g_per_lot) for s in segs]
+        suffix_min = list(per_lot)
+        for k in range(len(per_lot) - 2, -1, -1):
+            suffix_min[k] = min(per_lot[k], suffix_min[k + 1])
         keep, prefix_score, prefix_units = [], 0.0, 0
-        for s in segs:
-            first = score(spec, s.price_fen_per_lot, s.carbon_g_per_lot)
-            if prefix_score + first + fractional(spec.units_micro - prefix_units - o.lot_micro) > bound + tolerance:
+        for k, s in enumerate(segs):
+            rest = fractional(spec.units_micro - prefix_units - o.lot_micro, suffix_min[k] / o.lot_micro)
+            if prefix_score + per_lot[k] + rest > bound + tolerance:
                 break
             keep.append(s)
-            prefix_score += first * s.lots
+            prefix_score += per_lot[k] * s.lots
             prefix_units += s.lots * o.lot_micro
         if keep and min(sum(s.lots for s in keep), avail) >= o.min_lots:
             out.append((o, keep, min(sum(s.lots for s in keep), avail)))
