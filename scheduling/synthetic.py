@@ -43,9 +43,10 @@ def large_instance(rng: random.Random, *, instruments: int = 200, levels: int = 
     three of twelve data centres (Shanghai districts near, western hubs far and greener), 1-20 lots a level."""
     dcs = [
         # carbon g per lot, energy kWh per lot, latency ms, renewable %, PUE, security level
-        (rng.uniform(150, 450), rng.uniform(0.75, 0.95), rng.choice([1.5, 2.0, 3.5, 6.0, 28.0, 35.0]),
-         rng.choice([10, 25, 40, 80]), rng.choice([1.15, 1.25, 1.35]), rng.choice([3, 3, 4]))
-        for _ in range(12)
+        # even ones in Shanghai (eligible for the bench demand), odd ones in a western hub or too power-hungry
+        (rng.uniform(150, 450), rng.uniform(0.75, 0.95), rng.choice([1.5, 2.0, 3.5, 6.0]) if d % 2 == 0 else rng.choice([6.0, 28.0, 35.0]),
+         rng.choice([10, 25, 40, 80]), rng.choice([1.15, 1.25]) if d % 2 == 0 else rng.choice([1.15, 1.35]), rng.choice([3, 3, 4]))
+        for d in range(12)
     ]
     offers = []
     for i in range(instruments):
