@@ -8,10 +8,9 @@ whole insert), then, in one transaction:
    contract id order), so two clients sending the same batch are serialised per contract;
 2. event ids already stored for the supplier are looked up in one statement (duplicates);
 3. each new event is credited in batch order up to the contract's remaining quantity;
-4. the events are inserted in one statement (`INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING
-   RETURNING` on PostgreSQL, bulk_create elsewhere); if a concurrent batch stored one of the ids under a
-   contract we did not lock, fewer rows come back and the whole transaction is retried (the lookup then
-   answers them as duplicates);
+4. the events are inserted in one statement (`COPY` on PostgreSQL, bulk_create elsewhere); if a concurrent
+   batch stored one of the ids under a contract we did not lock, the unique key refuses the insert and the
+   whole transaction is retried (the lookup then answers them as duplicates);
 5. each contract's delivered quantity and escrow release are updated, with one ledger entry per contract.
 
 One bad event never rejects its neighbours: it is answered `rejected` with a reason code and a message.
@@ -399,16 +398,6 @@ _COLUMNS = (
     "supplier_id, event_id, contract_id, data_centre_id, device_model_id, started_at, ended_at, device_count, "
     "device_seconds, units_micro, credited_micro, energy_kwh, energy_estimated, utilisation_pct"
 )
-_STAGE_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS metering_usage_stage (supplier_id bigint, event_id text, contract_id bigint, "
-    "data_centre_id bigint, device_model_id bigint, started_at timestamptz, ended_at timestamptz, device_count int, "
-    "device_seconds bigint, units_micro bigint, credited_micro bigint, energy_kwh numeric, energy_estimated bool, "
-    "utilisation_pct numeric) ON COMMIT DELETE ROWS"
-)
-_INSERT_SQL = (
-    f"INSERT INTO metering_usageevent ({_COLUMNS}, received_at) SELECT {_COLUMNS}, %s FROM metering_usage_stage "
-    "ON CONFLICT (supplier_id, event_id) DO NOTHING"
-)
 _NULL = "\\N"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -417,24 +406,24 @@ def _insert(rows: list[tuple], now: dt.datetime) -> int:
     """Insert (supplier, event id, contract, dc, model, start, end, count, device_us, units, credited, energy,
     estimated, util) rows; returns how many were new."""
     if connection.vendor == "postgresql":
-        # COPY into a per-session staging table, then one INSERT ... SELECT ... ON CONFLICT: COPY's text
-        # format costs a string join per row, where binding arrays cost psycopg a Python call per element
-        # (most of the request's CPU, bench/RESULTS.md).
+        # COPY straight into the table: its text format costs a string join per row, where binding arrays
+        # cost psycopg a Python call per element (bench/RESULTS.md). The ids were checked under the
+        # contracts' locks; a concurrent batch storing one of them under another contract makes COPY fail
+        # on the unique key, and the caller retries the transaction (the lookup then finds it).
+        received = now.isoformat()
         lines = []
         for s, e, c, d, m, st, en, n, us, u, cr, kwh, est, ut in rows:
             lines.append(
                 f"{s}\t{e.translate(_COPY_ESCAPES)}\t{c}\t{d}\t{m}\t{st.isoformat()}\t{en.isoformat()}\t{n}\t"
-                f"{us // 1_000_000}\t{u}\t{cr}\t{kwh}\t{'t' if est else 'f'}\t{_NULL if ut is None else ut}\n"
+                f"{us // 1_000_000}\t{u}\t{cr}\t{kwh}\t{'t' if est else 'f'}\t{_NULL if ut is None else ut}\t{received}\n"
             )
         connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cur:
-            cur.execute(_STAGE_SQL)
-            with cur.copy(f"COPY metering_usage_stage ({_COLUMNS}) FROM STDIN") as copy:
+        try:
+            with psycopg.Cursor(connection.connection) as cur, cur.copy(f"COPY metering_usageevent ({_COLUMNS}, received_at) FROM STDIN") as copy:
                 copy.write("".join(lines))
-            cur.execute(_INSERT_SQL, [now])
-            inserted = cur.rowcount
-            cur.execute("TRUNCATE metering_usage_stage")
-            return inserted
+        except psycopg.errors.UniqueViolation:
+            raise _Race() from None
+        return len(rows)
     UsageEvent.objects.bulk_create(
         [
             UsageEvent(
