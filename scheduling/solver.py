@@ -353,9 +353,9 @@ def solve(spec: Spec, offers: list[Offer], *, time_limit: float = 10.0) -> Resul
 
 
 def _greedy_bound(spec: Spec, cands: list[tuple[Offer, list[Segment], int]]) -> float | None:
-    """The score of a feasible plan found greedily (lots by score per unit, each queue in order), or None."""
-    import heapq
-
+    """The score of a feasible plan found greedily, or None: lots taken by score per unit along each queue,
+    level by level and (better where a dirty level hides a clean one) along each queue's convex envelope;
+    the better of the two per window group."""
     if any(o.min_lots > 1 for o, _, _ in cands):
         return None
     groups: dict = {}
@@ -363,26 +363,49 @@ def _greedy_bound(spec: Spec, cands: list[tuple[Offer, list[Segment], int]]) -> 
         groups.setdefault(c[0].window if spec.single_window else None, []).append(c)
     best = None
     for group in groups.values():
-        heap = []
-        for j, (o, segs, _avail) in enumerate(group):
-            heap.append((score(spec, segs[0].price_fen_per_lot, segs[0].carbon_g_per_lot) / o.lot_micro, j, 0))
-        heapq.heapify(heap)
-        left, total, cost, taken = spec.units_micro, 0.0, 0, [0] * len(group)
-        while left > 0 and heap:
-            _, j, k = heapq.heappop(heap)
-            o, segs, avail = group[j]
-            seg = segs[k]
-            n = min(seg.lots, avail - taken[j], -(-left // o.lot_micro))
-            taken[j] += n
-            left -= n * o.lot_micro
-            total += n * score(spec, seg.price_fen_per_lot, seg.carbon_g_per_lot)
-            cost += n * seg.price_fen_per_lot
-            if n == seg.lots and k + 1 < len(segs) and taken[j] < avail:
-                nxt = segs[k + 1]
-                heapq.heappush(heap, (score(spec, nxt.price_fen_per_lot, nxt.carbon_g_per_lot) / o.lot_micro, j, k + 1))
-        if left <= 0 and (spec.max_total_fen is None or cost <= spec.max_total_fen) and (best is None or total < best):
-            best = total
+        for hull in (False, True):
+            total = _greedy_group(spec, group, hull)
+            if total is not None and (best is None or total < best):
+                best = total
     return best
+
+
+def _greedy_group(spec: Spec, group: list[tuple[Offer, list[Segment], int]], hull: bool) -> float | None:
+    import heapq
+
+    breaks = []  # per offer: [(score per unit, lots at the end of the piece)]
+    for o, segs, avail in group:
+        if hull:
+            pieces, end = [], 0
+            for per_unit, units in _envelope(spec, o, segs, avail):
+                end += units // o.lot_micro
+                pieces.append((per_unit, end))
+        else:
+            pieces, end = [], 0
+            for seg in segs:
+                end = min(end + seg.lots, avail)
+                pieces.append((score(spec, seg.price_fen_per_lot, seg.carbon_g_per_lot) / o.lot_micro, end))
+                if end >= avail:
+                    break
+        breaks.append(pieces)
+    heap = [(pieces[0][0], j, 0) for j, pieces in enumerate(breaks) if pieces]
+    heapq.heapify(heap)
+    left, taken = spec.units_micro, [0] * len(group)
+    while left > 0 and heap:
+        _, j, k = heapq.heappop(heap)
+        o = group[j][0]
+        end = breaks[j][k][1]
+        n = min(end - taken[j], -(-left // o.lot_micro))
+        taken[j] += n
+        left -= n * o.lot_micro
+        if taken[j] == end and k + 1 < len(breaks[j]):
+            heapq.heappush(heap, (breaks[j][k + 1][0], j, k + 1))
+    if left > 0:
+        return None
+    takes = [prefix_fill(o, segs, n) for (o, segs, _), n in zip(group, taken, strict=True) if n]
+    if spec.max_total_fen is not None and sum(t.cost_fen for t in takes) > spec.max_total_fen:
+        return None
+    return plan_score(spec, takes)
 
 
 def _prune(spec: Spec, cands: list[tuple[Offer, list[Segment], int]]) -> list[tuple[Offer, list[Segment], int]]:
