@@ -343,8 +343,13 @@ def metrics(request: HttpRequest) -> HttpResponse:
         value = platform["metrics"].get(name)
         goal = Decimal(target["value"])
         v = Decimal(str(value)) if value is not None else None
-        # Bar length: the value as a share of the target (capped at 150%); a ceiling of 0 shows 0 or full.
-        pct = min(int(v * 100 / goal), 150) if v is not None and goal else (0 if not v else 150)
+        # Bar length: the value as a share of the target, capped at 150%. A ceiling ("<=") is a pass or a
+        # fail, not a share: at the line when met, past it when not.
+        meets = platform.get("meets_targets", {}).get(name)
+        if target["op"] == "<=":
+            pct = 0 if meets is None else (100 if meets else 150)
+        else:
+            pct = min(int(v * 100 / goal), 150) if v is not None and goal else 0
         bars.append({"name": name, "text": target["text"], "op": target["op"], "target": target["value"], "value": value,
-                     "meets": platform.get("meets_targets", {}).get(name), "pct": pct})
+                     "meets": meets, "pct": pct})
     return render(request, "portal/metrics.html", {"report": report, "platform": platform, "bars": bars})

@@ -3,6 +3,7 @@ sign-in); nobody sees another organisation's data."""
 
 import csv
 import io
+import re
 
 from django.test import Client
 
@@ -175,3 +176,13 @@ def test_wallet_top_up_goes_to_stripe_checkout_when_stripe_is_configured(world):
     top_up = TopUp.objects.get()
     assert (top_up.provider, top_up.amount_fen, top_up.status) == ("stripe", 30000, "pending")
     assert [r.path for r in stripe.requests] == ["/v1/checkout/sessions"]
+
+
+def test_policy_metrics_against_targets(world):
+    page = client_for(world, "regulator").get("/regulator/metrics/").content.decode()
+    page = page[page.index('data-testid="metrics"'):]
+    page = page[:page.index("</table>")]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr><td>(\w+)</td>.*?</tr>", page, flags=re.S)}
+    assert "✗" in rows["connected_data_centres"] and 'aria-label="25%"' in rows["connected_data_centres"]  # 1 of 4
+    assert "✓" in rows["renewable_share_pct"] and 'aria-label="150%"' in rows["renewable_share_pct"]  # 40% against >10%: capped
+    assert '<td class="num">0</td>' in rows["data_centres_above_pue_1_25"] and 'aria-label="100%"' in rows["data_centres_above_pue_1_25"]
