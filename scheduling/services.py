@@ -19,6 +19,7 @@ from scheduling import selectors, solver
 from scheduling.models import Demand, DemandChild, DemandStatus, ResidualPolicy
 
 MAX_ROUNDS = 3
+EXECUTION_LEASE = dt.timedelta(seconds=60)
 FINAL = (DemandStatus.FILLED, DemandStatus.PARTIAL, DemandStatus.UNFILLED)
 
 
@@ -215,10 +216,13 @@ def demand_execute(*, user: User, demand: Demand, now: dt.datetime | None = None
             return demand
         if demand.status == DemandStatus.INFEASIBLE:
             raise ServiceError(f"Nothing to execute: {demand.plan.get('binding', {}).get('message', 'the demand is infeasible')}.", field="plan", status_code=409)
+        if demand.status == DemandStatus.EXECUTING and now - demand.updated_at < EXECUTION_LEASE:
+            # Another request is executing it now; a crashed execution may be resumed once the lease is over.
+            raise ServiceError("The demand is being executed; ask for its status.", field="status", status_code=409)
         if demand.status == DemandStatus.PLANNED:
             demand.status, demand.rounds = DemandStatus.EXECUTING, 1
             demand.execution = {"rounds": []}
-            demand.save(update_fields=["status", "rounds", "execution", "updated_at"])
+        demand.save(update_fields=["status", "rounds", "execution", "updated_at"])  # takes (or renews) the lease
     required = int((demand.quantity * selectors.MICRO).to_integral_value())
     plan = demand.plan
     while True:

@@ -6,10 +6,20 @@ from rest_framework import generics, permissions, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.errors import ServiceError
 from exchange.selectors import trading_organisation_get
 from marketplace.permissions import IsNotRegulator
+from marketplace.selectors import NotAMember
 from scheduling import selectors, services
 from scheduling.api import serializers as s
+
+
+def _trader_check(request, demand) -> None:
+    """Members may read their organisation's demands; only its admins and traders may plan or execute."""
+    try:
+        trading_organisation_get(request.user, demand.organisation_id)
+    except NotAMember as exc:
+        raise ServiceError("Only the organisation's admins and traders may plan or execute its demands.", field="organisation", status_code=403) from exc
 
 
 def _demand(request, pk: int):
@@ -58,7 +68,7 @@ class DemandPlan(APIView):
     @extend_schema(request=None, responses=s.DemandSerializer)
     def post(self, request, pk: int):
         demand = _demand(request, pk)
-        trading_organisation_get(request.user, demand.organisation_id)
+        _trader_check(request, demand)
         services.demand_replan(demand=demand)
         return Response(s.DemandSerializer(_demand(request, pk)).data)
 
@@ -72,6 +82,6 @@ class DemandExecute(APIView):
     @extend_schema(request=None, responses=s.DemandSerializer)
     def post(self, request, pk: int):
         demand = _demand(request, pk)
-        trading_organisation_get(request.user, demand.organisation_id)
+        _trader_check(request, demand)
         services.demand_execute(user=request.user, demand=demand)
         return Response(s.DemandSerializer(_demand(request, pk)).data)

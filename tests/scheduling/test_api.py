@@ -208,3 +208,44 @@ def test_replan_refreshes_the_quote_on_the_current_book(api, sched):
     r = api.post(f"/api/v1/demands/{demand['id']}/plan/")
     assert r.status_code == 200
     assert [(a["instrument"], a["lots"], a["cost_fen"]) for a in r.json()["plan"]["allocations"]] == [(s["instruments"][1].pk, 15, 15 * 1390)]
+
+
+def test_viewers_read_demands_but_may_not_execute_them(api, sched):
+    s = sched
+    books(s)
+    demand = post(api, s).json()
+    viewer = member(s["buyer"], role="viewer", username="buyer-viewer")
+    api.force_authenticate(viewer)
+    assert api.get(f"/api/v1/demands/{demand['id']}/").status_code == 200
+    r = api.post(f"/api/v1/demands/{demand['id']}/execute/")
+    assert r.status_code == 403 and "organisation" in r.json()
+    assert not DemandChild.objects.exists()
+
+
+def test_an_execution_in_progress_is_not_started_twice(api, sched):
+    s = sched
+    books(s)
+    demand = post(api, s).json()
+    Demand.objects.filter(pk=demand["id"]).update(status="executing", execution={"rounds": []}, rounds=1)
+    r = api.post(f"/api/v1/demands/{demand['id']}/execute/")
+    assert r.status_code == 409 and "status" in r.json()
+    assert not DemandChild.objects.exists()
+
+
+def test_a_crashed_execution_resumes_after_the_lease_without_doubling_any_order(api, sched):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    s = sched
+    books(s)
+    demand = post(api, s).json()
+    done = api.post(f"/api/v1/demands/{demand['id']}/execute/").json()
+    orders = Order.objects.count()
+    # As if the process died after sending the children but before recording their answers.
+    DemandChild.objects.filter(demand_id=demand["id"]).update(status="new", filled_lots=0, filled_cost_fen=0, order=None)
+    Demand.objects.filter(pk=demand["id"]).update(status="executing", updated_at=timezone.now() - dt.timedelta(minutes=5))
+    again = api.post(f"/api/v1/demands/{demand['id']}/execute/")
+    assert again.status_code == 200 and again.json()["status"] == "filled"
+    assert Order.objects.count() == orders
+    assert [(c["order"], c["filled_lots"]) for c in again.json()["children"]] == [(c["order"], c["filled_lots"]) for c in done["children"]]
