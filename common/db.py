@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from django.db import connection, models
@@ -62,8 +63,7 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
         return
     for o in objs:  # foreign keys given as objects saved since (a contract's trade): copy their ids
         o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
-    meta = model._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    fields, sql = _insert_sql(model)
     now = None
     arrays = []
     for field in fields:
@@ -75,11 +75,6 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
                 if getattr(o, field.attname) is None or field.auto_now:
                     setattr(o, field.attname, now)
         arrays.append(_column(field, objs))
-    columns = ", ".join(f'"{f.column}"' for f in fields)
-    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
-    # RETURNING gives the rows in the order the SELECT produced them, i.e. the arrays' order (what Django's
-    # own multi-row bulk_create relies on too).
-    sql = f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'
     with connection.cursor() as cursor:
         cursor.execute(sql, arrays)
         ids = [row[0] for row in cursor.fetchall()]
@@ -87,3 +82,14 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
         o.pk = pk
         o._state.adding = False
         o._state.db = "default"
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str]:
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(f'"{f.column}"' for f in fields)
+    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    # RETURNING gives the rows in the order the SELECT produced them, i.e. the arrays' order (what Django's
+    # own multi-row bulk_create relies on too).
+    return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'

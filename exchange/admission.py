@@ -21,7 +21,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR
 
-from django.db.models import F, Sum
+from django.db import connection
 
 from common.db import bulk_insert_rows
 from exchange import engine as eng
@@ -29,7 +29,7 @@ from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
 from ledger import services as ledger
 from ledger.models import Account, AccountKind, EntryKind, Hold
-from marketplace.models import Instrument, InstrumentStatus, Listing, MemberRole, Membership
+from marketplace.models import Instrument, InstrumentStatus, Listing, MemberRole, Membership, User
 
 # What a place command carries besides op/instrument/organisation/user, and the Order field it fills.
 TERMS = ("side", "type", "time_in_force", "price_fen_per_lot", "quantity", "min_quantity", "post_only", "stp", "expires_at")
@@ -64,11 +64,26 @@ def listing_capacity_lots(listing: Listing, instrument: Instrument) -> int:
 
 
 def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, int]:
-    rows = (
-        CapacityHold.objects.filter(listing_id__in=listing_ids, instrument_id=instrument_id)
-        .values("listing_id").annotate(n=Sum(F("lots") - F("released_lots"))).values_list("listing_id", "n")
-    )
-    return dict(rows)
+    """Lots of each listing held for the instrument (sold or still offered)."""
+    if not listing_ids:
+        return {}
+    return dict(_rows(
+        "SELECT listing_id, SUM(lots - released_lots) FROM exchange_capacityhold WHERE listing_id IN ({}) AND instrument_id = %s GROUP BY listing_id",
+        sorted(listing_ids), extra=[instrument_id],
+    ))
+
+
+def _rows(sql: str, *lists: list, extra: list | None = None) -> list[tuple]:
+    """Run a hot-path query with one placeholder per element of each list (`{}` in `sql`): raw SQL, because
+    building it through the ORM cost more CPU than the database spent answering it."""
+    params: list = []
+    slots = []
+    for values in lists:
+        slots.append(", ".join(["%s"] * len(values)))
+        params.extend(values)
+    with connection.cursor() as cur:
+        cur.execute(sql.format(*slots), [*params, *(extra or [])])
+        return cur.fetchall()
 
 
 def _parse_expiry(value) -> dt.datetime | None:
@@ -134,17 +149,26 @@ class Admission:
     def _traders(self, places: list[tuple[int, dict]]) -> set[tuple[int, int]]:
         """(user, organisation) pairs of the batch that may trade: an admin or trader membership, checked
         here, in the transaction that stores the order, so a revoked trader cannot slip one in."""
-        rows = Membership.objects.filter(
-            user_id__in={c["user"] for _, c in places}, organisation_id__in={c["organisation"] for _, c in places},
-            role__in=(MemberRole.ADMIN, MemberRole.TRADER), user__is_active=True,
-        ).values_list("user_id", "organisation_id")
-        return set(rows)
+        return set(_rows(
+            f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "
+            "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
+            sorted({c["user"] for _, c in places}), sorted({c["organisation"] for _, c in places}),
+            extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
+        ))
 
     def _existing(self, places: list[tuple[int, dict]]) -> dict[tuple[int, str], Order]:
-        orgs = {c["organisation"] for _, c in places}
-        cids = {c["client_order_id"] for _, c in places}
-        rows = Order.objects.filter(organisation_id__in=orgs, client_order_id__in=cids).select_related("hold")
-        return {(o.organisation_id, o.client_order_id): o for o in rows}
+        if not places:
+            return {}
+        wanted = {(c["organisation"], c["client_order_id"]) for _, c in places}
+        found = [
+            pk for pk, org, cid in _rows(
+                "SELECT id, organisation_id, client_order_id FROM exchange_order WHERE organisation_id IN ({}) AND client_order_id IN ({})",
+                sorted({org for org, _ in wanted}), sorted({cid for _, cid in wanted}),
+            ) if (org, cid) in wanted
+        ]
+        if not found:  # the usual case: a retry is rare, and only then are whole orders read
+            return {}
+        return {(o.organisation_id, o.client_order_id): o for o in Order.objects.filter(pk__in=found).select_related("hold")}
 
     def _instrument_check(self, c: dict) -> tuple[Refusal | None, Instrument | None]:
         book = self.book_for(c["instrument"])
@@ -163,20 +187,24 @@ class Admission:
         if not buys:
             return {}
         orgs = sorted({c["organisation"] for _, c, _ in buys})
-        accounts = {(org, kind): pk for pk, org, kind in Account.objects.filter(organisation_id__in=orgs, kind__in=[AccountKind.AVAILABLE, AccountKind.HELD]).values_list("pk", "organisation_id", "kind")}
+        # Read, not locked: the ledger call that posts the batch's entries (Matcher._settle_holds) locks every
+        # account of the batch at once, in id order, and refuses the whole batch if a concurrent debit (a
+        # payout, another shard) left one short; the loop then retries the batch's commands one by one, so
+        # only that order is refused. Locking here as well would take two lock phases: a deadlock risk.
+        rows = _rows(
+            f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",
+            orgs, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
+        )
+        accounts = {(org, kind): pk for pk, org, kind, _ in rows}
+        balance = {pk: bal for pk, _, _, bal in rows}
         for org in orgs:
             if (org, AccountKind.AVAILABLE) not in accounts or (org, AccountKind.HELD) not in accounts:
                 from marketplace.models import Organisation
 
                 opened = ledger.accounts_open(organisation=Organisation.objects.get(pk=org))
-                accounts[(org, AccountKind.AVAILABLE)] = opened[AccountKind.AVAILABLE].pk
-                accounts[(org, AccountKind.HELD)] = opened[AccountKind.HELD].pk
-        # Read, not locked: the ledger call that posts the batch's entries (Matcher._settle_holds) locks every
-        # account of the batch at once, in id order, and refuses the whole batch if a concurrent debit (a
-        # payout, another shard) left one short; the loop then retries the batch's commands one by one, so
-        # only that order is refused. Locking here as well would take two lock phases: a deadlock risk.
-        ids = sorted(accounts.values())
-        balance = dict(Account.objects.filter(pk__in=ids).values_list("pk", "balance_fen"))
+                for kind in (AccountKind.AVAILABLE, AccountKind.HELD):
+                    accounts[(org, kind)] = opened[kind].pk
+                    balance[opened[kind].pk] = opened[kind].balance_fen
         amounts: dict[int, int] = {}
         self.accounts = accounts
         for i, c, inst in buys:

@@ -420,7 +420,12 @@ class Matcher:
         ])
         capacity_settle(sold=batch.sold, finished=batch.unsold_released)
         for state in batch.states.values():
-            state.save()
+            state.updated_at = stamp
+            with connection.cursor() as cur:
+                cur.execute(
+                    "UPDATE exchange_bookstate SET book_seq = %s, trade_seq = %s, last_price_fen_per_lot = %s, updated_at = %s WHERE instrument_id = %s",
+                    [state.book_seq, state.trade_seq, state.last_price_fen_per_lot, stamp, state.instrument_id],
+                )
         self._settle_holds(batch)
         for order in dirty:
             batch.publications.append(Publication.order(order, batch.fills.get(order.pk, [])))
