@@ -11,7 +11,8 @@ SESSION_KEY = "portal_organisation"
 
 def memberships_for(request: HttpRequest) -> list[Membership]:
     user = request.user
-    if not user.is_authenticated:
+    # A regulator's role wins over any membership: in the portal it never acts for an organisation.
+    if not user.is_authenticated or user.is_regulator:
         return []
     cached = getattr(request, "_portal_memberships", None)
     if cached is None:

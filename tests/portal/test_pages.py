@@ -186,3 +186,18 @@ def test_policy_metrics_against_targets(world):
     assert "✗" in rows["connected_data_centres"] and 'aria-label="25%"' in rows["connected_data_centres"]  # 1 of 4
     assert "✓" in rows["renewable_share_pct"] and 'aria-label="150%"' in rows["renewable_share_pct"]  # 40% against >10%: capped
     assert '<td class="num">0</td>' in rows["data_centres_above_pue_1_25"] and 'aria-label="100%"' in rows["data_centres_above_pue_1_25"]
+
+
+def test_a_regulator_who_is_also_a_member_never_acts_for_the_organisation(traded):
+    from marketplace.models import Membership
+
+    regulator = traded["regulator"]
+    Membership.objects.create(user=regulator, organisation=traded["buyer"], role="admin")
+    client = client_for(traded, "regulator")
+    assert client.post("/wallet/", {"action": "top_up", "amount": "100.00", "idempotency_key": "r1"}).status_code == 403
+    assert client.post("/vouchers/", {"programme": "1", "requested": "1"}).status_code == 403
+    assert client.get("/orders/").status_code == 403
+    assert not TopUp.objects.exists()
+    page = client.get(f"/instruments/{traded['instrument'].pk}/").content.decode()
+    assert 'id="ticket"' not in page and 'href="/wallet/"' not in page
+    assert client.get("/regulator/").status_code == 200
