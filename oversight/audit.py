@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
 from django.db import connection, transaction
-from django.db.models import Max, Model, QuerySet
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from exchange.models import Contract, OrderEvent, Trade
@@ -60,7 +60,7 @@ class Source:
     kind: str
     queryset: Callable[[], QuerySet]
     fields: tuple[str, ...]
-    time_field: str = "created_at"
+    time_field: str = "created_at"  # empty: the source keeps no cursor
     # Extra data per batch of ids (e.g. an entry's postings), merged into each payload.
     extra: Callable[[list[int]], dict[int, dict]] | None = field(default=None)
 
@@ -110,24 +110,30 @@ def sources() -> list[Source]:
         Source("deletion_attestation", lambda: DeletionAttestation.objects.all(), (
             "contract_id", "supplier_id", "method", "note", "attested_by_id", "attested_at"), time_field="attested_at"),
     ]
-    found.extend(_optional_sources())
+    found.extend(_metering_and_voucher_sources())
     return found
 
 
-def _optional_sources() -> list[Source]:
-    """Voucher decisions and metering records join the chain once those apps have models."""
-    from django.apps import apps
+def _metering_and_voucher_sources() -> list[Source]:
+    from metering.models import UsageEvent
+    from vouchers.models import Application, ApplicationStatus, Redemption, Voucher
 
-    extra = []
-    for label, model_name, kind in (("vouchers", "VoucherDecision", "voucher_decision"), ("metering", "UsageEvent", "usage_event")):
-        try:
-            model: type[Model] = apps.get_model(label, model_name)
-        except LookupError:
-            continue
-        names = tuple(f.attname for f in model._meta.concrete_fields if f.attname != "id")
-        time_field = next((n for n in ("created_at", "received_at", "decided_at", "opened_at") if n in names), "id")
-        extra.append(Source(kind, model._default_manager.all, names, time_field=time_field))
-    return extra
+    return [
+        Source("usage_event", lambda: UsageEvent.objects.all(), (
+            "supplier_id", "event_id", "contract_id", "data_centre_id", "device_model_id", "started_at", "ended_at", "device_count",
+            "device_seconds", "units_micro", "credited_micro", "energy_kwh", "energy_estimated", "utilisation_pct", "received_at"),
+            time_field="received_at"),
+        # A voucher decision is an application once decided; one decided late may have a low id, so this
+        # source keeps no cursor (applications are few) and is anti-joined whole each run.
+        Source("voucher_decision", lambda: Application.objects.exclude(status=ApplicationStatus.PENDING), (
+            "programme_id", "organisation_id", "applied_by_id", "requested_fen", "eligible", "status", "approved_fen", "reason",
+            "decided_by_id", "decided_at"), time_field=""),
+        Source("voucher", lambda: Voucher.objects.all(), (
+            "application_id", "programme_id", "organisation_id", "amount_fen", "issued_at", "expires_at"), time_field="issued_at"),
+        # Its status and money move as delivery is proven; what was claimed, at which rate, does not.
+        Source("voucher_redemption", lambda: Redemption.objects.all(), (
+            "voucher_id", "contract_id", "value_fen", "rate_bps", "rate_kind", "year", "created_at")),
+    ]
 
 
 # --- Ingestion -----------------------------------------------------------------------------------------
@@ -195,10 +201,10 @@ def _insert(records: list[tuple]) -> None:
 @transaction.atomic
 def _advance_cursor(source: Source, now: dt.datetime) -> None:
     """Move the cursor over rows old enough that no transaction still writing could hold a lower id."""
+    if not source.time_field:
+        return
     cursor = AuditCursor.objects.select_for_update().get(source=source.kind)
-    qs = source.queryset().filter(id__gt=cursor.safe_id)
-    if source.time_field != "id":
-        qs = qs.filter(**{f"{source.time_field}__lte": now - _lag()})
+    qs = source.queryset().filter(id__gt=cursor.safe_id, **{f"{source.time_field}__lte": now - _lag()})
     candidate = qs.aggregate(m=Max("id"))["m"]
     if candidate is None:
         return

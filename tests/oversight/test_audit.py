@@ -190,3 +190,26 @@ def test_ingestion_in_small_batches_gives_the_same_chain(chain, trader):
     assert AuditRecord.objects.count() == before + sum(added.values())
     assert sum(audit_ingest(batch=2).values()) == 0
     assert audit_verify().ok
+
+
+def test_voucher_decisions_enter_the_chain_once_decided(chain):
+    from django.utils import timezone
+
+    from tests.factories import member
+    from tests.oversight import voucher_helpers as v
+    from vouchers import services as vouchers
+    from vouchers.models import Application
+
+    authority = v.authority()
+    programme = v.open_programme(authority)
+    approved = v.apply(programme, chain["buyer1"], member(chain["buyer1"], username="b1-admin"))
+    pending = v.apply(programme, chain["buyer2"], member(chain["buyer2"], username="b2-admin"))
+    vouchers.application_approve(user=authority, application_id=approved.pk, now=timezone.now())
+    audit_ingest()
+    assert list(AuditRecord.objects.filter(kind="voucher_decision").values_list("object_id", flat=True)) == [approved.pk]
+    assert AuditRecord.objects.filter(kind="voucher").count() == 1
+    # The pending one (the lower id of the two? no matter) enters when it is decided, whenever that is.
+    Application.objects.filter(pk=pending.pk).update(status="rejected", reason="not an SME", decided_by=authority, decided_at=timezone.now())
+    assert audit_ingest()["voucher_decision"] == 1
+    assert '"reason":"not an SME"' in AuditRecord.objects.get(kind="voucher_decision", object_id=pending.pk).payload
+    assert audit_verify().ok
