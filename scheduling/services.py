@@ -8,7 +8,7 @@ import datetime as dt
 import math
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from common.errors import ServiceError
@@ -89,7 +89,11 @@ def demand_create(*, user: User, organisation: Organisation, fields: dict, now: 
     demand = Demand(organisation=organisation, user=user, **fields)
     demand.plan = plan_compute(demand=demand, now=now)
     demand.status = DemandStatus.PLANNED if demand.plan["allocations"] else DemandStatus.INFEASIBLE
-    demand.save()
+    try:
+        with transaction.atomic():
+            demand.save()
+    except IntegrityError:  # a concurrent retry stored it first
+        return Demand.objects.get(organisation=organisation, client_demand_id=fields["client_demand_id"]), False
     return demand, True
 
 
@@ -127,7 +131,7 @@ def _book_changes(demand: Demand, plan: dict, now: dt.datetime) -> tuple[list[di
         now_cost = solver.prefix_fill(offer, usable, lots).cost_fen if lots else 0
         planned_cost = a["cost_fen"]
         send[a["instrument"]] = lots if lots >= offer.min_lots else 0
-        if offer.book_seq != a["book_seq"] or lots != planned or now_cost != planned_cost * lots // max(planned, 1):
+        if offer.book_seq != a["book_seq"] or lots != planned or now_cost != planned_cost:
             note = []
             if lots < planned:
                 note.append(f"only {available} of the planned {planned} lots are offered at or below the limit by eligible asks ahead in the queue")
