@@ -77,6 +77,7 @@ class AlertKind(models.TextChoices):
     OFF_REFERENCE_PRICE = "off_reference_price", _("price far from reference")
     DELIVERY_RATIO = "delivery_ratio", _("supplier delivery ratio falling")
     USAGE_MISMATCH = "usage_mismatch", _("energy does not match compute")
+    VOUCHER_FARMING = "voucher_farming", _("round trips that farm vouchers")
 
 
 class Severity(models.TextChoices):

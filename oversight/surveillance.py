@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from exchange.models import OrderEvent, OrderEventKind, Trade
+from exchange.models import Contract, OrderEvent, OrderEventKind, Trade
 from marketplace.models import Instrument
 from oversight.models import Alert, AlertKind, OwnershipGroup, Severity
 
@@ -263,6 +263,51 @@ def scan_usage_energy(*, since: dt.datetime) -> int:
     return raised
 
 
+FARMING_REASONS = ("round_trip", "related_party", "self_trade")
+
+
+def scan_voucher_farming(*, since: dt.datetime) -> int:
+    """Vouchers farmed by round trips. Two patterns:
+    - a subsidised contract followed by the reverse trade (the supplier buying back from the buyer) within
+      the programme's round-trip window: the vouchers app blocks a claim when the reverse came *first*, so
+      this order slips through, and the subsidy paid on it should be clawed back (one alert per claim);
+    - claims the vouchers app blocked as round trips, related parties or self-trades: attempts, one alert
+      per buyer and day."""
+    from vouchers.models import Redemption, RedemptionStatus
+
+    raised = 0
+    claims = (Redemption.objects.filter(created_at__gte=since).exclude(status=RedemptionStatus.BLOCKED)
+              .select_related("contract", "voucher__programme").order_by("id"))
+    for claim in claims.iterator(chunk_size=500):
+        contract, window = claim.contract, dt.timedelta(days=claim.voucher.programme.round_trip_days)
+        back = list(Contract.objects.filter(buyer_id=contract.seller_id, seller_id=contract.buyer_id, created_at__gte=contract.created_at,
+                                            created_at__lte=contract.created_at + window).order_by("id").values_list("id", "value_fen")[:20])
+        if not back:
+            continue
+        _, created = alert_raise(
+            kind=AlertKind.VOUCHER_FARMING, fingerprint=f"voucher:{claim.pk}", severity=Severity.HIGH,
+            summary=f"subsidised contract {contract.pk} was traded back within {window.days} days",
+            evidence={"redemption": claim.pk, "contract": contract.pk, "committed_fen": claim.committed_fen, "paid_fen": claim.paid_fen,
+                      "reverse_contracts": [b[0] for b in back], "reverse_value_fen": sum(b[1] for b in back)},
+            organisation_id=contract.buyer_id, instrument_id=contract.instrument_id,
+        )
+        raised += created
+    blocked = (Redemption.objects.filter(created_at__gte=since, status=RedemptionStatus.BLOCKED, reason__in=FARMING_REASONS)
+               .order_by("id").values_list("id", "contract__buyer_id", "contract_id", "reason", "detail", "created_at"))
+    attempts: dict[tuple[int, str], list] = defaultdict(list)
+    for row in blocked:
+        attempts[(row[1], _day(row[5]))].append(row)
+    for (buyer, day), rows in attempts.items():
+        _, created = alert_raise(
+            kind=AlertKind.VOUCHER_FARMING, fingerprint=f"voucher-blocked:{buyer}:{day}", severity=Severity.MEDIUM,
+            summary=f"{len(rows)} voucher claim(s) blocked as {', '.join(sorted({r[3] for r in rows}))}",
+            evidence={"day": day, "claims": [{"redemption": r[0], "contract": r[2], "reason": r[3], "detail": r[4]} for r in rows]},
+            organisation_id=buyer,
+        )
+        raised += created
+    return raised
+
+
 def surveillance_scan(*, now: dt.datetime | None = None) -> dict[str, int]:
     """Every scan over the lookback window; returns the number of new alerts per pattern."""
     now = now or timezone.now()
@@ -273,4 +318,5 @@ def surveillance_scan(*, now: dt.datetime | None = None) -> dict[str, int]:
         AlertKind.OFF_REFERENCE_PRICE: scan_off_reference_prices(since=since),
         AlertKind.DELIVERY_RATIO: scan_delivery_ratios(now=now),
         AlertKind.USAGE_MISMATCH: scan_usage_energy(since=since),
+        AlertKind.VOUCHER_FARMING: scan_voucher_farming(since=since),
     }

@@ -35,7 +35,7 @@ def kinds():
 
 def test_honest_traffic_raises_no_alert(market, trader):
     honest(trader, market)
-    assert surveillance_scan() == {"wash_trade": 0, "spoofing": 0, "off_reference_price": 0, "delivery_ratio": 0, "usage_mismatch": 0}
+    assert surveillance_scan() == {"wash_trade": 0, "spoofing": 0, "off_reference_price": 0, "delivery_ratio": 0, "usage_mismatch": 0, "voucher_farming": 0}
     assert not Alert.objects.exists()
 
 
@@ -199,3 +199,41 @@ def test_usage_whose_energy_does_not_add_up_is_one_alert_per_contract(market, tr
     assert alert.organisation == m["supplier1"] and alert.severity == "high"
     assert alert.evidence["contract"] == suspect.pk and alert.evidence["energy_ratio"] == "0.096"
     assert (alert.evidence["metered_kwh"], alert.evidence["expected_kwh"]) == ("1.350", "14.000")
+
+
+def test_round_trips_that_farm_vouchers(market, trader):
+    """Supplier 2 buys from supplier 1 with a voucher, then supplier 1 buys it back: the first claim slipped
+    through (its reverse came later) and is one alert; supplier 1's own claim on the way back was blocked
+    as a round trip, one more. Buyer 1's subsidised purchase, never reversed, raises nothing."""
+    from django.utils import timezone
+
+    from exchange.models import Contract
+    from tests.factories import member
+    from tests.oversight import voucher_helpers as v
+    from vouchers import services as vouchers
+    from vouchers.models import Redemption
+
+    m = market
+    authority = v.authority()
+    programme = v.open_programme(authority)
+    for org in ("buyer1", "supplier1", "supplier2"):
+        application = v.apply(programme, m[org], member(m[org], username=f"{org}-admin"), key=f"apply-{org}")
+        vouchers.application_approve(user=authority, application_id=application.pk, now=timezone.now() - dt.timedelta(days=1))
+
+    def trade(seller, buyer_user):
+        trader.trade(m[seller], buyer_user, "15.00", 2)
+        contract = Contract.objects.order_by("-id").first()
+        vouchers.redemption_commit(contract_id=contract.pk)
+        return Redemption.objects.get(contract=contract)
+
+    honest = trade("seller1", m["buyer_user1"])
+    out = trade("seller1", m["seller2"])     # supplier 2 buys from supplier 1, subsidised
+    back = trade("seller2", m["seller1"])    # supplier 1 buys it back: its claim is blocked
+    assert (honest.status, out.status, back.status, back.reason) == ("committed", "committed", "blocked", "round_trip")
+    assert surveillance_scan()["voucher_farming"] == 2
+    assert surveillance_scan()["voucher_farming"] == 0
+    slipped = Alert.objects.get(fingerprint=f"voucher:{out.pk}")
+    assert (slipped.severity, slipped.organisation, slipped.evidence["reverse_contracts"]) == ("high", m["supplier2"], [back.contract_id])
+    attempt = Alert.objects.get(fingerprint__startswith="voucher-blocked:")
+    assert attempt.organisation == m["supplier1"] and [c["reason"] for c in attempt.evidence["claims"]] == ["round_trip"]
+    assert Alert.objects.count() == 2
