@@ -38,6 +38,25 @@ def voucher_for(authority, org, prog, amount_fen=1_000_000, *, admin=None, issue
     return services.application_approve(user=authority, application_id=app.pk, now=issued_at or timezone.now() - DAY)
 
 
+def more_contract(the_deal, api, lots: int = 10, tag: str = "2"):
+    """Another contract between the deal's parties on the deal's instrument. The deal moved the instrument's
+    window to around now (closed for trading), so it is reopened for the trade and then put back."""
+    from exchange import selectors as exchange_selectors
+    from marketplace.models import Instrument
+
+    inst = Instrument.objects.get(pk=the_deal["instrument"].pk)
+    saved = {f: getattr(inst, f) for f in ("status", "gate_closure", "delivery_start", "delivery_end")}
+    now = timezone.now()
+    Instrument.objects.filter(pk=inst.pk).update(status="open", gate_closure=now + dt.timedelta(hours=1),
+                                                 delivery_start=now + dt.timedelta(hours=2), delivery_end=now + dt.timedelta(hours=26))
+    exchange_selectors.caches_clear()
+    try:
+        return trade(api, the_deal["seller_user"], the_deal["buyer_user"], inst, lots, tag=tag)
+    finally:
+        Instrument.objects.filter(pk=inst.pk).update(**saved)
+        exchange_selectors.caches_clear()
+
+
 def balance(account) -> int:
     return Account.objects.get(pk=account.pk if hasattr(account, "pk") else account).balance_fen
 

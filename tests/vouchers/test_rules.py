@@ -10,7 +10,16 @@ from ledger.verify import ledger_verify
 from marketplace.models import Listing, Organisation
 from metering import services as metering
 from tests.factories import OrganisationFactory, ascend, member
-from tests.vouchers.conftest import DAY, balance, event, org_balances, post_events, programme, trade, voucher_for
+from tests.vouchers.conftest import (
+    DAY,
+    balance,
+    event,
+    more_contract,
+    org_balances,
+    post_events,
+    programme,
+    voucher_for,
+)
 from vouchers import services
 from vouchers.models import Application, Redemption, Voucher
 
@@ -20,7 +29,7 @@ def commit(deal, contract=None):
 
 
 def second_contract(deal, api, lots=10, tag="2"):
-    return trade(api, deal["seller_user"], deal["buyer_user"], deal["instrument"], lots, tag=tag)
+    return more_contract(deal, api, lots, tag)
 
 
 # --- Rates ---------------------------------------------------------------------------------------------

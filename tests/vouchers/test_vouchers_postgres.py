@@ -11,7 +11,7 @@ from common.errors import ServiceError
 from ledger.verify import ledger_verify
 from metering import services as metering
 from tests.factories import OrganisationFactory, member
-from tests.vouchers.conftest import DAY, balance, event, programme, trade, voucher_for
+from tests.vouchers.conftest import DAY, balance, event, more_contract, programme, voucher_for
 from vouchers import services
 from vouchers.models import Redemption, Voucher
 
@@ -65,7 +65,7 @@ def test_concurrent_approvals_never_over_commit_the_budget(authority):
 
 def test_concurrent_commitments_and_deliveries_never_overdraw_a_voucher(deal, authority, api):
     v = voucher_for(authority, deal["buyer"], programme(authority), amount_fen=10_000)
-    contracts = [deal["contract"]] + [trade(api, deal["seller_user"], deal["buyer_user"], deal["instrument"], 10, tag=str(i)) for i in range(2, 7)]
+    contracts = [deal["contract"]] + [more_contract(deal, api, tag=str(i)) for i in range(2, 7)]
     supplier_ids = {deal["supplier"].pk}
 
     def deliver(c, n):
