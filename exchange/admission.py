@@ -29,10 +29,21 @@ from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
 from ledger import services as ledger
 from ledger.models import Account, AccountKind, EntryKind, Hold
-from marketplace.models import Instrument, InstrumentStatus, Listing, MemberRole, Membership, User
+from marketplace.models import DeviceModel, Instrument, InstrumentStatus, Listing, MemberRole, Membership, User
 
 # What a place command carries besides op/instrument/organisation/user, and the Order field it fills.
 TERMS = ("side", "type", "time_in_force", "price_fen_per_lot", "quantity", "min_quantity", "post_only", "stp", "expires_at")
+
+
+_DEVICE_RATES: dict[tuple[int, int], object] = {}  # (device model, product) -> one device's units per hour
+
+
+@dataclass(frozen=True)
+class _ListingRow:
+    pk: int
+    supplier_id: int
+    device_count: int
+    device_model_id: int
 
 
 @dataclass
@@ -229,15 +240,19 @@ class Admission:
             group = [(i, c, inst) for i, c, inst in sells if c["instrument"] == inst_id]
             inst = group[0][2]
             orgs = sorted({c["organisation"] for _, c, _ in group})
-            listings = list(
-                Listing.objects.select_for_update(of=("self",)).filter(
-                    supplier_id__in=orgs, product_id=inst.product_id, is_active=True,
-                    available_from__lte=inst.delivery_start, available_until__gte=inst.delivery_end,
-                ).select_related("device_model", "product").order_by("pk")
-            )
+            # Locked (in id order) against a concurrent amend that raises a capacity hold on the same listing.
+            listings = [
+                _ListingRow(pk, supplier, count, model)
+                for pk, supplier, count, model in _rows(
+                    f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE supplier_id IN ({{}}) "
+                    "AND product_id = %s AND is_active AND available_from <= %s AND available_until >= %s ORDER BY id"
+                    + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
+                    orgs, extra=[inst.product_id, *(connection.ops.adapt_datetimefield_value(t) for t in (inst.delivery_start, inst.delivery_end))],
+                )
+            ]
             used = listing_used_lots([x.pk for x in listings], inst_id)
-            free = {x.pk: listing_capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
-            by_org: dict[int, list[Listing]] = {}
+            free = {x.pk: self._capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
+            by_org: dict[int, list[_ListingRow]] = {}
             for listing in listings:
                 by_org.setdefault(listing.supplier_id, []).append(listing)
             for i, c, _ in group:
@@ -258,6 +273,15 @@ class Admission:
                 free[fit.pk] -= c["quantity"]
                 chosen[i] = fit.pk
         return chosen
+
+    def _capacity_lots(self, listing: _ListingRow, inst: Instrument) -> int:
+        """listing_capacity_lots from the locked row and one device's rating (fixed per model and product)."""
+        key = (listing.device_model_id, inst.product_id)
+        rate = _DEVICE_RATES.get(key)
+        if rate is None:
+            rate = _DEVICE_RATES[key] = DeviceModel.objects.get(pk=listing.device_model_id).pflops(inst.product.unit)
+        units = listing.device_count * rate * inst.window_hours
+        return int((units / inst.lot_size).to_integral_value(rounding=ROUND_FLOOR))
 
     # --- writes --------------------------------------------------------------------------------------
 

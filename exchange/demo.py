@@ -66,6 +66,6 @@ def _send(commands: list[dict], ctx: SeedContext) -> None:
         ctx.notes.append(f"Demo market: {len(commands)} resting orders queued; no matcher answered yet.")
         return
     placed = sum(1 for r in replies if r.get("created"))
-    refused = [r["error"]["message"] for r in replies if isinstance(r.get("error"), dict)]
+    refused = [r["error"]["message"] if isinstance(r["error"], dict) else r["error"] for r in replies if r.get("error")]
     ctx.created += placed
     ctx.notes.append(f"Demo market: {placed} resting orders placed" + (f"; refused: {refused[0]}" if refused else "") + ".")

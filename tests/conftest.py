@@ -26,10 +26,11 @@ def api() -> APIClient:
 def inline_matcher(settings):
     """API tests run the matcher in the calling thread, so each request sees its own fills at once.
     Transport tests switch to the thread or Redis matcher themselves."""
-    from exchange import publish, selectors, transport
+    from exchange import admission, publish, selectors, transport
 
     selectors.caches_clear()  # ids are reused from test to test
     publish._units.clear()
+    admission._DEVICE_RATES.clear()
     settings.MATCHER_TRANSPORT = "inline"
     transport._client = None
     transport.InlineClient.reset()
