@@ -88,9 +88,11 @@ def main() -> None:
 
     market_prepare(contracts=1, tag="warm")  # creates the organisations
     voucher_prepare()
-    funding.source_unregister("vouchers")  # the plain contracts get no redemption
+    # market_prepare moves its instrument's window to now (whole seconds) - 12 h: a second apart, or two
+    # instruments of the product would get the same window.
+    time.sleep(1.1)
     plain = market_prepare(contracts=args.contracts, tag="plain")
-    funding.source_register("vouchers", services.escrow_moves_fund)
+    time.sleep(1.1)
     subsidised = market_prepare(contracts=args.contracts, tag="voucher")
     for pk in subsidised["contracts"]:
         r = services.redemption_commit(contract_id=pk)
