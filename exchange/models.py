@@ -147,9 +147,12 @@ class Trade(models.Model):
 
 
 class ContractStatus(models.TextChoices):
+    """Kept by metering (its ContractDelivery is the detail), mirrored here for the contract tapes."""
+
     OPEN = "open", _("awaiting delivery")
     DELIVERING = "delivering", _("delivering")
     SETTLED = "settled", _("settled")
+    DISPUTED = "disputed", _("disputed")
 
 
 class Contract(models.Model):

@@ -442,9 +442,11 @@ def _deliveries_update(touched: dict[int, ContractDelivery], contracts: dict[int
     requests = []
     moves: list[funding.EscrowMove] = []
     parties = parties_for({(contracts[cid].buyer_id, contracts[cid].seller_id) for cid in touched})
+    started = []
     for cid, d in touched.items():
         if d.status == DeliveryStatus.OPEN:
             d.status = DeliveryStatus.DELIVERING
+            started.append(d)
         d.updated_at = now
         if d.status == DeliveryStatus.DISPUTED:
             continue  # metering continues; money waits for the operator's resolution
@@ -462,6 +464,15 @@ def _deliveries_update(touched: dict[int, ContractDelivery], contracts: dict[int
             moves.append(funding.EscrowMove(cid, d.value_fen, d.released_fen, released, 0, p.buyer_escrow, p.buyer_available, request.idempotency_key))
         d.released_fen, d.fee_fen = released, fee
     bulk_update_rows(ContractDelivery, list(touched.values()), ["status", "delivered_micro", "events", "released_fen", "fee_fen", "updated_at"])
+    contracts_status_sync(started)
     requests.extend(funding.requests_for(moves))
     if requests:
         ledger.entries_post(requests)
+
+
+def contracts_status_sync(deliveries: Sequence[ContractDelivery]) -> None:
+    """Mirror the delivery state onto exchange's Contract.status (open, delivering, settled, disputed), which
+    the contract tapes show: metering is the only writer of both after the trade."""
+    if deliveries:
+        bulk_update_rows(Contract, [Contract(pk=d.contract_id, status=d.status) for d in deliveries], ["status"])
+

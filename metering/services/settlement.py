@@ -18,7 +18,7 @@ from marketplace.models import MemberRole, Organisation, User
 from marketplace.selectors import organisation_ids_for_user
 from metering import funding
 from metering.models import MICRO, ContractDelivery, DeliveryStatus, Dispute, DisputeStatus
-from metering.services.ingest import _units, deliveries_ensure, grace_period
+from metering.services.ingest import _units, contracts_status_sync, deliveries_ensure, grace_period
 from metering.services.money import fee_for, movement_request, parties_for, released_for
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def delivery_settle(*, contract_id: int, now: dt.datetime | None = None) -> Cont
     d.delivery_ratio = (Decimal(d.delivered_micro) / Decimal(d.quantity_micro)).quantize(_RATIO, ROUND_DOWN) if d.quantity_micro else Decimal(1)
     d.settled_at = now
     d.save()
+    contracts_status_sync([d])
     return d
 
 
@@ -150,6 +151,7 @@ def dispute_open(*, contract_id: int, user: User, reason: str, now: dt.datetime 
     dispute = Dispute.objects.create(contract=contract, reason=reason[:4000], opened_by=user, delivered_before_micro=d.delivered_micro)
     d.status = DeliveryStatus.DISPUTED
     d.save(update_fields=["status", "updated_at"])
+    contracts_status_sync([d])
     return dispute
 
 
@@ -190,6 +192,7 @@ def dispute_resolve(*, dispute_id: int, user: User, delivered_units: Decimal, re
     d.delivered_micro, d.released_fen, d.fee_fen = delivered, released, fee
     d.status = DeliveryStatus.DELIVERING
     d.save()
+    contracts_status_sync([d])
     dispute.status = DisputeStatus.RESOLVED
     dispute.delivered_after_micro = delivered
     dispute.resolution = (resolution or "").strip()[:4000]

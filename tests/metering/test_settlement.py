@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from exchange.models import Contract
 from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
 from marketplace.models import Organisation
@@ -23,14 +24,18 @@ def _end(deal):
 
 def test_settlement_refunds_the_undelivered_value_and_records_the_ratio(api, deal, settings):
     settings.METERING_GRACE_SECONDS = 3600
+    contract = deal["contract"]
+    assert Contract.objects.get(pk=contract.pk).status == "open"
     # 4 H100-hours = 3.956 units of 10 delivered: released 15000 * 3.956 / 10 = 5934, fee 8 * 5934 // 15000 = 3
     post_events(api, deal["seller_user"], [event(deal, i, offset_minutes=60 * i) for i in range(4)])
+    assert Contract.objects.get(pk=contract.pk).status == "delivering"  # the contract tapes show metering's state
     with pytest.raises(services.MeteringError):
         services.delivery_settle(contract_id=deal["contract"].pk, now=_end(deal))  # grace not over
     assert services.deliveries_settle_due(now=_end(deal) + dt.timedelta(minutes=59)) == {"settled": 0, "suppliers": 0}
     assert services.deliveries_settle_due(now=_end(deal) + dt.timedelta(hours=1)) == {"settled": 1, "suppliers": 1}
     d = ContractDelivery.objects.get(pk=deal["contract"].pk)
     assert (d.status, d.released_fen, d.fee_fen, d.refunded_fen, d.delivery_ratio) == ("settled", 5934, 3, 9066, Decimal("0.3956"))
+    assert Contract.objects.get(pk=contract.pk).status == "settled"
     assert d.released_fen + d.refunded_fen == deal["contract"].value_fen
     assert balances_get(organisation=deal["buyer"])["escrow"] == 0
     assert balances_get(organisation=deal["supplier"])["available"] == 5931
@@ -80,6 +85,7 @@ def test_dispute_freezes_escrow_and_the_operator_adjusts_it(api, deal, settings)
     post_events(api, deal["seller_user"], [event(deal, 2, offset_minutes=60)])
     d = ContractDelivery.objects.get(pk=deal["contract"].pk)
     assert (d.status, d.delivered_micro, d.released_fen) == ("disputed", 5_934_000, 7417)
+    assert Contract.objects.get(pk=deal["contract"].pk).status == "disputed"
     # Settlement waits for the resolution.
     assert services.deliveries_settle_due(now=_end(deal) + dt.timedelta(hours=2))["settled"] == 0
     # Only operators resolve.
