@@ -64,6 +64,7 @@ def _empty() -> dict:
         "dcs": set(), "suppliers": set(), "installed": defaultdict(Decimal), "listed": defaultdict(Decimal),
         "traded": defaultdict(Decimal), "delivered": defaultdict(Decimal), "fp16_weight": Decimal(0), "pue": Decimal(0),
         "green": Decimal(0), "carbon_g": Decimal(0), "domestic": Decimal(0), "latency": defaultdict(int), "above_pue": set(),
+        "voucher_paid": 0,
     }
 
 
@@ -99,6 +100,7 @@ def policy_metrics(*, level: str = "platform", since: dt.datetime, until: dt.dat
         groups[_key(dcs[listing.data_centre_id], level)]["listed"][listing.product.unit] += listing.units_per_hour
     contracts = Contract.objects.filter(created_at__gte=since, created_at__lt=until).select_related("instrument__product", "listing")
     delivered = _delivered_micro(contracts)
+    subsidy = _voucher_paid_fen(contracts)
     for c in contracts:
         dc = dcs.get(c.listing.data_centre_id)
         if dc is None:
@@ -106,9 +108,14 @@ def policy_metrics(*, level: str = "platform", since: dt.datetime, until: dt.dat
         g = groups[_key(dc, level)]
         unit = c.instrument.product.unit
         g["traded"][unit] += c.quantity * c.instrument.lot_size
-        if c.pk in delivered:
+        if delivered is not None and c.pk in delivered:
             g["delivered"][unit] += Decimal(delivered[c.pk]) / 1_000_000
-    rendered = [_render(key, label, g, level, metering=delivered is not None) for (key, label), g in sorted(groups.items())]
+        if subsidy is not None:
+            g["voucher_paid"] += subsidy.get(c.pk, 0)
+    rendered = [
+        _render(key, label, g, level, metering=delivered is not None, vouchers=subsidy is not None)
+        for (key, label), g in sorted(groups.items())
+    ]
     return {
         "level": level, "since": since.isoformat(), "until": until.isoformat(), "metering": _metering_model() is not None,
         "targets": TARGETS, "groups": rendered,
@@ -129,7 +136,16 @@ def _delivered_micro(contracts) -> dict[int, int] | None:
     return dict(model.objects.filter(contract__in=contracts.values("pk")).values_list("contract_id", "delivered_micro"))
 
 
-def _render(key: str, label: str, g: dict, level: str, *, metering: bool) -> dict:
+def _voucher_paid_fen(contracts) -> dict[int, int] | None:
+    """Subsidy paid to suppliers per contract (vouchers' redemptions), or None without the vouchers app."""
+    try:
+        model = apps.get_model("vouchers", "Redemption")
+    except LookupError:
+        return None
+    return dict(model.objects.filter(contract__in=contracts.values("pk"), paid_fen__gt=0).values_list("contract_id", "paid_fen"))
+
+
+def _render(key: str, label: str, g: dict, level: str, *, metering: bool, vouchers: bool = False) -> dict:
     weight = g["fp16_weight"]
 
     def weighted(total: Decimal, places: Decimal) -> str | None:
@@ -155,7 +171,8 @@ def _render(key: str, label: str, g: dict, level: str, *, metering: bool) -> dic
         "domestic_chip_share_pct": weighted(g["domestic"] * 100, Q2),
         "data_centres_above_pue_1_25": len(g["above_pue"]),
         **{f"latency_{name}": g["latency"].get(name, 0) for name in ("le_1ms", "le_5ms", "le_20ms", "above_20ms", "unmeasured")},
-        "voucher_spend_fen": None,  # vouchers are not built yet
+        # Subsidy paid out of vouchers for delivered compute on the period's contracts, by the supplier's side.
+        "voucher_spend_fen": g["voucher_paid"] if vouchers else None,
     }
     out = {"key": key, "label": label, "metrics": m}
     if level == "platform":

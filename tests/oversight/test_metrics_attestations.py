@@ -140,3 +140,18 @@ def test_the_regulator_sees_outstanding_attestations(api, market, contracts):
     api.force_authenticate(market["seller2"])
     assert [r["id"] for r in api.get(ATTEST + "outstanding/").json()["results"]] == [contracts[market["supplier2"].pk].pk]
     assert api.get(ATTEST).json()["results"] == []
+
+
+def test_voucher_spend_is_the_subsidy_paid_on_the_periods_contracts(api, estate):
+    from exchange.models import Contract
+    from tests.factories import member
+    from tests.oversight.voucher_helpers import approved_voucher
+    from vouchers.models import Redemption
+
+    voucher = approved_voucher(estate["buyer1"], member(estate["buyer1"], role="admin", username="buyer1-admin"))
+    contract = Contract.objects.get()
+    assert api.get(METRICS).json()["groups"][0]["metrics"]["voucher_spend_fen"] == 0
+    Redemption.objects.create(voucher=voucher, contract=contract, status="settled", value_fen=contract.value_fen, rate_bps=2000,
+                              committed_fen=900, paid_fen=600, released_fen=300, year=contract.created_at.year)
+    assert api.get(METRICS).json()["groups"][0]["metrics"]["voucher_spend_fen"] == 600
+    assert api.get(METRICS, {"until": "2000-01-01T00:00:00Z", "since": "1999-01-01T00:00:00Z"}).json()["groups"][0]["metrics"]["voucher_spend_fen"] == 0
