@@ -51,12 +51,18 @@ class OrderRateThrottle(UserRateThrottle):
         return max(self.wait_seconds, 1)
 
 
+_redis_clients: dict[int, object] = {}
+
+
 def _count(key: str, ttl: int) -> int:
     """Increment a counter that expires after `ttl` seconds; one round trip on Redis."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        pipe = backend._cache.get_client(raw, write=True).pipeline()
+        client = _redis_clients.get(id(backend._cache))
+        if client is None:  # Django's get_client builds a new client object on every call
+            client = _redis_clients[id(backend._cache)] = backend._cache.get_client(raw, write=True)
+        pipe = client.pipeline()
         pipe.incr(raw)
         pipe.expire(raw, ttl)
         return pipe.execute()[0]
