@@ -7,8 +7,8 @@ a `place` command. Here, per batch and in arrival order:
 - idempotency on (organisation, client_order_id): a retry with the same terms answers with the stored order
   (created False), different terms are a conflict (409); two of them in one batch count as a retry;
 - the instrument must be open, not halted, before gate closure (the matcher's view is the authority);
-- a buyer's funds (price x quantity + the maximum fee; market orders at the band's edge) must be available:
-  every account involved is locked once, in id order, and debited in arrival order;
+- a buyer's funds (price x quantity + the maximum fee; market orders at the band's edge) must be available,
+  debited in arrival order (read here; the ledger call that posts the batch locks the accounts and re-checks);
 - a seller's lots must fit on one of its listings covering the window (listings locked, in id order);
 - then holds, their journal entries, orders and capacity holds are inserted, a statement per table.
 
@@ -129,16 +129,14 @@ class Admission:
                 outcome[i] = Refusal(403, "organisation", "You may not trade for this organisation.")
         existing = self._existing(allowed)
         seen: dict[tuple[int, str], int] = {}
+        repeats: list[tuple[int, int, dict]] = []  # (index, index of the first with its key, command)
         fresh: list[tuple[int, dict, Instrument]] = []
         for i, c in allowed:
             key = (c["organisation"], c["client_order_id"])
             stored = existing.get(key)
             if stored is None and key in seen:
-                first = outcome[seen[key]]
-                if isinstance(first, Refusal):
-                    outcome[i] = first
-                    continue
-                stored = first
+                repeats.append((i, seen[key], c))  # answered once the first is placed or refused
+                continue
             if stored is not None:
                 outcome[i] = stored if same_terms(stored, c) else Refusal(
                     409, "client_order_id", f"client_order_id {c['client_order_id']!r} is already used by order {stored.pk} with different terms."
@@ -153,6 +151,12 @@ class Admission:
         holds = self._funds(fresh, outcome)
         listings = self._capacity(fresh, outcome)
         created = self._insert([(i, c, inst) for i, c, inst in fresh if i not in outcome], holds, listings, outcome)
+        for i, first, c in repeats:  # a retry inside the batch: the first's answer, or a conflict
+            placed = outcome[first]
+            if isinstance(placed, Refusal) or same_terms(placed, c):
+                outcome[i] = placed
+            else:
+                outcome[i] = Refusal(409, "client_order_id", f"client_order_id {c['client_order_id']!r} is already used by order {placed.pk} with different terms.")
         return outcome, created
 
     # --- checks --------------------------------------------------------------------------------------

@@ -247,3 +247,21 @@ def test_one_batch_spends_funds_and_capacity_in_arrival_order(market_setup):
     assert sorted(Order.objects.values_list("client_order_id", flat=True)) == ["b-200", "b-400", "s-200", "s-37"]
     assert CapacityHold.objects.filter(order__client_order_id__in=["s-200", "s-37"]).count() == 2
     assert ledger_verify().ok
+
+
+def test_a_retry_inside_one_batch_answers_with_the_first_order(market_setup):
+    from exchange import services, transport
+
+    m = market_setup
+    inst = m["instrument"]
+
+    def command(qty):
+        req = services.OrderRequest(instrument=inst, side="buy", quantity=qty, client_order_id="twice", price=inst.reference_price)
+        return services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=req)
+
+    first, retry, other = transport.send([command(2), command(2), command(3)])
+    assert (first["created"], retry["created"]) == (True, False)
+    assert retry["state"]["id"] == first["state"]["id"]
+    assert other["error"]["status"] == 409 and other["error"]["field"] == "client_order_id"
+    assert Order.objects.filter(client_order_id="twice").count() == 1
+    assert balances_get(organisation=m["buyer"])["held"] == 3_004  # one hold: 30.00 + max fee 0.03 + 0.01
