@@ -491,23 +491,25 @@ def _order_payloads(rng: random.Random, spec: dict, tag: str):
         yield rng.choice(buyers if side == "buy" else sellers), body
 
 
-def _client_main(
-    index: int, host: str, port: int, path: str, spec: dict, connections: int, tag: str, ready, go, results
-) -> None:
-    import asyncio
-
+def _client_tallies() -> tuple[array, dict[str, int], dict[str, int], list[str], dict[str, int]]:
+    """uvloop when installed, and what each load-generator process counts: latencies, answers by status,
+    errors, a few sample answers, totals."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    latencies = array("d")
+    return array("d"), {}, {}, [], {"sent": 0, "answered": 0, "created": 0, "unconfirmed": 0}
+
+
+def _client_main(
+    index: int, host: str, port: int, path: str, spec: dict, connections: int, tag: str, ready, go, results
+) -> None:
+    import asyncio
+
+    latencies, statuses, errors, samples, totals = _client_tallies()
     http: dict[int, int] = {}
-    statuses: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    samples: list[str] = []
-    totals = {"sent": 0, "answered": 0, "created": 0, "unconfirmed": 0}
 
     async def request(reader, writer, raw: bytes) -> tuple[int, bytes, bool]:
         writer.write(raw)
@@ -706,17 +708,7 @@ def _ws_client_main(
 
     from websockets.asyncio.client import connect
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    latencies = array("d")
-    statuses: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    samples: list[str] = []
-    totals = {"sent": 0, "answered": 0, "created": 0, "unconfirmed": 0}
+    latencies, statuses, errors, samples, totals = _client_tallies()
     echo = path == ECHO_PATH
 
     async def one(k: int, t_begin: float, t0: float, t1: float) -> None:
