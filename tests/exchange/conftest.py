@@ -22,7 +22,8 @@ def market_setup(db):
     a supplier with 100 H100 listed for it, and a buyer with 10,000 CNY."""
     product = ProductFactory(code="AI-TRAIN", reference_price=Decimal("15.00"), price_band_bps=1000, maker_fee_bps=5, taker_fee_bps=10)
     market.instruments_roll()
-    instrument = Instrument.objects.filter(product=product, status="open").order_by("delivery_start").first()
+    # Not the one closing within the hour: a test running across its gate closure would see it close.
+    instrument = Instrument.objects.filter(product=product, status="open", gate_closure__gt=timezone.now() + dt.timedelta(hours=1)).order_by("delivery_start").first()
     supplier = OrganisationFactory(name="Qingpu Compute", kind="supplier")
     h100 = DeviceModelFactory()
     dc = data_centre(supplier, {h100: 100})

@@ -23,7 +23,8 @@ def market(db):
     listings and two funded buyers, each with a trader; a regulator."""
     product = ProductFactory(code="AI-TRAIN", reference_price=Decimal("15.00"), price_band_bps=1000)
     catalogue.instruments_roll()
-    instrument = Instrument.objects.filter(product=product, status="open").order_by("delivery_start").first()
+    # Not the one closing within the hour: a test running across its gate closure would see it close.
+    instrument = Instrument.objects.filter(product=product, status="open", gate_closure__gt=timezone.now() + dt.timedelta(hours=1)).order_by("delivery_start").first()
     h100 = DeviceModelFactory()
     start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     out = {"instrument": instrument, "product": product}
