@@ -136,6 +136,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=not bool
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis broker: a task a worker took but never acknowledged (it died mid-task; acks are late) is handed out
+# again after this many seconds. Every task is idempotent, so a second run is safe (docs/security.md, drills).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))}
 CELERY_TIMEZONE = "Asia/Shanghai"
 # Periodic jobs: (dotted task name, interval in seconds). Celery beat uses it in production; the embedded
 # server runs the same list on a background thread (config/scheduler.py).
