@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -92,6 +93,8 @@ class AgentReport:
 
 class Agent:
     def __init__(self, *, url: str, token: str, retries: int = 5, backoff: float = 0.5, timeout: float = 60.0, log=None):
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):  # urlopen would also read file: URLs
+            raise AgentError(f"The exchange URL must start with http:// or https://, not {url!r}.")
         self.endpoint = url.rstrip("/") + "/api/v1/metering/events/"
         self.token = token
         self.retries = retries
@@ -108,7 +111,7 @@ class Agent:
                 "Content-Type": "application/json", "Authorization": f"Token {self.token}",
             })
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310 # scheme checked in __init__
                     return json.loads(response.read())
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:500].decode(errors="replace")

@@ -61,6 +61,15 @@ def test_agent_requires_a_token_and_a_source():
         call_command("metering_agent", token="t")
 
 
+def test_agent_refuses_a_url_that_is_not_http(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("{}")
+    with pytest.raises(AgentError, match="http:// or https://"):
+        Agent(url=f"file://{secret}", token="t")
+    with pytest.raises(CommandError, match="http:// or https://"):
+        call_command("metering_agent", url="ftp://exchange.example.cn", token="t", file=str(secret))
+
+
 class _Flaky(BaseHTTPRequestHandler):
     """Answers 503 to the first `failures` requests, then a canned batch answer; 400 when told to."""
 

@@ -61,9 +61,9 @@ class Command(BaseCommand):
             records = read_records(o["file"])
         else:
             raise CommandError("Give --file PATH or --simulate.")
-        agent = Agent(url=o["url"], token=o["token"], retries=o["retries"], backoff=o["backoff"],
-                      log=lambda m: self.stderr.write(m) if o["verbosity"] > 1 else None)
         try:
+            agent = Agent(url=o["url"], token=o["token"], retries=o["retries"], backoff=o["backoff"],
+                          log=lambda m: self.stderr.write(m) if o["verbosity"] > 1 else None)
             report = agent.run(records, batch_size=o["batch"])
         except (AgentError, OSError) as exc:
             raise CommandError(str(exc)) from None
