@@ -45,7 +45,7 @@ def bulk_update_rows(model: type[models.Model], objs: Sequence[models.Model], fi
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in (pk, *columns))
     sets = ", ".join(f'"{f.column}" = v.c{i}' for i, f in enumerate(columns))
     sql = (
-        f'UPDATE "{meta.db_table}" AS t SET {sets} FROM unnest({casts}) AS v({", ".join(names)}) '
+        f'UPDATE "{meta.db_table}" AS t SET {sets} FROM unnest({casts}) AS v({", ".join(names)}) '  # nosec B608 # names from _meta only, values are parameters
         f'WHERE t."{pk.column}" = v.pk'
     )
     with connection.cursor() as cursor:
@@ -92,4 +92,4 @@ def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str]:
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
     # RETURNING gives the rows in the order the SELECT produced them, i.e. the arrays' order (what Django's
     # own multi-row bulk_create relies on too).
-    return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'
+    return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'  # nosec B608 # names from _meta only, values are parameters

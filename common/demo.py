@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-DEFAULT_PASSWORD = "suanli-demo"
+DEFAULT_PASSWORD = "suanli-demo"  # nosec B105 # the documented password of the demo accounts, never a real one
 
 
 @dataclass

@@ -489,7 +489,7 @@ def holds_move(movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequ
         lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
         holds = {
             row[0]: Hold(pk=row[0], organisation_id=row[1], reference=row[2], amount_fen=row[3], captured_fen=row[4], released_fen=row[5], status=row[6])
-            for row in _raw(f"SELECT id, organisation_id, reference, amount_fen, captured_fen, released_fen, status FROM ledger_hold WHERE id IN ({{}}) ORDER BY id{lock}", hold_ids)
+            for row in _raw(f"SELECT id, organisation_id, reference, amount_fen, captured_fen, released_fen, status FROM ledger_hold WHERE id IN ({{}}) ORDER BY id{lock}", hold_ids)  # nosec B608 # constant SQL, ids are parameters
         }
         for hold in holds.values():
             hold._state.adding = False
