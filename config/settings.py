@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "oversight",
     "scheduling",
     "portal",
+    "apikeys",
 ]
 
 MIDDLEWARE = [
@@ -215,6 +216,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
+        "apikeys.authentication.ApiKeyAuthentication",  # Api-Key / Bearer sl_...; scopes checked per view
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
@@ -224,7 +226,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "common.api.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "common.schema.AutoSchema",  # documents the error answers too
     "COERCE_DECIMAL_TO_STRING": True,
     "EXCEPTION_HANDLER": "common.api.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

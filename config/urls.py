@@ -8,6 +8,7 @@ from portal.urls import auth_urlpatterns
 
 api_v1 = [
     path("auth/token/", obtain_auth_token, name="api-token"),
+    path("api-keys/", include("apikeys.api.urls")),
     path("ledger/", include("ledger.api.urls")),
     path("metering/", include("metering.api.urls")),
     path("oversight/", include("oversight.api.urls")),

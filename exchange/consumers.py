@@ -37,6 +37,7 @@ from common.errors import ServiceError
 from exchange import selectors
 from exchange.models import BookState
 from exchange.publish import market_group, organisation_group, register_server_loop
+from exchange.ws_auth import credential_still_valid, recheck_seconds, socket_has_scope, user_sockets_group
 from exchange.ws_orders import COMMANDS, PlacePipeline, error_frame, orders_cancel_placed
 from marketplace.models import Instrument
 from marketplace.selectors import organisation_ids_for_user
@@ -542,16 +543,20 @@ class UserConsumer(AsyncWebsocketConsumer):
     user = None
     organisations: list[int] = []
     heartbeat_task: asyncio.Task | None = None
+    recheck_task: asyncio.Task | None = None
     cancel_on_disconnect = False
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
         user = self.scope.get("user")
         await self.accept()
-        if user is None or not user.is_authenticated:
+        if user is None or not user.is_authenticated or not socket_has_scope(self.scope, "read"):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
+        # Before anything else: a revocation from now on reaches this socket (exchange.ws_auth).
+        await self.channel_layer.group_add(user_sockets_group(user.pk), self.channel_name)
+        self.recheck_task = asyncio.create_task(self._recheck_periodically())
         self.seq = 0
         self.placed: set[int] = set()
         self.places = PlacePipeline(self._send_text, self.placed)
@@ -560,6 +565,7 @@ class UserConsumer(AsyncWebsocketConsumer):
         self.organisations = sorted(await database_sync_to_async(organisation_ids_for_user)(user))
         for org in self.organisations:
             await self.channel_layer.group_add(organisation_group(org), self.channel_name)
+        # Whatever the query string says, the stream carries the organisations of the authenticated user only.
         # Joined first: anything after `at` arrives here; re-read what came before over REST.
         await self.send(text_data=_dumps({
             "type": "welcome", "user": user.pk, "organisations": self.organisations, "seq": 0,
@@ -574,6 +580,9 @@ class UserConsumer(AsyncWebsocketConsumer):
             return
         if self.heartbeat_task is not None:
             self.heartbeat_task.cancel()
+        if self.recheck_task is not None:
+            self.recheck_task.cancel()
+        await self.channel_layer.group_discard(user_sockets_group(self.user.pk), self.channel_name)
         for org in self.organisations:
             await self.channel_layer.group_discard(organisation_group(org), self.channel_name)
         self.places.closed = True
@@ -611,6 +620,10 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=_dumps({"type": "error", "request_id": request_id, "status": 400, "code": "unknown_type",
                                               "message": f"`type` is one of {', '.join(COMMANDS)} or ping.", "fields": {}}))
             return
+        if not socket_has_scope(self.scope, "trade"):
+            await self.send(text_data=_dumps({"type": "error", "request_id": request_id, "status": 403, "code": "permission_denied",
+                                              "message": "This API key lacks the 'trade' scope.", "fields": {}}))
+            return
         if kind == "place":
             await self.places.place(self.user, message)  # answered when the matcher's batch commits
             return
@@ -623,6 +636,29 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=_dumps(error_frame(request_id, exc)))
             return
         await self.send(text_data=_dumps({"type": "ack", "request_id": request_id, **result}))
+
+    async def auth_recheck(self, event: dict) -> None:
+        """Group message "auth.recheck": the user's credentials changed (apikeys.signals); check ours now."""
+        await self._recheck()
+
+    async def _recheck(self) -> bool:
+        if getattr(self, "closed", False) or self.user is None:
+            return False
+        try:
+            valid = await database_sync_to_async(credential_still_valid)(self.scope)
+        except Exception:
+            log.exception("websocket credential re-check failed for user %s; will retry", self.user.pk)
+            return True
+        if not valid:
+            log.info("closing a websocket of user %s: its credential is no longer valid", self.user.pk)
+            self.closed = True
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+        return valid
+
+    async def _recheck_periodically(self) -> None:
+        """The backstop for changes the signals do not see (an UPDATE outside the ORM, another process)."""
+        while await asyncio.sleep(recheck_seconds(), result=True) and await self._recheck():
+            pass
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
