@@ -705,7 +705,7 @@ class Book:
         if reason:
             ev.append((E_AMEND_REJECTED, order_id, RejectReason(reason)))
             return ev
-        assert rec is not None
+        assert rec is not None  # nosec B101 # narrows the type for the checker; rec is set when reason is empty
         side = rec[4]
         if new_p == old_p and new_q < old_q:
             rec[0] = new_q
@@ -875,7 +875,8 @@ class Book:
     # ------------------------------------------------------------------ invariants
 
     def check_invariants(self) -> None:
-        """Raise AssertionError if the book's internal state is inconsistent."""
+        """Raise AssertionError if the book's internal state is inconsistent. Explicit raises, not `assert`:
+        from_snapshot relies on this check, and `python -O` would strip asserts."""
         seen = 0
         arrivals: dict[int, int] = {}
         heap_entries = set(self._gtd)
@@ -883,28 +884,41 @@ class Book:
             (BUY, self._bid_lvls, self._bid_px, 1),
             (SELL, self._ask_lvls, self._ask_px, -1),
         ):
-            assert keys == sorted(keys), "price keys not sorted"
-            assert len(set(keys)) == len(keys), "duplicate price key"
-            assert {sign * k for k in keys} == set(lvls), "price keys and levels differ"
+            if keys != sorted(keys):
+                raise AssertionError("price keys not sorted")
+            if len(set(keys)) != len(keys):
+                raise AssertionError("duplicate price key")
+            if {sign * k for k in keys} != set(lvls):
+                raise AssertionError("price keys and levels differ")
             for price, (total, queue) in lvls.items():
                 live = list(queue.values())
-                assert live, f"level {price} is empty"
-                assert list(queue) == [r[1] for r in live], f"level {price}: keys and records differ"
-                assert total == sum(r[0] for r in live), f"level {price}: total {total} wrong"
+                if not live:
+                    raise AssertionError(f"level {price} is empty")
+                if list(queue) != [r[1] for r in live]:
+                    raise AssertionError(f"level {price}: keys and records differ")
+                if total != sum(r[0] for r in live):
+                    raise AssertionError(f"level {price}: total {total} wrong")
                 for r in live:
-                    assert r[0] > 0 and r[0] % self._lot == 0, f"order {r[1]}: bad quantity {r[0]}"
-                    assert r[3] == price and r[4] == side, f"order {r[1]} on the wrong level"
-                    assert self._orders.get(r[1]) is r, f"order {r[1]} not indexed"
-                    assert r[7] <= self._arrival
+                    if r[0] <= 0 or r[0] % self._lot:
+                        raise AssertionError(f"order {r[1]}: bad quantity {r[0]}")
+                    if r[3] != price or r[4] != side:
+                        raise AssertionError(f"order {r[1]} on the wrong level")
+                    if self._orders.get(r[1]) is not r:
+                        raise AssertionError(f"order {r[1]} not indexed")
+                    if r[7] > self._arrival:
+                        raise AssertionError(f"order {r[1]}: arrival stamp {r[7]} is ahead of the book's {self._arrival}")
                     arrivals[r[1]] = r[7]
-                    if r[5]:
-                        assert (r[5], r[1]) in heap_entries, f"GTD order {r[1]} not in heap"
+                    if r[5] and (r[5], r[1]) not in heap_entries:
+                        raise AssertionError(f"GTD order {r[1]} not in heap")
                 seen += len(live)
                 prev = 0
                 for r in live:  # time priority
-                    assert r[7] > prev, f"level {price}: priority out of order"
+                    if r[7] <= prev:
+                        raise AssertionError(f"level {price}: priority out of order")
                     prev = r[7]
-        assert seen == len(self._orders), "order index holds records not in the book"
-        assert len(set(arrivals.values())) == len(arrivals), "duplicate arrival stamps"
-        if self._status == CONTINUOUS and self._bid_px and self._ask_px:
-            assert self._bid_px[-1] < -self._ask_px[-1], "book crossed at rest"
+        if seen != len(self._orders):
+            raise AssertionError("order index holds records not in the book")
+        if len(set(arrivals.values())) != len(arrivals):
+            raise AssertionError("duplicate arrival stamps")
+        if self._status == CONTINUOUS and self._bid_px and self._ask_px and self._bid_px[-1] >= -self._ask_px[-1]:
+            raise AssertionError("book crossed at rest")
