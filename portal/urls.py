@@ -1,6 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from apikeys.portal import api_keys
 from portal import consoles, views, vouchers_views
 
 app_name = "portal"
@@ -22,6 +23,7 @@ urlpatterns = [
     path("supplier/metering/", consoles.metering_upload, name="metering-upload"),
     path("vouchers/", vouchers_views.desk, name="vouchers"),
     path("vouchers/review/", vouchers_views.review, name="voucher-review"),
+    path("api-keys/", api_keys, name="api-keys"),
 ]
 
 # Sign-in and sign-out under the names Django's auth expects (settings.LOGIN_URL = "login").
