@@ -18,6 +18,7 @@ from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from common.errors import ServiceError
+from common.money import format_cny
 from exchange.models import Contract
 from ledger import services as ledger
 from ledger.models import Account, AccountKind, EntryKind
@@ -200,10 +201,10 @@ def application_approve(*, user: User, application_id: int, amount_fen: int | No
         raise VoucherError("The programme has ended.", field="application")
     amount = app.requested_fen if amount_fen is None else amount_fen
     if not isinstance(amount, int) or amount <= 0 or amount > app.requested_fen:
-        raise VoucherError(f"From 0.01 CNY up to the requested {app.requested_fen / 100:.2f} CNY.", field="amount")
+        raise VoucherError(f"From 0.01 CNY up to the requested {format_cny(app.requested_fen)} CNY.", field="amount")
     budget = Account.objects.select_for_update().get(pk=programme.budget_account_id)
     if amount > budget.balance_fen:
-        raise VoucherError(f"The programme budget has {budget.balance_fen / 100:.2f} CNY left.", field="amount")
+        raise VoucherError(f"The programme budget has {format_cny(budget.balance_fen)} CNY left.", field="amount")
     voucher = Voucher.objects.create(
         application=app, programme=programme, organisation=app.organisation, amount_fen=amount, issued_at=now,
         expires_at=min(now + dt.timedelta(days=programme.voucher_valid_days), programme.valid_until),
@@ -334,7 +335,7 @@ def redemption_commit(*, contract_id: int, now: dt.datetime | None = None) -> Re
         amount = min(limits)
         if amount <= 0:
             if limits[1] <= 0:
-                return blocked(BlockReason.CAP_REACHED, f"{programme.org_cap_per_year_fen / 100:.2f} CNY in {year} used up")
+                return blocked(BlockReason.CAP_REACHED, f"{format_cny(programme.org_cap_per_year_fen)} CNY in {year} used up")
             return blocked(BlockReason.VOUCHER_EMPTY, "no balance left")
         r = Redemption.objects.create(status=RedemptionStatus.COMMITTED, rate_bps=rate, rate_kind=kind, committed_fen=amount, **base)
         accounts = ledger.accounts_open(organisation=contract.buyer)
