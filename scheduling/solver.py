@@ -23,6 +23,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from common.money import format_cny
+
 CHEAPEST = "cheapest"
 LOWEST_CARBON = "lowest_carbon"
 WEIGHTED = "weighted"
@@ -30,7 +32,7 @@ OBJECTIVES = (CHEAPEST, LOWEST_CARBON, WEIGHTED)
 # HiGHS stops when within this share of the best bound (its default, 1e-4, could leave 100 fen on a
 # 10,000 CNY plan); the tests compare with brute force.
 MIP_REL_GAP = 1e-7
-CARBON_TIE_G_PER_FEN = 1e-6
+CARBON_TIE_G_PER_FEN = 1e-6  # nosemgrep: float-near-money -- an objective weight, not an amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ class Spec:
     max_price_fen_per_unit: Fraction | None = None  # per standard unit
     max_total_fen: int | None = None
     objective: str = CHEAPEST
-    fen_per_g_co2: float = 0.0  # weighted: yuan per kg CO2 / 10
+    fen_per_g_co2: float = 0.0  # weighted: yuan per kg CO2 / 10; nosemgrep: float-near-money -- an objective weight, not an amount
 
     def price_ok(self, offer: Offer, seg: Segment) -> bool:
         if self.max_price_fen_per_unit is None:
@@ -186,12 +188,13 @@ def prefix_fill(offer: Offer, segments: list[Segment], lots: int) -> Take:
 
 
 def score(spec: Spec, cost_fen: float, carbon_g: float) -> float:
+    """The MILP's objective (HiGHS works in floats); a plan's cost itself is summed in integer fen."""
     if spec.objective == CHEAPEST:
-        return float(cost_fen)
+        return float(cost_fen)  # nosemgrep: float-near-money -- objective score
     if spec.objective == LOWEST_CARBON:
         # Cost breaks ties between equally clean plans: one CNY weighs as much as 0.0001 g of CO2.
-        return float(carbon_g) + CARBON_TIE_G_PER_FEN * float(cost_fen)
-    return float(cost_fen) + spec.fen_per_g_co2 * float(carbon_g)
+        return float(carbon_g) + CARBON_TIE_G_PER_FEN * float(cost_fen)  # nosemgrep: float-near-money -- objective score
+    return float(cost_fen) + spec.fen_per_g_co2 * float(carbon_g)  # nosemgrep: float-near-money -- objective score
 
 
 def plan_score(spec: Spec, takes: list[Take]) -> float:
@@ -284,7 +287,7 @@ def solve(spec: Spec, offers: list[Offer], *, time_limit: float = 10.0) -> Resul
             units_row[0].append(ids[-1])
             units_row[1].append(o.lot_micro // unit_gcd)
             cost_row[0].append(ids[-1])
-            cost_row[1].append(float(seg.price_fen_per_lot))
+            cost_row[1].append(float(seg.price_fen_per_lot))  # nosemgrep: float-near-money -- MILP row; plans are re-checked against the cap in integer fen
         xcols.append(ids)
         marg = [cols_obj[i] for i in ids]
         # Runs of levels along which the score per lot does not fall fill in queue order by themselves (an
@@ -309,7 +312,7 @@ def solve(spec: Spec, offers: list[Offer], *, time_limit: float = 10.0) -> Resul
         offer_cols.append((ids, avail))
     rows.append((units_row[0], units_row[1], float(need), np.inf))
     if spec.max_total_fen is not None:
-        rows.append((cost_row[0], cost_row[1], -np.inf, float(spec.max_total_fen)))
+        rows.append((cost_row[0], cost_row[1], -np.inf, float(spec.max_total_fen)))  # nosemgrep: float-near-money -- MILP row; plans are re-checked against the cap in integer fen
     if spec.single_window:
         windows = sorted({o.window for o, _, _ in cands})
         wcol = {w: col(0.0, 1) for w in windows}
@@ -585,7 +588,7 @@ def diagnose(spec: Spec, offers: list[Offer]) -> dict:
     cheapest = _cheapest_cost(spec, usable) if spec.max_total_fen is not None else None
     if cheapest is not None:
         return {"constraint": "max_total", "available": str(spec.max_total_fen), "required": str(cheapest), "measure": "fen",
-                "message": f"the cheapest eligible plan costs {cheapest / 100:.2f} CNY, above the total cap of {spec.max_total_fen / 100:.2f} CNY"}
+                "message": f"the cheapest eligible plan costs {format_cny(cheapest)} CNY, above the total cap of {format_cny(spec.max_total_fen)} CNY"}
     return {"constraint": "order_size", "message": "the eligible asks cannot be combined into whole orders within the instruments' order size limits"}
 
 
