@@ -135,6 +135,46 @@ def book_depth_get(*, instrument: Instrument, depth: int | None = None) -> dict:
     return {"seq": state.book_seq if state else 0, "bids": bids, "asks": asks, "checksum": full_checksum}
 
 
+BULK_CHUNK = 300  # instruments per statement (SQLite allows 999 parameters before 3.32)
+
+
+def book_depths_get(*, instrument_ids: list[int], depth: int | None = None) -> dict[int, dict]:
+    """`book_depth_get` for many instruments in one statement per BULK_CHUNK of them: {instrument id: the
+    same dict}. Each instrument's levels match its sequence number because the book states and the
+    aggregated resting orders are read by ONE statement, hence from one snapshot (PostgreSQL's READ
+    COMMITTED takes a snapshot per statement; SQLite's reads are serialised), and the matcher commits a
+    batch's order rows and book state in one transaction. No row locks: share locks on many book states
+    could deadlock with a matcher batch updating several of them in another order."""
+    ids = sorted({int(pk) for pk in instrument_ids})
+    orders, states = Order._meta.db_table, BookState._meta.db_table
+    levels: dict[int, dict[str, list[tuple[int, int]]]] = {pk: {Side.BUY: [], Side.SELL: []} for pk in ids}
+    seqs: dict[int, int] = {}
+    for at in range(0, len(ids), BULK_CHUNK):
+        chunk = ids[at:at + BULK_CHUNK]
+        marks = ", ".join(["%s"] * len(chunk))
+        sql = (
+            f"SELECT instrument_id, side, price_fen_per_lot, SUM(open_quantity), NULL FROM {orders} "
+            f"WHERE instrument_id IN ({marks}) AND status = %s GROUP BY instrument_id, side, price_fen_per_lot "
+            f"UNION ALL SELECT instrument_id, NULL, NULL, NULL, book_seq FROM {states} WHERE instrument_id IN ({marks})"
+        )
+        with connection.cursor() as cur:
+            cur.execute(sql, [*chunk, OrderStatus.OPEN.value, *chunk])
+            for inst_id, side, price, quantity, seq in cur.fetchall():
+                if side is None:
+                    seqs[inst_id] = seq
+                else:
+                    levels[inst_id][side].append((price, int(quantity)))
+    out = {}
+    for pk in ids:
+        bids = sorted(levels[pk][Side.BUY], key=lambda level: -level[0])
+        asks = sorted(levels[pk][Side.SELL], key=lambda level: level[0])
+        full_checksum = checksum(bids, asks)
+        if depth is not None:
+            bids, asks = bids[:depth], asks[:depth]
+        out[pk] = {"seq": seqs.get(pk, 0), "bids": bids, "asks": asks, "checksum": full_checksum}
+    return out
+
+
 def _locked_state(instrument: Instrument) -> BookState | None:
     if connection.vendor == "postgresql":
         # FOR SHARE until the levels are read: the matcher updates this row in each batch that changes the

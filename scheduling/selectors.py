@@ -7,12 +7,13 @@ import datetime as dt
 from decimal import Decimal
 from fractions import Fraction
 
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from exchange.models import Order, OrderStatus, Side
-from exchange.selectors import book_depth_get
-from marketplace.models import DataCentreLatency, Instrument, InstrumentStatus, Listing, User
+from exchange.selectors import book_depths_get
+from marketplace.models import DataCentre, DataCentreLatency, DeviceModel, Instrument, InstrumentStatus, Listing, User
 from marketplace.selectors import organisation_ids_for_user
 from marketplace.units import rating_tflops
 from scheduling import solver
@@ -53,9 +54,16 @@ def listing_figures(listing: Listing | None, unit: str, lot_size: Decimal, metro
     energy = lot units x rated power / rated TFLOPS x PUE; carbon = energy x grid intensity x non-renewable
     share (metering's formula)."""
     if listing is None:  # a sell order without a listing: unknown figures, never eligible
-        return {"carbon_g_per_lot": 0.0, "energy_kwh_per_lot": 0.0, "latency_ms": None, "chip_class": "", "domestic": False,
-                "renewable_share": 0.0, "pue": 99.0, "security_level": 0, "data_centres": ()}
-    dc, device = listing.data_centre, listing.device_model
+        return dict(UNKNOWN_FIGURES)
+    return capacity_figures(listing.data_centre, listing.device_model, unit, lot_size, metro)
+
+
+UNKNOWN_FIGURES = {"carbon_g_per_lot": 0.0, "energy_kwh_per_lot": 0.0, "latency_ms": None, "chip_class": "", "domestic": False,
+                   "renewable_share": 0.0, "pue": 99.0, "security_level": 0, "data_centres": ()}
+
+
+def capacity_figures(dc: DataCentre, device: DeviceModel, unit: str, lot_size: Decimal, metro: str) -> dict:
+    """listing_figures for a data centre and device model (the latencies prefetched or not)."""
     rating = rating_tflops(device, unit) or Decimal(0)
     it_kwh = lot_size * device.power_w / rating if rating else Decimal(0)
     energy = it_kwh * dc.pue
@@ -82,37 +90,47 @@ def offers_get(*, demand: Demand, now: dt.datetime | None = None, instrument_ids
     if instrument_ids is not None:
         qs = qs.filter(pk__in=instrument_ids)
     instruments = {i.pk: i for i in qs}
-    depth = {pk: book_depth_get(instrument=inst) for pk, inst in instruments.items()}
-    rows = list(
+    depth = book_depths_get(instrument_ids=list(instruments))  # one statement, not one transaction per book
+    asks = (
         Order.objects.filter(instrument_id__in=list(instruments), side=Side.SELL, status=OrderStatus.OPEN, open_quantity__gt=0)
         .order_by("instrument_id", "price_fen_per_lot", "id")
         .values_list("instrument_id", "price_fen_per_lot", "open_quantity", "organisation_id", "listing_id")
     )
-    listing_ids = {r[4] for r in rows if r[4]}
-    listings = Listing.objects.select_related("data_centre", "device_model").prefetch_related(
-        Prefetch("data_centre__latencies", queryset=DataCentreLatency.objects.all())
-    ).in_bulk(listing_ids)
-    figures: dict[tuple[int | None, int], dict] = {}
-    queues: dict[int, list[solver.Segment]] = {pk: [] for pk in instruments}
+    with connection.cursor() as cur:  # 10,000s of plain tuples: the cursor's rows without the queryset's per-row work
+        cur.execute(*asks.query.sql_with_params())
+        rows = cur.fetchall()
+    listing_rows = {pk: (dc, dev) for pk, dc, dev in Listing.objects.filter(pk__in={r[4] for r in rows if r[4]}).values_list("pk", "data_centre_id", "device_model_id")}
+    data_centres = DataCentre.objects.prefetch_related(
+        Prefetch("latencies", queryset=DataCentreLatency.objects.filter(metro=demand.latency_metro))
+    ).in_bulk({dc for dc, _ in listing_rows.values()})
+    devices = DeviceModel.objects.in_bulk({dev for _, dev in listing_rows.values()})
+    figures: dict[tuple[int | None, Decimal], tuple[dict, tuple]] = {}
+    runs: dict[int, list[list]] = {pk: [] for pk in instruments}  # per queue: [price, own, figures, figures key, lots]
     # The committed levels cap what the order rows say, in case the matcher committed between the reads.
     level_room = {pk: dict(d["asks"]) for pk, d in depth.items()}
     for inst_id, price, qty, org_id, listing_id in rows:
-        inst = instruments[inst_id]
         room = level_room[inst_id].get(price, 0)
         qty = min(qty, room)
         if qty <= 0:
             continue
         level_room[inst_id][price] = room - qty
-        key = (listing_id, inst_id)
+        inst = instruments[inst_id]
+        capacity = listing_rows.get(listing_id)
+        key = (capacity, inst.lot_size)
         if key not in figures:
-            figures[key] = listing_figures(listings.get(listing_id), demand.unit, inst.lot_size, demand.latency_metro)
-        f = figures[key]
-        seg = solver.Segment(price_fen_per_lot=price, lots=qty, own=org_id == demand.organisation_id, **f)
-        queue = queues[inst_id]
-        if queue and _same(queue[-1], seg):
-            queue[-1] = solver.Segment(**{**_fields(queue[-1]), "lots": queue[-1].lots + qty})
+            if capacity is None:  # a sell order without a listing: unknown figures, never eligible
+                f = dict(UNKNOWN_FIGURES)
+            else:
+                f = capacity_figures(data_centres[capacity[0]], devices[capacity[1]], demand.unit, inst.lot_size, demand.latency_metro)
+            figures[key] = (f, tuple(f.values()))  # equal figures from different capacity merge too
+        f, f_key = figures[key]
+        own = org_id == demand.organisation_id
+        run = runs[inst_id]
+        if run and run[-1][0] == price and run[-1][1] == own and run[-1][3] == f_key:
+            run[-1][4] += qty
         else:
-            queue.append(seg)
+            run.append([price, own, f, f_key, qty])
+    queues = {pk: [solver.Segment(price_fen_per_lot=price, lots=lots, own=own, **f) for price, own, f, _, lots in run] for pk, run in runs.items()}
     offers = [
         solver.Offer(
             instrument_id=pk, window=(epoch(inst.delivery_start), epoch(inst.delivery_end)),
@@ -121,15 +139,5 @@ def offers_get(*, demand: Demand, now: dt.datetime | None = None, instrument_ids
         )
         for pk, inst in instruments.items()
     ]
-    return offers, {"instruments": instruments, "listings": listings}
+    return offers, {"instruments": instruments, "data_centres": data_centres}
 
-
-def _fields(seg: solver.Segment) -> dict:
-    return {name: getattr(seg, name) for name in solver.Segment.__slots__}
-
-
-def _same(a: solver.Segment, b: solver.Segment) -> bool:
-    fa, fb = _fields(a), _fields(b)
-    fa.pop("lots")
-    fb.pop("lots")
-    return fa == fb

@@ -30,7 +30,7 @@ def _cny(fen: int | float) -> str:
 def _take_payload(take: solver.Take, ctx: dict) -> dict:
     inst = ctx["instruments"][take.offer.instrument_id]
     dcs = sorted({dc for s, n in zip(take.offer.segments, take.per_segment, strict=False) if n for dc in s.data_centres})
-    dc_rows = {lst.data_centre_id: lst.data_centre for lst in ctx["listings"].values()}
+    dc_rows = ctx["data_centres"]
     return {
         "instrument": inst.pk, "instrument_code": inst.code, "product": inst.product.code,
         "delivery_start": inst.delivery_start.isoformat(), "delivery_end": inst.delivery_end.isoformat(),
