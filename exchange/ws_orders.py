@@ -196,7 +196,7 @@ def order_cancel_all_command(user, message: dict) -> dict:
 def orders_cancel_placed(user, order_ids: set[int]) -> int:
     """Cancel-on-disconnect: the socket's orders that still rest or wait for the matcher."""
     cancelled = []
-    for order in Order.objects.filter(pk__in=order_ids, status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).select_related("organisation"):
+    for order in Order.objects.filter(pk__in=order_ids, status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).select_related("organisation"):  # nosemgrep: object-by-id-without-owner -- ids of orders this socket placed; order_cancel_request checks the role
         try:
             services.order_cancel_request(user=user, order=order)
         except ServiceError:
