@@ -165,7 +165,7 @@ class Admission:
         """(user, organisation) pairs of the batch that may trade: an admin or trader membership, checked
         here, in the transaction that stores the order, so a revoked trader cannot slip one in."""
         return set(_rows(
-            f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "
+            f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "  # nosec B608 # table names from _meta, values are parameters
             "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
             sorted({c["user"] for _, c in places}), sorted({c["organisation"] for _, c in places}),
             extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
@@ -207,7 +207,7 @@ class Admission:
         # payout, another shard) left one short; the loop then retries the batch's commands one by one, so
         # only that order is refused. Locking here as well would take two lock phases: a deadlock risk.
         rows = _rows(
-            f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",
+            f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
             orgs, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
         )
         accounts = {(org, kind): pk for pk, org, kind, _ in rows}
@@ -248,7 +248,7 @@ class Admission:
             listings = [
                 _ListingRow(pk, supplier, count, model)
                 for pk, supplier, count, model in _rows(
-                    f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE supplier_id IN ({{}}) "
+                    f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE supplier_id IN ({{}}) "  # nosec B608 # table name from _meta, values are parameters
                     "AND product_id = %s AND is_active AND available_from <= %s AND available_until >= %s ORDER BY id"
                     + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
                     orgs, extra=[inst.product_id, *(connection.ops.adapt_datetimefield_value(t) for t in (inst.delivery_start, inst.delivery_end))],
