@@ -32,7 +32,7 @@ DEBUG = env_bool("DEBUG", default=False)
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DEBUG must be off when SUANLI_ENV=production")
 
-_DEV_SECRET_KEY = "suanli-dev-only-not-secret-8c1f3e6a9b2d4f7e0a5c8b1d3e6f9a2c4b7d0e3f6a9c2b5"
+_DEV_SECRET_KEY = "suanli-dev-only-not-secret-8c1f3e6a9b2d4f7e0a5c8b1d3e6f9a2c4b7d0e3f6a9c2b5"  # nosec B105 # development only: production refuses to start without SECRET_KEY
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if PRODUCTION:
