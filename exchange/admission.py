@@ -7,6 +7,8 @@ a `place` command. Here, per batch and in arrival order:
 - idempotency on (organisation, client_order_id): a retry with the same terms answers with the stored order
   (created False), different terms are a conflict (409); two of them in one batch count as a retry;
 - the instrument must be open, not halted, before gate closure (the matcher's view is the authority);
+- no operator's kill switch may cover it and it must fit the account's risk limits (exchange.risk: from the
+  matcher's memory, no SQL);
 - a buyer's funds (price x quantity + the maximum fee; market orders at the band's edge) must be available,
   debited in arrival order (read here; the ledger call that posts the batch locks the accounts and re-checks);
 - a seller's lots must fit on one of its listings covering the window (listings locked, in id order);
@@ -110,8 +112,9 @@ def same_terms(order: Order, command: dict) -> bool:
 class Admission:
     """One batch's placements. `admit` returns {command index: Order (new or replayed) | Refusal}."""
 
-    def __init__(self, *, now: dt.datetime, book_for, instrument_for) -> None:
+    def __init__(self, *, now: dt.datetime, book_for, instrument_for, risk_check=None) -> None:
         self.now = now
+        self.risk_check = risk_check  # (command, instrument, market order price) -> Refusal | None (exchange.risk)
         self.book_for = book_for  # instrument id -> engine Book or None (loads it)
         self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
         self.capacity_holds: list[CapacityHold] = []  # those created here, for the matcher's batch
@@ -144,6 +147,8 @@ class Admission:
                 continue
             seen[key] = i
             refusal, inst = self._instrument_check(c)
+            if refusal is None and self.risk_check is not None:
+                refusal = self.risk_check(c, inst, band_fen_per_lot(inst)[1] if c["type"] != OrderType.LIMIT else 0)
             if refusal is not None:
                 outcome[i] = refusal
                 continue

@@ -29,6 +29,8 @@ from exchange.models import (
     BookState,
     CapacityHold,
     Contract,
+    KillScope,
+    KillSwitch,
     Order,
     OrderEvent,
     OrderEventKind,
@@ -37,6 +39,7 @@ from exchange.models import (
     Trade,
 )
 from exchange.publish import Publication, publish
+from exchange.risk import KILL_REASON, RiskBook
 from ledger import services as ledger
 from ledger.models import Account, AccountKind, EntryKind
 from marketplace.models import Instrument, InstrumentStatus
@@ -69,6 +72,7 @@ class _Batch:
     publications: list[Publication] = field(default_factory=list)
     hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
     fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
+    new_switches: list | None = None  # kill switches found by this batch's risk_sync, swept by its command
 
 
 class Matcher:
@@ -83,6 +87,7 @@ class Matcher:
         self.resting: dict[int, Order] = {}
         self.escrow_accounts: dict[int, int] = {}  # organisation id -> its escrow account id
         self.fees_account: int | None = None
+        self.risk = RiskBook(owns=self.owns, shards=shards)  # limits and kill switches (exchange.risk)
 
     # --- books ---------------------------------------------------------------------------------------
 
@@ -124,11 +129,16 @@ class Matcher:
         outcomes = []
         try:
             with transaction.atomic():
+                if any(c["op"] == "risk_sync" for c in commands):
+                    # Before admission: a switch pulled now refuses every order of this batch in its scope.
+                    batch.new_switches = self.risk.sync()
                 places = [(i, c) for i, c in enumerate(commands) if c["op"] == "place"]
                 admitted: dict = {}
                 created: set[int] = set()
                 if places:
-                    admission = Admission(now=batch.now, book_for=self._book, instrument_for=self.instruments.__getitem__)
+                    self.risk.ensure()
+                    admission = Admission(now=batch.now, book_for=self._book, instrument_for=self.instruments.__getitem__,
+                                          risk_check=self.risk.admission())
                     admitted, created = admission.admit(places)
                     batch.hold_entries = admission.entries
                     batch.orders.update((o.pk, o) for o in admitted.values() if isinstance(o, Order))
@@ -146,7 +156,9 @@ class Matcher:
                 self._persist(batch)
         except Exception:
             self._forget(list(self.engine.books))
+            self.risk.invalidate()
             raise
+        self.risk.apply(batch.orders[pk] for pk in batch.dirty)
         publish(batch.publications)
         return [self._reply(outcome, batch) for outcome in outcomes]
 
@@ -188,6 +200,10 @@ class Matcher:
             order = batch.orders.get(command["order"])
             if order is None or order.status != OrderStatus.OPEN:
                 return {"op": op, "order": command["order"], "rejected": "not_open"}
+            self.risk.ensure()
+            refused = self.risk.amend_refusal(order, command.get("price"), command.get("quantity"))
+            if refused is not None:
+                return {"op": op, "order": order.pk, "rejected": refused}
             book = self._book(order.instrument_id)
             events = book.amend(order.pk, now, command.get("price"), command.get("quantity")) if book is not None else []
             self._record(order.instrument_id, events, batch, actor_id=command.get("actor"))
@@ -212,6 +228,9 @@ class Matcher:
             return {"op": op}
         if op == "close":
             return self._close(command["instrument"], batch, now)
+        if op == "risk_sync":
+            switches, batch.new_switches = batch.new_switches or [], []
+            return {"op": op, "cancelled": sum(self._sweep(s, batch, now) for s in switches)}
         if op in ("halt", "resume"):
             book = self._book(command["instrument"])
             if book is not None:
@@ -247,6 +266,29 @@ class Matcher:
         self._forget([instrument_id])
         return {"op": "close", "expired": expired}
 
+    def _sweep(self, switch: KillSwitch, batch: _Batch, now: int) -> int:
+        """A kill switch just pulled: cancel this shard's resting orders in its scope through the book (holds
+        and capacity released, events published, like any cancel)."""
+        if switch.scope == KillScope.INSTRUMENT:
+            instrument_ids = [switch.instrument_id]
+        else:
+            qs = Order.objects.filter(status=OrderStatus.OPEN)
+            if switch.scope == KillScope.ACCOUNT:
+                qs = qs.filter(organisation_id=switch.organisation_id)
+            instrument_ids = sorted(set(qs.values_list("instrument_id", flat=True)))
+        cancelled = 0
+        for iid in instrument_ids:
+            book = self._book(iid) if self.owns(iid) else None
+            if book is None:
+                continue
+            if switch.scope == KillScope.ACCOUNT:
+                events = book.cancel_all(switch.organisation_id, now)
+            else:
+                events = [e for order_id in _resting_ids(book) for e in book.cancel(order_id, now)]
+            cancelled += sum(1 for e in events if e[0] == EK.CANCELLED)
+            self._record(iid, events, batch, actor_id=switch.pulled_by_id, cancel_reason=KILL_REASON)
+        return cancelled
+
     # --- events -> rows --------------------------------------------------------------------------------
 
     def _load_orders(self, events: list, batch: _Batch) -> None:
@@ -273,7 +315,7 @@ class Matcher:
                reason: str = "", trade: Trade | None = None, actor_id: int | None = None) -> None:
         batch.events.append((order, kind, quantity, price_fen_per_lot, reason, trade, actor_id))
 
-    def _record(self, instrument_id: int, events: list, batch: _Batch, actor_id: int | None = None) -> None:
+    def _record(self, instrument_id: int, events: list, batch: _Batch, actor_id: int | None = None, cancel_reason: str = "") -> None:
         if not events:
             return
         self._load_orders(events, batch)
@@ -298,7 +340,7 @@ class Matcher:
             elif kind in (EK.CANCELLED, EK.EXPIRED):
                 order = batch.orders[e[1]]
                 order.open_quantity = 0
-                reason = eng.CancelReason(e[3]).name.lower() if kind == EK.CANCELLED else "expired"
+                reason = (cancel_reason or eng.CancelReason(e[3]).name.lower()) if kind == EK.CANCELLED else "expired"
                 self._event(order, OrderEventKind.CANCELLED if kind == EK.CANCELLED else OrderEventKind.EXPIRED, batch, quantity=e[2], reason=reason, actor_id=actor_id if kind == EK.CANCELLED else None)
                 touched.add(order.pk)
                 order.reason = reason
@@ -473,6 +515,7 @@ class Matcher:
         self._finish(order, OrderStatus.REJECTED, "internal_error", batch)
         with transaction.atomic():
             self._persist(batch)
+        self.risk.apply([order])
         publish(batch.publications)
 
     # --- recovery ---------------------------------------------------------------------------------------

@@ -211,3 +211,69 @@ class BookState(models.Model):
 
     def __str__(self) -> str:
         return f"book {self.instrument_id} seq {self.book_seq}"
+
+
+class RiskLimit(models.Model):
+    """An organisation's own risk limits (operators set them); a blank field takes the venue default from
+    settings (RISK_MAX_OPEN_ORDERS, RISK_MAX_OPEN_NOTIONAL_FEN, RISK_MAX_ORDER_NOTIONAL_FEN, ORDER_RATE_LIMIT).
+    Enforced by the matcher (exchange.risk) and, for the order rate, by order entry's throttle."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, primary_key=True, related_name="risk_limit")
+    max_open_orders = models.PositiveIntegerField(null=True, blank=True, help_text="Resting orders at once")
+    max_open_notional_fen = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Price x open quantity summed over resting orders, both sides (fen)")
+    max_order_notional_fen = models.PositiveBigIntegerField(null=True, blank=True, help_text="One order's price x quantity (fen)")
+    order_rate = models.CharField(max_length=20, blank=True, help_text='Orders per period, e.g. "50/s" or "600/min"')
+    note = models.CharField(max_length=200, blank=True)
+    updated_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"risk limits of organisation {self.organisation_id}"
+
+
+class KillScope(models.TextChoices):
+    ACCOUNT = "account", _("account")
+    INSTRUMENT = "instrument", _("instrument")
+    VENUE = "venue", _("venue")
+
+
+class KillSwitch(models.Model):
+    """An operator's stop: while active (not released), new orders and amends in scope are refused and the
+    matcher cancels what rests in scope. Released, trading may resume; cancelled orders stay cancelled."""
+
+    scope = models.CharField(max_length=10, choices=KillScope.choices)
+    organisation = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.PROTECT, related_name="kill_switches")
+    instrument = models.ForeignKey(Instrument, null=True, blank=True, on_delete=models.PROTECT, related_name="kill_switches")
+    reason = models.CharField(max_length=200)
+    pulled_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    pulled_at = models.DateTimeField(auto_now_add=True)
+    released_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    released_at = models.DateTimeField(null=True, blank=True)
+    release_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(scope="account", organisation__isnull=False, instrument__isnull=True)
+                           | Q(scope="instrument", organisation__isnull=True, instrument__isnull=False)
+                           | Q(scope="venue", organisation__isnull=True, instrument__isnull=True)),
+                name="kill_switch_target_matches_scope",
+            ),
+            models.UniqueConstraint(fields=["organisation"], condition=Q(scope="account", released_at__isnull=True), name="kill_switch_one_active_per_account"),
+            models.UniqueConstraint(fields=["instrument"], condition=Q(scope="instrument", released_at__isnull=True), name="kill_switch_one_active_per_instrument"),
+            models.UniqueConstraint(fields=["scope"], condition=Q(scope="venue", released_at__isnull=True), name="kill_switch_one_active_venue"),
+        ]
+
+    def __str__(self) -> str:
+        target = {"account": self.organisation_id, "instrument": self.instrument_id}.get(self.scope, "")
+        return f"kill switch {self.pk} {self.scope} {target}".strip()
+
+    @property
+    def target(self) -> int | None:
+        return self.organisation_id if self.scope == KillScope.ACCOUNT else self.instrument_id if self.scope == KillScope.INSTRUMENT else None
+
+    @property
+    def active(self) -> bool:
+        return self.released_at is None

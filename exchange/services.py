@@ -13,6 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from common.errors import ServiceError
+from exchange import risk
 from exchange.admission import buyer_hold_fen, listing_capacity_lots, listing_used_lots
 from exchange.books import band_fen_per_lot
 from exchange.models import (
@@ -21,6 +22,7 @@ from exchange.models import (
     Order,
     OrderStatus,
     OrderType,
+    RiskLimit,
     SelfTradePrevention,
     Side,
     TimeInForce,
@@ -193,6 +195,9 @@ def order_amend_prepare(*, user: User, order: Order, price: Decimal | None = Non
             raise OrderError("Only limit orders rest and can be amended.", field="type")
         if price is None and quantity is None:
             raise OrderError("Give a new price, a new quantity, or both.", field="non_field_errors")
+        switch = risk.kill_switch_for(order.organisation_id, order.instrument_id)
+        if switch is not None:  # the matcher refuses it too; here before any hold grows
+            raise ServiceError(risk.kill_message(switch.scope, switch.reason, inst.code), status_code=403)
         new_price = None
         if price is not None:
             req = OrderRequest(instrument=inst, side=order.side, quantity=order.quantity, client_order_id="-", price=price)
@@ -205,6 +210,10 @@ def order_amend_prepare(*, user: User, order: Order, price: Decimal | None = Non
                 raise OrderError(f"Quantity must be at most {inst.max_order_lots} lots.", field="quantity")
             new_open = quantity - order.filled_quantity
         open_lots = new_open if new_open is not None else order.open_quantity
+        most = risk.limits_of(RiskLimit.objects.filter(organisation_id=order.organisation_id).first(), risk.default_limits()).max_order_notional_fen
+        notional = (new_price or order.price_fen_per_lot) * (order.filled_quantity + open_lots)
+        if most is not None and notional > most:
+            raise OrderError(f"Order notional limit of {risk.cny(most)} CNY exceeded (this order {risk.cny(notional)} CNY).", field="quantity")
         if order.side == Side.BUY:
             need = buyer_hold_fen(price_fen_per_lot=new_price or order.price_fen_per_lot, open_lots=open_lots, instrument=inst)
             short = need - order.hold.remaining_fen

@@ -73,12 +73,13 @@ class MatcherLoop:
         return {"op": command.get("op"), "order": command.get("order"), "error": "internal_error"}
 
     def housekeeping(self, *, force: bool = False) -> None:
-        """Once a second: expire GTD orders, close books past gate closure, pick up pending work."""
+        """Once a second: expire GTD orders, close books past gate closure, pick up pending work, reload risk
+        limits and kill switches (a switch whose command was lost still stops trading within a second)."""
         now = time.monotonic()
         if not force and now - self._last_housekeeping < settings.MATCHER_HOUSEKEEPING_SECONDS:
             return
         self._last_housekeeping = now
-        commands = [{"op": "expire"}]
+        commands = [{"op": "risk_sync"}, {"op": "expire"}]
         closing = Instrument.objects.filter(gate_closure__lte=timezone.now(), orders__status__in=[OrderStatus.OPEN, OrderStatus.PENDING]).values_list("pk", flat=True).distinct()
         commands += [{"op": "close", "instrument": iid} for iid in closing if self.matcher.owns(iid)]
         commands += self.matcher.pending_commands()
@@ -286,6 +287,8 @@ def _by_shard(commands: list[dict]) -> dict[int, list[tuple[int, dict]]]:
 
 
 def _shard_for(command: dict) -> int:
+    if "shard" in command:  # addressed to one shard (broadcast)
+        return command["shard"]
     iid = command.get("instrument")
     if iid is None and "order" in command:
         iid = Order.objects.filter(pk=command["order"]).values_list("instrument_id", flat=True).first() or 0
@@ -360,6 +363,13 @@ def client():
             kind = settings.MATCHER_TRANSPORT
             _client = {"inline": InlineClient, "thread": ThreadClient, "redis": RedisClient}[kind]()
         return _client
+
+
+def broadcast(command: dict, *, timeout: float | None = None) -> list[dict] | None:
+    """Send one command to every matcher shard (e.g. `risk_sync`); the replies, one per shard, or None when
+    one did not answer in time."""
+    shards = settings.MATCHER_SHARDS if settings.MATCHER_TRANSPORT == "redis" else 1
+    return send([{**command, "shard": k} for k in range(shards)], timeout=timeout)
 
 
 async def submit_async(commands: list[dict], *, timeout: float | None = None):

@@ -24,16 +24,17 @@ log = logging.getLogger(__name__)
 class _ThrottleRequest:
     """What DRF's UserRateThrottle reads from a request: REST and websocket orders share one budget."""
 
-    def __init__(self, user) -> None:
+    def __init__(self, user, organisation=None) -> None:
         self.user = user
+        self.organisation = organisation  # as the frame names it (the account whose budget it spends)
         self.META: dict = {}
 
 
-def _throttle(user) -> None:
+def _throttle(user, organisation=None) -> None:
     from exchange.api.views import OrderRateThrottle
 
     throttle = OrderRateThrottle()
-    if not throttle.allow_request(_ThrottleRequest(user), None):
+    if not throttle.allow_request(_ThrottleRequest(user, organisation), None):
         raise drf_exceptions.Throttled(throttle.wait())
 
 
@@ -74,7 +75,7 @@ def place_prepare(user, message: dict) -> tuple[dict, object]:
     from exchange.api.serializers import OrderInSerializer
 
     _not_regulator(user)
-    _throttle(user)
+    _throttle(user, message.get("organisation"))
     data = _fields(message, "order_type")
     if "order_type" in message:
         data["type"] = message["order_type"]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from exchange.api import views
+from exchange.api import risk, views
 
 urlpatterns = [
     path("orders/", views.OrderListCreate.as_view(), name="orders"),
@@ -12,4 +12,8 @@ urlpatterns = [
     path("instruments/<int:pk>/book/", views.BookView.as_view(), name="instrument-book"),
     path("instruments/<int:pk>/ticker/", views.TickerView.as_view(), name="instrument-ticker"),
     path("instruments/<int:pk>/candles/", views.CandlesView.as_view(), name="instrument-candles"),
+    path("risk/kill-switches/", risk.KillSwitchListCreate.as_view(), name="risk-kill-switches"),
+    path("risk/kill-switches/<int:pk>/", risk.KillSwitchDetail.as_view(), name="risk-kill-switch"),
+    path("risk/limits/", risk.RiskLimitList.as_view(), name="risk-limits"),
+    path("risk/limits/<int:organisation>/", risk.RiskLimitDetail.as_view(), name="risk-limit"),
 ]

@@ -16,7 +16,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from common.money import format_cny
-from exchange import selectors, services, transport
+from exchange import risk, selectors, services, transport
 from exchange.api import serializers as s
 from exchange.models import Order, OrderStatus, Trade
 from marketplace.models import Instrument
@@ -25,8 +25,11 @@ from marketplace.selectors import acting_organisation, organisation_ids_for_user
 
 
 class OrderRateThrottle(UserRateThrottle):
-    """Per-account order-entry rate (settings REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"]), shared by
-    REST and websocket order entry and by every web process (through the cache: Redis when configured).
+    """Per-account order-entry rate, shared by REST and websocket order entry, by every trader of the account
+    and by every web process (through the cache: Redis when configured). The rate is the organisation's
+    override (exchange.RiskLimit.order_rate, cached per process for a few seconds) or the default, settings
+    REST_FRAMEWORK DEFAULT_THROTTLE_RATES["orders"]. A request whose organisation cannot be told (several,
+    none named; it is refused after) counts against its user at the default rate.
 
     A fixed window counted with one INCR (DRF's sliding window reads and rewrites a pickled list of request
     times twice per request): at most `rate` orders per window, so a burst straddling two windows can
@@ -39,16 +42,34 @@ class OrderRateThrottle(UserRateThrottle):
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
     def allow_request(self, request, view) -> bool:
-        if self.rate is None or not request.user or not request.user.is_authenticated:
+        if not request.user or not request.user.is_authenticated:
             return True
+        organisation = _account_of(request)
+        if organisation is not None:
+            rate, who = risk.order_rate_for(organisation), f"org:{organisation}"
+        else:
+            rate, who = self.rate, str(request.user.pk)
+        if rate is None:
+            return True
+        self.num_requests, self.duration = self.parse_rate(rate)
         now = self.timer()
         window = int(now // self.duration)
         self.wait_seconds = (window + 1) * self.duration - now
-        key = f"throttle:{self.scope}:{request.user.pk}:{window}"
+        key = f"throttle:{self.scope}:{who}:{window}"
         return _count(key, int(self.duration) + 1) <= self.num_requests
 
     def wait(self) -> float:
         return max(self.wait_seconds, 1)
+
+
+def _account_of(request) -> int | None:
+    """The organisation an order is placed for, from the per-process membership cache (no query as a rule)."""
+    named = getattr(request, "organisation", None) if not hasattr(request, "data") else (
+        request.data.get("organisation") if isinstance(request.data, dict) else None)
+    try:
+        return selectors.trading_organisation_get(request.user, named).pk
+    except Exception:  # refused with its own message once the request is handled
+        return None
 
 
 _redis_clients: dict[int, object] = {}
