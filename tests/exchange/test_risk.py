@@ -257,3 +257,85 @@ def test_the_admin_pulls_and_releases_through_the_same_path(client, market_setup
     client.post("/admin/exchange/killswitch/", {"action": "release", "_selected_action": [switch.pk]})
     switch.refresh_from_db()
     assert switch.released_by == operator
+
+
+# --- production shape: runmatcher behind Redis ----------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_runmatcher_holds_the_limit_under_concurrent_orders_and_a_switch_cancels_within_a_second(api, market_setup, settings, operator):
+    import os
+    import threading
+    import time
+
+    import redis
+    from django.db import connections
+
+    from exchange import services
+    from exchange.models import OrderStatus
+    from tests.exchange.conftest import start_matcher
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    m = market_setup
+    inst = m["instrument"]
+    settings.MATCHER_TRANSPORT = "redis"
+    settings.MATCHER_SHARDS = 1
+    settings.MATCHER_REPLY_TIMEOUT = 10
+    transport._client = None
+    proc = start_matcher(0, 1)
+    try:
+        RiskLimit.objects.create(organisation=m["buyer"], max_open_orders=3)
+        assert transport.broadcast({"op": "risk_sync"}) is not None
+        barrier = threading.Barrier(8)
+        outcomes, errors = [], []
+
+        def attempt(i: int) -> None:
+            req = services.OrderRequest(instrument=inst, side="buy", quantity=1, client_order_id=f"race{i}", price=inst.reference_price - inst.tick_size * i)
+            barrier.wait()
+            try:
+                outcomes.append(services.order_place(user=m["buyer_user"], organisation=m["buyer"], request=req).state["status"])
+            except services.OrderError as exc:
+                outcomes.append(str(exc))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(repr(exc))
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(outcomes) == ["Open order limit of 3 would be exceeded (3 open)."] * 5 + ["open"] * 3
+        resting = set(Order.objects.filter(organisation=m["buyer"], status=OrderStatus.OPEN).values_list("pk", flat=True))
+        assert len(resting) == 3 and Order.objects.filter(organisation=m["buyer"]).count() == 3
+
+        # Pulled through the API: the answer comes after every shard cancelled what rests in scope. Timed from
+        # the switch's row to the cancellations' events (the test client's first request imports the URLs).
+        body = pull(api, operator, scope="account", organisation=m["buyer"].pk).json()
+        assert (body["matchers_confirmed"], body["orders_cancelled"]) == (True, 3)
+        assert not Order.objects.filter(pk__in=resting, status=OrderStatus.OPEN).exists()
+        pulled_at = KillSwitch.objects.get(pk=body["id"]).pulled_at
+        took = max(OrderEvent.objects.filter(order_id__in=resting, kind="cancelled").values_list("created_at", flat=True)) - pulled_at
+        assert took.total_seconds() < 1.0, f"the switch took {took}"
+        assert balances_get(organisation=m["buyer"])["held"] == 0
+        api.force_authenticate(operator)
+        api.delete(f"/api/v1/risk/kill-switches/{body['id']}/", format="json")
+
+        # A switch written without telling the matcher (a lost command): its once-a-second reload applies it.
+        again = place(api, m["buyer_user"], inst, client_order_id="after-release")
+        assert again.status_code == 201, again.json()
+        KillSwitch.objects.create(scope="instrument", instrument=inst, reason="lost command", pulled_by=operator)
+        started = time.monotonic()
+        while Order.objects.filter(pk=again.json()["id"], status=OrderStatus.OPEN).exists():
+            assert time.monotonic() - started < 2.0, "housekeeping did not apply the switch"
+            time.sleep(0.05)
+        assert Order.objects.get(pk=again.json()["id"]).reason == "kill_switch"
+        assert ledger_verify().ok
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        transport._client = None
