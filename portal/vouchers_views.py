@@ -63,7 +63,7 @@ def review(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied(_("This page is for the voucher authority."))
     errors: dict[int, str] = {}
     if request.method == "POST":
-        application = get_object_or_404(Application, pk=request.POST.get("application", "0") if request.POST.get("application", "").isdigit() else 0)
+        application = get_object_or_404(Application, pk=request.POST.get("application", "0") if request.POST.get("application", "").isdigit() else 0)  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all checked above)
         try:
             if request.POST.get("decision") == "approve":
                 raw = request.POST.get("amount", "").strip()
