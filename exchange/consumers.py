@@ -48,7 +48,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4008
 HUB_STOP = "market.hub.stop"  # sent by the hub to itself when its last subscription ends
-GROUP_REFRESH_SECONDS = 3600  # channel-layer group memberships expire (channels: a day); renew well before
+# Channel-layer group memberships expire (channels: a day) and vanish with a Redis restart: renew them often.
+GROUP_REFRESH_SECONDS = 30
 
 
 def heartbeat_seconds() -> float:
@@ -188,8 +189,8 @@ class MarketHub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("market hub: receive failed; retrying")
-                await asyncio.sleep(1)
+                log.exception("market hub: receive failed; rejoining and resynchronising")
+                await self._rejoin()
                 continue
             if message.get("type") == HUB_STOP:
                 if self.topics:
@@ -204,8 +205,29 @@ class MarketHub:
             except Exception:
                 log.exception("market hub: could not relay %r", message.get("kind"))
 
+    async def _rejoin(self) -> None:
+        """The channel layer failed: if Redis restarted, our group memberships and the messages queued for us
+        are gone. Join every group again once the layer answers, then send every socket a new snapshot."""
+        while True:
+            await asyncio.sleep(1)
+            try:
+                for topic in list(self.topics.values()):
+                    if topic.joined_at is not None:
+                        await self.layer.group_add(market_group(topic.instrument_id), self.channel)
+                        topic.joined_at = self.loop.time()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("market hub: the channel layer is still unavailable (%s)", exc)
+        for topic in list(self.topics.values()):
+            for consumer in tuple(topic.consumers):
+                consumer.resync()
+
     async def _tick(self) -> None:
-        """Heartbeats to every live socket; renews group memberships before the layer expires them."""
+        """Heartbeats to every live socket; renews group memberships before the layer expires them (and soon
+        after a Redis restart that no read noticed: the next update then shows the socket a gap, and it
+        resynchronises)."""
         while True:
             await asyncio.sleep(heartbeat_seconds())
             at = timezone.now().isoformat()
@@ -385,14 +407,18 @@ class MarketConsumer:
             self._deliver(_dumps({"type": "error", "code": "bad_request", "message": "Send JSON objects with a `type`."}))
             return
         if kind == "resync":
-            if self.buffer is None:  # otherwise a snapshot is already on its way
-                self.buffer = []
-                asyncio.get_running_loop().create_task(self._finish_resync())
+            self.resync()
         elif kind == "ping":
             self._deliver(_dumps({"type": "pong", "request_id": message.get("request_id"), "seq": self.seq}))
         else:
             self._deliver(_dumps({"type": "error", "request_id": message.get("request_id"), "code": "unknown_type",
                                   "message": "This stream takes `resync` and `ping`."}))
+
+    def resync(self) -> None:
+        """Send a new snapshot; what arrives meanwhile is buffered and applied after it."""
+        if self.buffer is None and not self.dropped:  # otherwise a snapshot is already on its way
+            self.buffer = []
+            asyncio.get_running_loop().create_task(self._finish_resync())
 
     # --- from the hub (synchronous: no await between a message's arrival and its place in the stream) ---
 

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from exchange.admission import Refusal
@@ -50,6 +50,8 @@ class MatcherLoop:
         try:
             return self.matcher.process(commands)
         except Exception as exc:
+            if outage(exc):
+                raise  # not the commands' fault: they are tried again once the database is back
             if len(commands) == 1:
                 return [self._fail(commands[0], exc)]
             return [self.run([c])[0] for c in commands]
@@ -295,17 +297,54 @@ def _shard_for(command: dict) -> int:
     return shard_of(iid or 0, settings.MATCHER_SHARDS)
 
 
+def outage(exc: BaseException) -> bool:
+    """Redis or the database is unreachable (restarting, failing over): no fault of the batch at hand."""
+    import redis
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        try:
+            return not connection.is_usable()
+        except Exception:
+            return True
+    return False
+
+
+OUTAGE_PAUSE = 0.5  # seconds between attempts to reach Redis or the database again
+
+
 def serve_redis(*, shard: int, shards: int, stop: threading.Event | None = None) -> None:
     """The body of `manage.py runmatcher`: recover, then pop and answer batches until stopped.
 
     Reliable queue: each message moves (LMOVE, atomically) from the shard's queue to its in-flight list and
     leaves it only after its batch is committed and answered. A matcher killed in between finds the messages
     in the in-flight list when it restarts and processes them first (they arrived before anything still
-    queued); what was already committed answers as a replay (orders are idempotent on client_order_id)."""
+    queued); what was already committed answers as a replay (orders are idempotent on client_order_id).
+
+    Redis or PostgreSQL going away (a restart) is waited out, not fatal: the matcher reconnects and starts
+    over from its in-flight list, exactly as after a restart of its own."""
     import redis
 
     r = redis.Redis.from_url(settings.REDIS_URL)
     loop = MatcherLoop(Matcher(shard=shard, shards=shards))
+    while stop is None or not stop.is_set():
+        try:
+            _serve_redis(r, loop, shard, stop)
+            return
+        except Exception as exc:
+            if not outage(exc):
+                raise
+            log.warning("matcher shard %s: %s: %s; reconnecting", shard, type(exc).__name__, exc)
+            loop.matcher._forget(list(loop.matcher.engine.books))  # reloaded from the database once it answers
+            try:
+                connection.close()
+            except Exception:
+                pass
+            time.sleep(OUTAGE_PAUSE)
+
+
+def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None) -> None:
     key, inflight = queue_key(shard), inflight_key(shard)
     recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
     if recovered:

@@ -343,3 +343,97 @@ class RetryingClient:
             self.retries += 1
             time.sleep(pause)
             pause = min(pause * 1.5, 0.5)
+
+
+# --- a market-data client that reconnects, as a real one does -------------------------------------------
+
+class MarketWatcher:
+    """A /ws/market/<id>/ client on its own thread, using only the public `websockets` library: keeps a local
+    book (snapshot, then updates), checks every message's checksum, asks for a resync on a gap or a wrong
+    checksum, and reconnects (new snapshot) whenever the socket drops."""
+
+    def __init__(self, ws_base: str, instrument_id: int) -> None:
+        self.url = f"{ws_base}/ws/market/{instrument_id}/"
+        self.seq = -1
+        self.levels: dict[str, dict[int, int]] = {"buy": {}, "sell": {}}
+        self.connects = 0
+        self.snapshots = 0
+        self.mismatches: list[str] = []  # checksum or sequence problems seen (each followed by a resync)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="market-watcher", daemon=True)
+
+    def start(self) -> MarketWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def state(self) -> tuple[int, int]:
+        """(book seq, checksum of the local book)."""
+        with self.lock:
+            return self.seq, self.checksum()
+
+    def checksum(self) -> int:
+        from exchange.selectors import checksum
+
+        bids = sorted(self.levels["buy"].items(), key=lambda level: -level[0])
+        asks = sorted(self.levels["sell"].items())
+        return checksum(bids, asks)
+
+    def _main(self) -> None:
+        import asyncio
+
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        import asyncio
+        import json
+
+        from websockets.asyncio.client import connect
+
+        while not self._stop.is_set():
+            try:
+                # An Origin of ours: the server refuses a websocket without one (exchange.ws_auth).
+                async with connect(self.url, origin="http://127.0.0.1", open_timeout=5, close_timeout=1) as ws:
+                    self.connects += 1
+                    while not self._stop.is_set():
+                        try:
+                            raw = await asyncio.wait_for(ws.recv(), 0.5)
+                        except TimeoutError:
+                            continue
+                        with self.lock:
+                            trusted = self._handle(json.loads(raw))
+                        if not trusted:
+                            await ws.send(json.dumps({"type": "resync"}))
+            except Exception:
+                await asyncio.sleep(0.2)  # the server or its Redis is away: try again
+
+    def _handle(self, msg: dict) -> bool:
+        """Apply one message; False when the book is no longer trustworthy (then the client resyncs)."""
+        kind = msg["type"]
+        if kind == "snapshot":
+            self.snapshots += 1
+            self.seq = msg["seq"]
+            self.levels = {"buy": dict(map(tuple, msg["bids_fen_per_lot"])), "sell": dict(map(tuple, msg["asks_fen_per_lot"]))}
+            return True
+        if kind != "book" or self.seq < 0:
+            return True
+        if msg["first"] != self.seq + 1:
+            self.mismatches.append(f"gap: at {self.seq}, message from {msg['first']}")
+            self.seq = -1
+            return False
+        for u in msg["updates"]:
+            side = self.levels[u["side"]]
+            if u["quantity"]:
+                side[u["price_fen_per_lot"]] = u["quantity"]
+            else:
+                side.pop(u["price_fen_per_lot"], None)
+        self.seq = msg["seq"]
+        if self.checksum() != msg["checksum"]:
+            self.mismatches.append(f"checksum at {self.seq}")
+            self.seq = -1
+            return False
+        return True

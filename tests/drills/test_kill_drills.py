@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import random
+import threading
 import time
 from collections import Counter
 
@@ -257,3 +258,74 @@ def test_sigkill_matcher_worker_and_web_server_mid_stream(drill_market, own_redi
     assert kills == {"matcher": rounds, "web": 2 * rounds, "worker": rounds}
     # A matcher killed mid-batch found the batch in its in-flight list at restart and re-processed it.
     assert procs["matcher"].log.read_text().count("re-processing") == rounds
+
+
+def _server_book(base: str, instrument_id: int) -> tuple[int, int]:
+    book = harness.requests.get(f"{base}/api/v1/instruments/{instrument_id}/book/", timeout=5).json()
+    return book["seq"], book["checksum"]
+
+
+def _place_all(client_for, dm, steps) -> list[tuple[str, int]]:
+    acked = []
+    for _, side, fen, qty, cid, tif in steps:
+        r = client_for(side).call("POST", "/api/v1/orders/", json={
+            "instrument": dm.traded.pk, "side": side, "price": f"{fen // 100}.{fen % 100:02d}", "quantity": qty,
+            "client_order_id": cid, "time_in_force": tif}, done=lambda r: r.status_code not in (202, 429) and r.status_code < 500)
+        assert r.status_code in (200, 201), (cid, r.status_code, r.text)
+        acked.append((cid, r.json()["id"]))
+    return acked
+
+
+def _assert_orders_as_reference(dm, acked) -> dict:
+    ids = dict(Order.objects.filter(instrument=dm.traded).values_list("client_order_id", "pk"))
+    assert len(ids) == Order.objects.filter(instrument=dm.traded).count() == len(acked)
+    assert all(ids[cid] == pk for cid, pk in acked)
+    crashed, reference = outcome(dm.traded), outcome(dm.reference)
+    assert reference["trades"], "the stream should trade"
+    assert crashed == reference
+    return crashed
+
+
+def test_redis_restart_mid_stream_loses_no_order_and_market_clients_resync(drill_market, own_redis, tmp_path, capsys):  # noqa: F811
+    """Redis (channel layer, matcher queue, cache) is restarted empty while orders flow and two market-data
+    clients watch the book. Nothing is restarted by hand: the web server and the matcher carry on, orders
+    are all there (order state lives in PostgreSQL; a command lost with Redis is retried by its client with
+    the same client_order_id), and each client ends with the server's book (seq and checksum)."""
+    dm = drill_market
+    steps = [s for s in stream(SEED + 1, orders=50, batches=0, webhooks=1) if s[0] == "order"]
+    restart_at = random.Random(SEED).randrange(len(steps) // 3, 2 * len(steps) // 3)
+    reference_run(dm, steps)
+    env = harness.service_env(database_url=test_database_url(), redis_url=own_redis.url(0), MATCHER_REPLY_TIMEOUT="1",
+                              MATCHER_HOUSEKEEPING_SECONDS="0.2", WS_HEARTBEAT_SECONDS="1", LOG_LEVEL="INFO")
+    web, base = harness.web(env, tmp_path)
+    matcher = harness.matcher(env, tmp_path)
+    clients = {"buy": harness.RetryingClient(base, token=dm.buyer_token), "sell": harness.RetryingClient(base, token=dm.seller_token)}
+    watchers = []
+    try:
+        matcher.start()
+        web.start()
+        watchers = [harness.MarketWatcher(base.replace("http://", "ws://"), dm.traded.pk).start() for _ in range(2)]
+        harness.wait_for("market clients' first snapshots", lambda: all(w.snapshots for w in watchers), 20)
+        acked = _place_all(clients.get, dm, steps[:restart_at])
+        # Mid-request: the restart lands while the next orders are on their way.
+        restart = threading.Thread(target=own_redis.restart, kwargs={"down_for": 1.0})
+        restart.start()
+        acked += _place_all(clients.get, dm, steps[restart_at:])
+        restart.join()
+        server = _server_book(base, dm.traded.pk)
+        took = harness.wait_for("every market client to hold the server's book again",
+                                lambda: all(w.state() == server for w in watchers), 30, interval=0.1)
+        assert web.alive() and matcher.alive() and (web.starts, matcher.starts) == (1, 1), "nothing was restarted by hand"
+    finally:
+        for w in watchers:
+            w.stop()
+        web.stop()
+        matcher.stop()
+    assert all(w.snapshots >= 2 for w in watchers), "each client resynchronised after the restart"
+    crashed = _assert_orders_as_reference(dm, acked)
+    call_command("ledger_verify")
+    with capsys.disabled():
+        print("\nredis restart:", json.dumps({"orders": len(acked), "trades": len(crashed["trades"]), "book_seq": server[0],
+                                             "resync_s": round(took, 2), "snapshots": [w.snapshots for w in watchers],
+                                             "connects": [w.connects for w in watchers],
+                                             "longest_outage_s": round(max(c.longest_outage for c in clients.values()), 2)}))
