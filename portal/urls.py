@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from apikeys.portal import api_keys
-from portal import consoles, views, vouchers_views
+from portal import consoles, scheduling_views, views, vouchers_views
 
 app_name = "portal"
 
@@ -24,6 +24,10 @@ urlpatterns = [
     path("vouchers/", vouchers_views.desk, name="vouchers"),
     path("vouchers/review/", vouchers_views.review, name="voucher-review"),
     path("api-keys/", api_keys, name="api-keys"),
+    path("demands/", scheduling_views.demands, name="demands"),
+    path("demands/<int:pk>/", scheduling_views.demand, name="demand"),
+    path("demands/<int:pk>/plan/", scheduling_views.demand_replan, name="demand-plan"),
+    path("demands/<int:pk>/execute/", scheduling_views.demand_execute, name="demand-execute"),
 ]
 
 # Sign-in and sign-out under the names Django's auth expects (settings.LOGIN_URL = "login").

@@ -29,7 +29,11 @@ def _cny(fen: int | float) -> str:
 
 def _take_payload(take: solver.Take, ctx: dict) -> dict:
     inst = ctx["instruments"][take.offer.instrument_id]
-    dcs = sorted({dc for s, n in zip(take.offer.segments, take.per_segment, strict=False) if n for dc in s.data_centres})
+    lots_by_dc: dict[int, int] = {}
+    for seg, n in zip(take.offer.segments, take.per_segment, strict=False):
+        if n and seg.data_centres:  # a segment is one data centre's asks
+            lots_by_dc[seg.data_centres[0]] = lots_by_dc.get(seg.data_centres[0], 0) + n
+    dcs = sorted(lots_by_dc)
     dc_rows = ctx["data_centres"]
     return {
         "instrument": inst.pk, "instrument_code": inst.code, "product": inst.product.code,
@@ -39,7 +43,7 @@ def _take_payload(take: solver.Take, ctx: dict) -> dict:
         "levels": [{"price_fen_per_lot": s.price_fen_per_lot, "lots": n} for s, n in zip(take.offer.segments, take.per_segment, strict=False) if n],
         "cost_fen": take.cost_fen, "cost_cny": _cny(take.cost_fen),
         "carbon_kg": round(take.carbon_g / 1000, 3), "energy_kwh": round(take.energy_kwh, 3), "latency_ms": take.latency_max(),
-        "data_centres": [{"id": pk, "name": dc_rows[pk].name, "region": dc_rows[pk].region} for pk in dcs if pk in dc_rows],
+        "data_centres": [{"id": pk, "name": dc_rows[pk].name, "region": dc_rows[pk].region, "lots": lots_by_dc[pk]} for pk in dcs if pk in dc_rows],
         "book_seq": take.offer.book_seq,
     }
 
