@@ -82,3 +82,29 @@ def drill_market(market_setup) -> DrillMarket:  # noqa: F811
                                     provider_reference=f"cs_drill_{i}") for i in range(16)]
     return DrillMarket(reference=reference, traded=traded, contract=contract, market=m, top_ups=top_ups,
                        seller_token=Token.objects.create(user=m["seller_user"]).key, buyer_token=Token.objects.create(user=m["buyer_user"]).key)
+
+
+def outcome(instrument) -> dict:
+    """Orders and trades by client_order_id (the reference's without its "ref-" prefix)."""
+    from exchange.models import Order, Trade
+
+    orders = {o.client_order_id.removeprefix("ref-"): [o.side, o.status, o.quantity, o.filled_quantity, o.open_quantity, o.fee_fen]
+              for o in Order.objects.filter(instrument=instrument)}
+    cid = {pk: c.removeprefix("ref-") for pk, c in Order.objects.filter(instrument=instrument).values_list("pk", "client_order_id")}
+    trades = [[t.seq, cid[t.maker_order_id], cid[t.taker_order_id], t.price_fen_per_lot, t.quantity, t.buyer_fee_fen, t.seller_fee_fen]
+              for t in Trade.objects.filter(instrument=instrument).order_by("seq")]
+    return {"orders": orders, "trades": trades}
+
+
+def outcome_json(reference_id: int, traded_id: int) -> str:
+    """For a process on another database (`manage.py shell -c`): both outcomes and the traded instrument's
+    orders by client_order_id (id), as JSON."""
+    import json
+
+    from exchange.models import Order
+
+    ids = {}
+    for cid, pk in Order.objects.filter(instrument_id=traded_id).values_list("client_order_id", "pk"):
+        ids.setdefault(cid, []).append(pk)
+    return json.dumps({"reference": outcome(Instrument.objects.get(pk=reference_id)), "traded": outcome(Instrument.objects.get(pk=traded_id)),
+                       "ids": ids, "pending": Order.objects.filter(status="pending").count()})

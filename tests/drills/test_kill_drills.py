@@ -28,14 +28,14 @@ from celery import Celery
 from django.core.management import call_command
 
 from exchange import services
-from exchange.models import Order, Trade
+from exchange.models import Order
 from exchange.transport import inflight_key
 from ledger.models import JournalEntry, ProviderEvent, TopUp, TopUpStatus
 from metering.models import ContractDelivery, UsageEvent
 from oversight import audit
 from oversight.models import AuditRecord
 from tests.drills import kill_harness as harness
-from tests.drills.kill_setup import TOP_UP_FEN, drill_market, market_setup, own_redis, test_database_url  # noqa: F401  (fixtures)
+from tests.drills.kill_setup import TOP_UP_FEN, drill_market, market_setup, outcome, own_redis, test_database_url  # noqa: F401  (fixtures)
 from tests.ledger.payments_helpers import WEBHOOK_SECRET, event, paid_session, sign
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -109,16 +109,6 @@ def reference_run(dm, steps) -> None:
                                         price=dm.reference.fen_per_lot_to_price(fen), time_in_force=tif)
         placed = services.order_place(user=user, organisation=org, request=request)
         assert placed.state is not None
-
-
-def outcome(instrument) -> dict:
-    """Orders and trades by client_order_id (the reference's without its "ref-" prefix)."""
-    orders = {o.client_order_id.removeprefix("ref-"): (o.side, o.status, o.quantity, o.filled_quantity, o.open_quantity, o.fee_fen)
-              for o in Order.objects.filter(instrument=instrument)}
-    cid = {pk: c.removeprefix("ref-") for pk, c in Order.objects.filter(instrument=instrument).values_list("pk", "client_order_id")}
-    trades = [(t.seq, cid[t.maker_order_id], cid[t.taker_order_id], t.price_fen_per_lot, t.quantity, t.buyer_fee_fen, t.seller_fee_fen)
-              for t in Trade.objects.filter(instrument=instrument).order_by("seq")]
-    return {"orders": orders, "trades": trades}
 
 
 # --- the drill ------------------------------------------------------------------------------------------------
@@ -329,3 +319,64 @@ def test_redis_restart_mid_stream_loses_no_order_and_market_clients_resync(drill
                                              "resync_s": round(took, 2), "snapshots": [w.snapshots for w in watchers],
                                              "connects": [w.connects for w in watchers],
                                              "longest_outage_s": round(max(c.longest_outage for c in clients.values()), 2)}))
+
+
+def test_postgres_restart_mid_stream_recovers_without_manual_steps(drill_market, own_redis, tmp_path, capsys):  # noqa: F811
+    """The web server and the matcher run against a PostgreSQL cluster of our own (a copy of the test
+    database), which is crashed (immediate shutdown) and started again while orders flow. Nothing is
+    restarted by hand: requests fail for a moment, then succeed (Django's health-checked connections); the
+    matcher waits, reconnects and goes on. Every order is there once and the book equals the uninterrupted
+    run's; `ledger_verify` passes on that database."""
+    dm = drill_market
+    steps = [s for s in stream(SEED + 2, orders=40, batches=0, webhooks=1) if s[0] == "order"]
+    restart_at = random.Random(SEED + 2).randrange(len(steps) // 3, 2 * len(steps) // 3)
+    reference_run(dm, steps)
+    cluster = harness.PostgresCluster(tmp_path / "pg")
+    cluster.init()
+    cluster.start()
+    web = matcher = None
+    try:
+        cluster.clone_from(test_database_url(), "suanli_drill")
+        env = harness.service_env(database_url=cluster.url("suanli_drill"), redis_url=own_redis.url(0), MATCHER_REPLY_TIMEOUT="1",
+                                  MATCHER_HOUSEKEEPING_SECONDS="0.2", LOG_LEVEL="INFO")
+        web, base = harness.web(env, tmp_path)
+        matcher = harness.matcher(env, tmp_path)
+        clients = {"buy": harness.RetryingClient(base, token=dm.buyer_token), "sell": harness.RetryingClient(base, token=dm.seller_token)}
+        matcher.start()
+        web.start()
+        acked = _place_all(clients.get, dm, steps[:restart_at])
+        retries_before = sum(c.retries for c in clients.values())
+        restart = threading.Thread(target=cluster.restart, kwargs={"mode": "immediate", "down_for": 1.0})
+        restart.start()  # a crash: no shutdown checkpoint, crash recovery at start
+        acked += _place_all(clients.get, dm, steps[restart_at:])
+        restart.join()
+        assert sum(c.retries for c in clients.values()) > retries_before, "the restart went unnoticed: nothing was drilled"
+        assert harness.requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        assert web.alive() and matcher.alive() and (web.starts, matcher.starts) == (1, 1), "nothing was restarted by hand"
+        assert "reconnecting" in matcher.log.read_text()
+        web.stop()
+        matcher.stop()
+        check_env = {**env, "LOG_LEVEL": "WARNING"}
+        verify = harness.subprocess.run([harness.sys.executable, "manage.py", "ledger_verify"], cwd=harness.ROOT, env=check_env,
+                                        capture_output=True, text=True, timeout=120)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        shown = harness.subprocess.run(
+            [harness.sys.executable, "manage.py", "shell", "-c",
+             f"from tests.drills.kill_setup import outcome_json; print(outcome_json({dm.reference.pk}, {dm.traded.pk}))"],
+            cwd=harness.ROOT, env=check_env, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+    finally:
+        for p in (web, matcher):
+            if p is not None:
+                p.stop()
+        cluster.discard()
+    seen = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert seen["pending"] == 0
+    assert {cid: pks for cid, pks in seen["ids"].items() if len(pks) != 1} == {}
+    assert all(seen["ids"][cid] == [pk] for cid, pk in acked) and len(seen["ids"]) == len(acked)
+    assert seen["reference"]["trades"], "the stream should trade"
+    assert seen["traded"] == seen["reference"]
+    with capsys.disabled():
+        print("\npostgres restart:", json.dumps({"orders": len(acked), "trades": len(seen["traded"]["trades"]),
+                                                "retried_requests": sum(c.retries for c in clients.values()) - retries_before,
+                                                "longest_outage_s": round(max(c.longest_outage for c in clients.values()), 2)}))
