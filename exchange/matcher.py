@@ -73,6 +73,7 @@ class _Batch:
     hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
     fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
     new_switches: list | None = None  # kill switches found by this batch's risk_sync, swept by its command
+    swept: list = field(default_factory=list)  # ... and marked swept once the batch commits
 
 
 class Matcher:
@@ -159,6 +160,7 @@ class Matcher:
             self.risk.invalidate()
             raise
         self.risk.apply(batch.orders[pk] for pk in batch.dirty)
+        self.risk.swept.update(s.pk for s in batch.swept)
         publish(batch.publications)
         return [self._reply(outcome, batch) for outcome in outcomes]
 
@@ -230,6 +232,7 @@ class Matcher:
             return self._close(command["instrument"], batch, now)
         if op == "risk_sync":
             switches, batch.new_switches = batch.new_switches or [], []
+            batch.swept.extend(switches)
             return {"op": op, "cancelled": sum(self._sweep(s, batch, now) for s in switches)}
         if op in ("halt", "resume"):
             book = self._book(command["instrument"])

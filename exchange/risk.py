@@ -135,6 +135,7 @@ class RiskBook:
         self.defaults = default_limits()
         self.overrides: dict[int, Limits] = {}
         self.switches: dict[tuple[str, int | None], KillSwitch] = {}  # (scope, target) -> active switch
+        self.swept: set[int] = set()  # switches whose resting orders this matcher has cancelled (committed)
         self.synced = False
 
     # --- state ----------------------------------------------------------------------------------------
@@ -160,14 +161,15 @@ class RiskBook:
         self.ready = False
 
     def sync(self) -> list[KillSwitch]:
-        """Reload limits and active switches; returns the switches not active at the last sync (all of them
-        on the first: a restarted matcher sweeps again, which is idempotent)."""
+        """Reload limits and active switches; returns the active switches this matcher has not swept yet (all
+        of them after a restart: sweeping again is idempotent). The caller marks them `swept` once its batch
+        has committed, so a failed batch sweeps again at the next sync."""
         self.defaults = default_limits()
         self.overrides = {row.organisation_id: limits_of(row, self.defaults) for row in RiskLimit.objects.all()}
-        before = set(self.switches) if self.synced else set()
         self.switches = {(s.scope, s.target): s for s in active_kill_switches()}
+        self.swept &= {s.pk for s in self.switches.values()}
         self.synced = True
-        return [s for key, s in self.switches.items() if key not in before]
+        return [s for s in self.switches.values() if s.pk not in self.swept]
 
     def _add(self, pk: int, org: int, notional: int) -> None:
         self.open[pk] = (org, notional)

@@ -223,6 +223,18 @@ def test_instrument_and_venue_switches_cancel_every_account_and_block_amends_not
     assert place(api, m["buyer_user"], inst, client_order_id="b3").json()["non_field_errors"][0].startswith("Trading on the venue is stopped")
 
 
+def test_a_restarted_matcher_sweeps_a_switch_pulled_while_it_was_down_even_if_orders_come_first(api, market_setup, operator):
+    m = market_setup
+    resting = place(api, m["buyer_user"], m["instrument"], client_order_id="r").json()["id"]
+    KillSwitch.objects.create(scope="account", organisation=m["buyer"], reason="while down", pulled_by=operator)
+    transport.InlineClient.reset()  # the matcher restarts; its first batch is an order, not housekeeping
+    assert place(api, m["buyer_user"], m["instrument"], client_order_id="n").status_code == 403
+    assert Order.objects.get(pk=resting).status == "open"
+    transport.client().loop_for_tests().housekeeping(force=True)
+    assert Order.objects.get(pk=resting).reason == "kill_switch"
+    assert balances_get(organisation=m["buyer"])["held"] == 0
+
+
 def test_only_operators_pull_switches_and_bad_requests_name_the_field(api, market_setup, operator):
     m = market_setup
     api.force_authenticate(m["buyer_user"])
