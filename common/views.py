@@ -1,5 +1,6 @@
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -11,3 +12,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # report, don't raise: a load balancer reads the status code
         return JsonResponse({"status": "error", "database": str(exc.__class__.__name__)}, status=503)
     return JsonResponse({"status": "ok", "database": "ok"})
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for a path no route matches (e.g. /api/v1/orders/abc/): JSON under /api/ like every other API
+    answer, the site's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return page_not_found(request, exception)

@@ -29,3 +29,5 @@ urlpatterns = [
     *auth_urlpatterns,
     path("", include("portal.urls")),
 ]
+
+handler404 = "common.views.not_found"  # JSON under /api/
