@@ -171,7 +171,7 @@ class OrderDetail(APIView):
             return Response({"detail": "The matcher did not answer in time; the amend may still apply. Check the order."}, status=status.HTTP_504_GATEWAY_TIMEOUT)
         return Response(s.OrderSerializer(_refresh(order)).data)
 
-    @extend_schema(responses=s.OrderSerializer)
+    @extend_schema(responses={200: s.OrderSerializer, 202: s.OrderSerializer})  # the cancelled order (not 204); 202: matcher late
     def delete(self, request, pk=None, client_order_id=None):
         order = services.order_cancel_request(user=request.user, order=self._order(request, pk, client_order_id))
         replies = transport.send([{"op": "cancel", "order": order.pk, "instrument": order.instrument_id, "actor": request.user.pk}])
