@@ -47,7 +47,7 @@ class DataCentreSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     owner = serializers.PrimaryKeyRelatedField(queryset=Organisation.objects.all())
     owner_name = serializers.CharField(source="owner.name", read_only=True)
     owner_delivery_ratio = serializers.DecimalField(
-        source="owner.delivery_ratio", max_digits=5, decimal_places=4, read_only=True,
+        source="owner.delivery_ratio", max_digits=5, decimal_places=4, read_only=True, allow_null=True,
         help_text="the supplier's reputation: share of contract value delivered over the last 90 days (metering)",
     )
     latencies = LatencySerializer(many=True, required=False)
@@ -130,7 +130,7 @@ class ListingSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     units_per_hour = serializers.DecimalField(max_digits=18, decimal_places=6, read_only=True)
     device_count = serializers.IntegerField(min_value=1, max_value=10_000_000)
     supplier_delivery_ratio = serializers.DecimalField(
-        source="supplier.delivery_ratio", max_digits=5, decimal_places=4, read_only=True,
+        source="supplier.delivery_ratio", max_digits=5, decimal_places=4, read_only=True, allow_null=True,
         help_text="the supplier's reputation: share of contract value delivered over the last 90 days (metering)",
     )
 
