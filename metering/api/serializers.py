@@ -59,7 +59,7 @@ class UsageBatchResultSerializer(serializers.Serializer):
 
 class DisputeSerializer(serializers.ModelSerializer):
     opened_by = serializers.CharField(source="opened_by.username", read_only=True)
-    resolved_by = serializers.CharField(source="resolved_by.username", read_only=True, default=None)
+    resolved_by = serializers.CharField(source="resolved_by.username", read_only=True, default=None, allow_null=True)
     delivered_before = serializers.SerializerMethodField()
     delivered_after = serializers.SerializerMethodField()
 
