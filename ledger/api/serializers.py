@@ -19,7 +19,7 @@ class CnyFromFenField(serializers.Field):
 
 
 class AccountSerializer(serializers.ModelSerializer):
-    organisation_name = serializers.CharField(source="organisation.name", read_only=True, default=None)
+    organisation_name = serializers.CharField(source="organisation.name", read_only=True, default=None, allow_null=True)
     balance = CnyFromFenField(source="balance_fen")
 
     class Meta:

@@ -68,6 +68,7 @@ class TopUpSerializer(serializers.ModelSerializer):
     amount = CnyFromFenField(source="amount_fen")
     refunded = CnyFromFenField(source="refunded_fen")
     organisation_name = serializers.CharField(source="organisation.name", read_only=True)
+    checkout_url = serializers.CharField(read_only=True, help_text="The card checkout page; empty for bank transfers.")
 
     class Meta:
         model = TopUp
