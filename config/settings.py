@@ -124,7 +124,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "suanli")},
+            # A read timeout above channels_redis's 5 s blocking receive: redis-py 8's default socket timeout is
+            # 5 s too, so an idle receive timed out client-side and closed every user socket after 5 s without events.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": os.environ.get("CHANNEL_PREFIX", "suanli")},
         }
     }
 else:
