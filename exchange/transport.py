@@ -266,7 +266,8 @@ class _ReplyHub:
     async def _listen(self) -> None:
         while True:
             try:
-                got = await self.listener.blpop([self.key], timeout=5)
+                # Under redis-py 8's default 5 s read timeout: a 5 s block timed out client-side when idle.
+                got = await self.listener.blpop([self.key], timeout=2)
             except asyncio.CancelledError:
                 raise
             except Exception:
