@@ -380,3 +380,14 @@ def test_postgres_restart_mid_stream_recovers_without_manual_steps(drill_market,
         print("\npostgres restart:", json.dumps({"orders": len(acked), "trades": len(seen["traded"]["trades"]),
                                                 "retried_requests": sum(c.retries for c in clients.values()) - retries_before,
                                                 "longest_outage_s": round(max(c.longest_outage for c in clients.values()), 2)}))
+
+
+@pytest.mark.django_db(transaction=False)
+def test_channel_layer_reads_outlast_its_blocking_receive():
+    """An idle receive blocks `brpop_timeout` seconds on the server; a client read timeout no longer than
+    that times out first, and the user socket waiting on it closes (it did, after 5 s without events)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    timeout = layer.create_pool(0).make_connection().socket_timeout  # what a connection of the layer gets
+    assert timeout is None or timeout > layer.brpop_timeout + 1, timeout
