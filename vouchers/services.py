@@ -329,7 +329,11 @@ def redemption_commit(*, contract_id: int, now: dt.datetime | None = None) -> Re
             return blocked(reason, detail)
         rate, kind = _rate(programme, contract.buyer, contract.listing.device_model.is_domestic, timezone.localdate(contract.created_at))
         share = contract.value_fen * rate // BPS
-        limits = [share, programme.org_cap_per_year_fen - _org_year_used(voucher, year), voucher.account.balance_fen]
+        # The balance is read again now that the voucher is locked: the account joined into the locking query
+        # is as it was before the wait (PostgreSQL re-checks only the locked row), so a commitment that just
+        # spent the voucher would be missed and the ledger would refuse this one (found by tests/drills/test_double_spend.py).
+        balance = Account.objects.values_list("balance_fen", flat=True).get(pk=voucher.account_id)
+        limits = [share, programme.org_cap_per_year_fen - _org_year_used(voucher, year), balance]
         if programme.contract_cap_fen is not None:
             limits.append(programme.contract_cap_fen)
         amount = min(limits)
