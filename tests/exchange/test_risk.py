@@ -4,7 +4,7 @@ notional, order rate) and operators' kill switches (refuse, cancel what rests, a
 import pytest
 from django.contrib.admin.models import LogEntry
 
-from exchange import transport, ws_orders
+from exchange import risk, transport, ws_orders
 from exchange.models import KillSwitch, Order, OrderEvent, RiskLimit
 from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
@@ -12,6 +12,14 @@ from marketplace.models import PlatformRole
 from tests.factories import UserFactory, member
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rates():
+    """Order entry caches rate overrides per process for two seconds; ids are reused from test to test."""
+    risk.caches_clear()
+    yield
+    risk.caches_clear()
 
 
 def place(api, user, instrument_, **fields):
@@ -148,15 +156,25 @@ def test_operators_set_limits_through_the_api_and_it_is_audited(api, market_setu
 # --- kill switches ------------------------------------------------------------------------------------------
 
 
-def test_account_kill_switch_cancels_resting_orders_refuses_new_ones_and_releases(api, market_setup, operator):
+def test_account_kill_switch_cancels_resting_orders_refuses_new_ones_and_releases(api, market_setup, operator, monkeypatch):
+    from exchange import matcher
+
     m = market_setup
     inst = m["instrument"]
     buys = [place(api, m["buyer_user"], inst, client_order_id=f"b{i}", quantity=2).json()["id"] for i in range(2)]
     ask = place(api, m["seller_user"], inst, side="sell", price="16.00", client_order_id="s").json()["id"]
     assert balances_get(organisation=m["buyer"])["held"] > 0
 
+    published = []
+    real_publish = matcher.publish
+    monkeypatch.setattr(matcher, "publish", lambda items: (published.extend(items), real_publish(items)))
     pulled = pull(api, operator, scope="account", organisation=m["buyer"].pk)
     assert pulled.status_code == 201, pulled.json()
+    # The buyer's stream hears of each cancel; the market stream gets the book's new levels.
+    orders = [p.payload for p in published if p.group == f"org.{m['buyer'].pk}"]
+    assert sorted((o["id"], o["status"], o["reason"]) for o in orders) == [(pk, "cancelled", "kill_switch") for pk in buys]
+    assert any(p.group == f"market.{inst.pk}" and p.payload["type"] == "book" and p.payload["updates"] for p in published)
+    monkeypatch.setattr(matcher, "publish", real_publish)
     body = pulled.json()
     assert (body["active"], body["orders_cancelled"], body["matchers_confirmed"]) == (True, 2, True)
     for pk in buys:
