@@ -719,7 +719,7 @@ def _ws_client_main(
         sent_at: dict[int, float] = {}
         try:
             ws = await connect(
-                f"ws://127.0.0.1:{port}{path}", additional_headers={"Authorization": f"Token {token}"},
+                f"ws://127.0.0.1:{port}{path}", additional_headers={"Authorization": f"Token {token}"}, origin=f"http://127.0.0.1:{port}",
                 compression=None, ping_interval=None, max_size=2**22, open_timeout=30,
             )
         except Exception as exc:

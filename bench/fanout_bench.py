@@ -116,9 +116,10 @@ def _subscriber_main(index: int, port: int, instrument: int, sockets: int, clien
         def connection_made(self, transport) -> None:
             self.transport = transport
             key = base64.b64encode(os.urandom(16))
-            transport.write(b"GET /ws/market/%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-                            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                            % (instrument, port, key))
+            # The server refuses a handshake without one of its Origins (exchange.ws_auth).
+            transport.write(b"GET /ws/market/%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: http://127.0.0.1:%d\r\n"
+                            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                            % (instrument, port, port, key))
 
         def data_received(self, data: bytes) -> None:
             buf = self.buf + data if self.buf else data
@@ -181,7 +182,7 @@ def _subscriber_main(index: int, port: int, instrument: int, sockets: int, clien
     async def open_websockets(loop):
         from websockets.asyncio.client import connect
 
-        ws = await connect(f"ws://127.0.0.1:{port}/ws/market/{instrument}/", compression=None,
+        ws = await connect(f"ws://127.0.0.1:{port}/ws/market/{instrument}/", origin=f"http://127.0.0.1:{port}", compression=None,
                            ping_interval=None, open_timeout=60, max_queue=None)
         first = await ws.recv()
         if '"snapshot"' in first[:40]:

@@ -24,8 +24,8 @@ from ledger.payments.base import announce as announce_payments  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # Foreign Origins are refused (browsers); a missing Origin is a token client and passes (exchange.ws_auth).
-        # The public market stream skips the session middleware; /ws/user/ gets session and token auth.
+        # A foreign or missing Origin is refused on every route (exchange.ws_auth).
+        # The public market stream skips the session middleware; /ws/user/ gets session, token and API-key auth.
         "websocket": websocket_app(),
     }
 )

@@ -151,7 +151,7 @@ class ApiClientOriginValidator(OriginValidator):
 
     def valid_origin(self, parsed_origin) -> bool:
         if parsed_origin is None:
-            return True  # TEMP-ORIGIN
+            return False
         return self.validate_origin(parsed_origin)
 
 

@@ -343,13 +343,14 @@ def test_a_socket_that_falls_too_far_behind_is_closed(settings):
     assert async_to_sync(body)() == (True, [None], consumers.CLOSE_TOO_SLOW)
 
 
-def test_the_market_stream_gets_no_session_but_foreign_origins_are_still_refused(market_setup):
+def test_the_market_stream_gets_no_session_but_foreign_and_missing_origins_are_still_refused(market_setup):
     inst = market_setup["instrument"]
 
     async def body():
-        _, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", origin=b"https://evil.example.com")
-        assert not connected
-        for origin in (b"http://testserver", None):  # a page of ours; a program without Origin
+        for origin in (b"https://evil.example.com", None):
+            _, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", origin=origin)
+            assert not connected, origin
+        for origin in (b"http://testserver", b"http://127.0.0.1:8000"):  # pages (or programs) with one of our Origins
             comm, connected, _ = await open_socket(f"/ws/market/{inst.pk}/", origin=origin)
             assert connected
             assert (await comm.receive_json_from(TIMEOUT))["type"] == "snapshot"

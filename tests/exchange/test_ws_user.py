@@ -258,26 +258,15 @@ def test_a_foreign_origin_is_refused_by_the_configured_stack_and_ours(market_set
     async_to_sync(body)()
 
 
-def test_api_clients_without_an_origin_connect_with_a_token(market_setup):
+def test_clients_without_an_origin_are_refused_even_with_a_token(market_setup, asgi_application):
+    """Issue #11: a missing Origin is refused on every route (it used to be admitted as a program's)."""
     key = token(market_setup["buyer_user"])
 
     async def body():
-        comm, welcome = await user_socket(key, origin=None)
-        assert welcome["user"] == market_setup["buyer_user"].pk
-        await comm.disconnect()
-        comm, connected, _ = await open_socket(f"/ws/market/{market_setup['instrument'].pk}/", origin=None)
-        assert connected and (await comm.receive_json_from(TIMEOUT))["type"] == "snapshot"
-        await comm.disconnect()
-
-    async_to_sync(body)()
-
-
-def test_the_configured_stack_admits_api_clients_without_an_origin(market_setup, asgi_application):
-    key = token(market_setup["buyer_user"])
-
-    async def body():
-        _, connected, _ = await open_socket("/ws/user/", app=asgi_application, token=key, origin=None)
-        assert connected
+        for app in (asgi_application, None):
+            for path in ("/ws/user/", f"/ws/market/{market_setup['instrument'].pk}/"):
+                _, connected, _ = await open_socket(path, app=app, token=key, origin=None)
+                assert not connected, path
 
     async_to_sync(body)()
 

@@ -140,7 +140,7 @@ def test_three_client_processes_trade_and_keep_the_servers_book(market_setup, tm
         for seed, (name, side, _) in enumerate(traders, start=1):
             proc = subprocess.Popen(
                 [sys.executable, str(CLIENT), "--url", f"ws://{base}", "--instrument", str(inst.pk), "--token", tokens[name],
-                 "--side", side, "--name", name, "--orders", "30", "--seed", str(seed)],  # no Origin: an API client
+                 "--side", side, "--name", name, "--orders", "30", "--seed", str(seed)],  # Origin: the server's own (the client's default)
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             procs.append(proc)

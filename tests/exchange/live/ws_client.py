@@ -163,8 +163,9 @@ class Client:
     async def run(self) -> dict:
         a = self.args
         headers = {"Authorization": f"Token {a.token}"}
-        async with connect(f"{a.url}/ws/market/{a.instrument}/", origin=a.origin, open_timeout=10) as market, \
-                connect(f"{a.url}/ws/user/", origin=a.origin, additional_headers=headers, open_timeout=10) as user:
+        origin = a.origin or http_origin(a.url)  # the server refuses a handshake without one of its Origins
+        async with connect(f"{a.url}/ws/market/{a.instrument}/", origin=origin, open_timeout=10) as market, \
+                connect(f"{a.url}/ws/user/", origin=origin, additional_headers=headers, open_timeout=10) as user:
             welcome = json.loads(await user.recv())
             assert welcome["type"] == "welcome", welcome
             self.organisations = set(welcome["organisations"])
@@ -192,6 +193,12 @@ class Client:
         }
 
 
+def http_origin(url: str) -> str:
+    """ws://host:port -> http://host:port (wss -> https): the Origin a page served by that host would send."""
+    scheme, _, rest = url.partition("://")
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True, help="ws://host:port")
@@ -202,7 +209,7 @@ def main() -> None:
     p.add_argument("--orders", type=int, default=30)
     p.add_argument("--spread", type=int, default=8, help="prices are 15.00 +- this many ticks")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--origin", default=None, help="send this Origin header (browsers do; API clients need not)")
+    p.add_argument("--origin", default=None, help="the Origin header to send (default: the --url's host as http(s)://)")
     result = asyncio.run(Client(p.parse_args()).run())
     print(json.dumps(result), flush=True)
 
