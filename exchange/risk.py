@@ -200,6 +200,7 @@ class RiskBook:
                 or self.switches.get((KillScope.INSTRUMENT, instrument_id)))
 
     def _share(self, limit: int) -> int:
+        """This shard's part of an account's limit: exact with one shard (the default)."""
         return limit // self.shards
 
     def _split(self, share) -> str:
@@ -225,7 +226,7 @@ class RiskBook:
             if c["type"] != OrderType.LIMIT or c["time_in_force"] not in RESTING_TIF:
                 return None  # never rests: only the single-order limit applies
             if limits.max_open_orders is not None:
-                share = self._share(limits.max_open_orders)
+                share = max(self._share(limits.max_open_orders), 1)  # an account may always rest one order per shard
                 have = self.count.get(org, 0) + extra_count[org]
                 if have + 1 > share:
                     return Refusal(400, "quantity", f"Open order limit of {limits.max_open_orders} would be exceeded "

@@ -369,3 +369,25 @@ def test_runmatcher_holds_the_limit_under_concurrent_orders_and_a_switch_cancels
         proc.terminate()
         proc.wait(timeout=10)
         transport._client = None
+
+
+def test_with_two_shards_each_enforces_half_of_an_accounts_limits():
+    from exchange.risk import Limits, RiskBook
+
+    book = RiskBook(owns=lambda iid: True, shards=2)
+    book.synced = book.ready = True
+    book.overrides[7] = Limits(max_open_orders=3, max_open_notional_fen=100_000, max_order_notional_fen=None, order_rate=None)
+
+    class Inst:
+        code = "X"
+
+    check = book.admission()
+    order = {"organisation": 7, "instrument": 1, "price_fen_per_lot": 1_500, "quantity": 10, "type": "limit", "time_in_force": "GTC"}
+    assert check(order, Inst, 0) is None  # 1 order, 150.00 CNY
+    refused = check(order, Inst, 0)
+    assert (refused.status, refused.field) == (400, "quantity")
+    assert refused.message == "Open order limit of 3 would be exceeded (1 open) (split across 2 matcher shards: 1 here)."
+    book.overrides[7] = Limits(max_open_orders=None, max_open_notional_fen=100_000, max_order_notional_fen=None, order_rate=None)
+    refused = book.admission()({**order, "quantity": 40}, Inst, 0)  # 600.00 CNY > 500.00 here
+    assert refused.message == ("Open notional limit of 1,000.00 CNY would be exceeded (open 0.00 + this 600.00)"
+                               " (split across 2 matcher shards: 500.00 here).")
