@@ -256,6 +256,11 @@ def solve(spec: Spec, offers: list[Offer], *, time_limit: float = 10.0) -> Resul
     unit_gcd = reduce(math.gcd, [o.lot_micro for o, _, _ in cands])
     need = -(-spec.units_micro // unit_gcd)
 
+    if spec.objective != CHEAPEST or spec.single_window or any(o.min_lots > 1 for o, _, _ in cands):
+        takes = _dp_plan(spec, cands, unit_gcd, need)  # None: too big for the table, or the total cap binds
+        if takes is not None:
+            return _finish(spec, result, takes, "optimal", started)
+
     # Columns: x per (offer, segment) kept; z per ordering link; u per offer with min_lots > 1; w per window.
     cols_obj: list[float] = []
     lo: list[float] = []
@@ -344,15 +349,178 @@ def solve(spec: Spec, offers: list[Offer], *, time_limit: float = 10.0) -> Resul
         lots = int(sum(round(res.x[i]) for i in ids))
         if lots:
             takes.append(prefix_fill(o, segs, lots))
+    return _finish(spec, result, takes, "optimal" if res.status == 0 else "feasible (time limit)", started)
+
+
+def _finish(spec: Spec, result: Result, takes: list[Take], status: str, started: float) -> Result:
+    import time
+
     takes = _trim(spec, takes)
     violations = takes_violations(spec, takes)
     if violations:  # a solver tolerance let something through: refuse rather than quote a bad plan
         raise AssertionError(f"solver plan violates the demand: {violations}")
-    result.status = "optimal" if res.status == 0 else "feasible (time limit)"
+    result.status = status
     result.takes = sorted(takes, key=lambda t: (t.offer.window, t.offer.instrument_id))
     result.objective = plan_score(spec, takes)
     result.solve_ms = (time.perf_counter() - started) * 1000
     return result
+
+
+# Largest table the dynamic programme fills (cells: quantity steps x lots tried, summed over offers).
+DP_MAX_CELLS = 60_000_000
+DP_MAX_NEED = 200_000
+
+
+def _dp_plan(spec: Spec, cands: list[tuple[Offer, list[Segment], int]], unit_gcd: int, need: int) -> list[Take] | None:
+    """The exact optimum by dynamic programming over the quantity, for queues whose score per lot is not
+    monotone (lowest carbon, weighted) or when a window must be chosen: best[q] = the lowest score of a plan
+    covering q quantity steps (q = need stands for "need or more") from the offers so far; each offer adds
+    n lots (0 or min_lots..available, a prefix of its queue) at its cumulative score f(n). Separable, so the
+    order of offers does not matter; each offer costs one vectorised pass over (quantity x lots). Cheaper
+    than the integer programme wherever cleaner levels sit behind dirtier ones (there, binaries made HiGHS
+    branch for seconds). Returns None when the table would be too large or the plan found breaks the total
+    price cap (which the table does not track); the integer programme then decides."""
+    if need > DP_MAX_NEED:
+        return None
+    groups: dict = {}
+    for c in cands:
+        groups.setdefault(c[0].window if spec.single_window else None, []).append(c)
+    if sum((need + c[2] * (c[0].lot_micro // unit_gcd) + 1) * (c[2] + 1) for c in cands) > DP_MAX_CELLS:
+        return None
+    best_takes, best_score = None, math.inf
+    for group in groups.values():
+        takes = _dp_group(spec, group, unit_gcd, need)
+        if takes is None:
+            continue
+        s = plan_score(spec, takes)
+        if s < best_score:
+            best_takes, best_score = takes, s
+    if best_takes is None:
+        return None  # nothing covers the quantity: the integer programme names it infeasible the usual way
+    if spec.max_total_fen is not None and sum(t.cost_fen for t in best_takes) > spec.max_total_fen:
+        return None
+    return best_takes
+
+
+def _dp_group(spec: Spec, group: list[tuple[Offer, list[Segment], int]], unit_gcd: int, need: int) -> list[Take] | None:
+    """One window group's optimum. First a Lagrangian bound: with lam the score per unit of the envelope
+    piece where the relaxation covers the quantity, any plan scores at least LB = sum over offers of
+    min_n g(n) + lam * quantity, where g(n) = f(n) - lam * units(n); so a plan taking n lots on an offer
+    scores at least LB + g(n) - min g, and no n for which that exceeds a feasible plan's score (UB) can be
+    in an optimal plan (exact: valid for any lam >= 0). Usually one or a few n survive per offer; offers
+    left with one are fixed, and the table runs over the rest."""
+    inf = np.inf
+    fs = []
+    for o, segs, avail in group:
+        f = np.empty(avail + 1)
+        f[0] = 0.0
+        k = 1
+        for seg in segs:
+            n = min(seg.lots, avail + 1 - k)
+            if n <= 0:
+                break
+            f[k:k + n] = f[k - 1] + score(spec, seg.price_fen_per_lot, seg.carbon_g_per_lot) * np.arange(1, n + 1)
+            k += n
+        if o.min_lots > 1:
+            f[1:o.min_lots] = inf
+        fs.append(f)
+    pieces = sorted(piece for o, segs, avail in group for piece in _envelope(spec, o, segs, avail))
+    covered, lam = 0, 0.0
+    for per_unit, units in pieces:
+        lam = per_unit
+        covered += units
+        if covered >= spec.units_micro:
+            break
+    else:
+        return None  # the group cannot cover the quantity
+    lam = max(lam, 0.0)
+    lower = lam * spec.units_micro
+    reduced = []
+    for (o, _, avail), f in zip(group, fs, strict=True):
+        g = f - lam * o.lot_micro * np.arange(avail + 1)
+        m = float(np.min(g))
+        lower += m
+        reduced.append(g - m)
+    upper = _upper_bound(spec, group, fs)
+    tolerance = 1e-9 * max(1.0, abs(upper)) + 1e-7
+    # Try a narrow margin first: a plan found within it that scores at most LB + margin is optimal (any plan
+    # outside scores more); else its score is a better UB, and the margin widens (at UB - LB it is exact).
+    target = lower + (upper - lower) / 32
+    while True:
+        takes, value = _dp_restricted(group, fs, reduced, target - lower + tolerance, need, unit_gcd)
+        if takes is not None and value <= target + tolerance:
+            return takes
+        if takes is not None:
+            upper = min(upper, value)
+        if target >= upper:
+            return takes
+        target = min(upper, lower + 4 * (target - lower))
+
+
+def _dp_restricted(group: list[tuple[Offer, list[Segment], int]], fs: list[np.ndarray], reduced: list[np.ndarray], slack: float,
+                   need: int, unit_gcd: int) -> tuple[list[Take] | None, float]:
+    """The best plan taking on each offer only lot counts whose reduced score is within `slack`."""
+    inf = np.inf
+    fixed_steps, fixed_score, fixed, free = 0, 0.0, [], []
+    for (o, segs, _), f, r in zip(group, fs, reduced, strict=True):
+        allowed = np.flatnonzero(r <= slack)
+        if len(allowed) == 1:
+            n = int(allowed[0])
+            fixed.append((o, segs, n))
+            fixed_steps += n * (o.lot_micro // unit_gcd)
+            fixed_score += float(f[n])
+        else:
+            free.append((o, segs, f, allowed))
+    rest = max(need - fixed_steps, 0)
+    best = np.full(rest + 1, inf)
+    best[0] = 0.0
+    trail = []
+    for o, _, f, allowed in free:
+        step = o.lot_micro // unit_gcd
+        new = np.full(rest + 1, inf)
+        chosen = np.zeros(rest + 1, dtype=np.int64)
+        prev = np.zeros(rest + 1, dtype=np.int64)
+        for n in allowed.tolist():
+            shift = n * step
+            if shift >= rest:  # every state reaches the need: the cheapest one
+                src = int(np.argmin(best))
+                value = best[src] + f[n]
+                if value < new[rest]:
+                    new[rest], chosen[rest], prev[rest] = value, n, src
+                continue
+            value = best[:rest + 1 - shift] + f[n]
+            better = value < new[shift:]
+            new[shift:][better] = value[better]
+            chosen[shift:][better] = n
+            prev[shift:][better] = np.flatnonzero(better)
+            if shift == 0:
+                continue
+            # states that overshoot the need collapse into the last one
+            src = rest + 1 - shift + int(np.argmin(best[rest + 1 - shift:]))
+            value = best[src] + f[n]
+            if value < new[rest]:
+                new[rest], chosen[rest], prev[rest] = value, n, src
+        trail.append((chosen, prev))
+        best = new
+    if not np.isfinite(best[rest]):
+        return None, inf
+    state, takes = rest, [prefix_fill(o, segs, n) for o, segs, n in fixed if n]
+    for (o, segs, _, _), (chosen, prev) in zip(reversed(free), reversed(trail), strict=True):
+        n = int(chosen[state])
+        if n:
+            takes.append(prefix_fill(o, segs, n))
+        state = int(prev[state])
+    return takes, float(best[rest]) + fixed_score
+
+
+def _upper_bound(spec: Spec, group: list[tuple[Offer, list[Segment], int]], fs: list[np.ndarray]) -> float:
+    """The score of some plan covering the quantity (no total cap): the better of the greedy plans."""
+    uncapped = dataclasses.replace(spec, max_total_fen=None)
+    found = [v for v in (_greedy_group(uncapped, group, False), _greedy_group(uncapped, group, True)) if v is not None] \
+        if all(o.min_lots <= 1 for o, _, _ in group) else []
+    if not found:  # everything on offer
+        found.append(float(sum(f[-1] for f in fs)))
+    return min(found)
 
 
 def _greedy_bound(spec: Spec, cands: list[tuple[Offer, list[Segment], int]]) -> float | None:
