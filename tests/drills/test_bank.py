@@ -30,9 +30,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = float(os.environ.get("DRILL_BANK_SECONDS", "4"))
 WORKERS = int(os.environ.get("DRILL_BANK_WORKERS", "4"))
-MIN_OPS = 50  # per worker: on a loaded machine a worker runs past SECONDS (up to 4x) until it has done this many
+MIN_OPS = 40  # per worker: on a loaded machine a worker runs past SECONDS (up to 3x) until it has done this many
 CUSTOMERS = 50
-CUSTOMER_FUNDS = 10_000
+CUSTOMER_FUNDS = 5_000
 HOT_FUNDS = 200_000
 SCRATCH = "drill_naive_balance"
 
@@ -113,7 +113,7 @@ def _work(config: dict, backend: str) -> dict:
 
     start = time.monotonic()
     i = 0
-    while (elapsed := time.monotonic() - start) < config["seconds"] or (i < MIN_OPS and elapsed < 4 * config["seconds"]):
+    while (elapsed := time.monotonic() - start) < config["seconds"] or (i < MIN_OPS and elapsed < 3 * config["seconds"]):
         i += 1
         key = f"drill:{config['seed']}:{i}"
         roll = rng.random()
@@ -306,7 +306,7 @@ class Drill:
 
 @pytest.fixture
 def bank(transactional_db):
-    """50 customers with 100.00 CNY each and a hot account with 2000.00 CNY, funded from a clearing account
+    """50 customers with 50.00 CNY each and a hot account with 2000.00 CNY, funded from a clearing account
     in one entry."""
     from ledger import services
     from ledger.models import Account, AccountKind
