@@ -172,6 +172,7 @@ def _detail(request: HttpRequest, demand: Demand, may_change: bool, *, error: st
                    for a in plan.get("allocations") or []]
     return render(request, "portal/demand.html", {
         "allocations": allocations,
+        "planned_at": timezone.localtime(dt.datetime.fromisoformat(plan["planned_at"])) if plan.get("planned_at") else None,
         "demand": demand, "plan": plan, "totals": totals, "alt": alt, "alt_saving_fen": saving, "alt_extra_fen": -saving,
         "binding": plan.get("binding"), "chart": plan_chart(plan, children), "execution": execution, "rounds": rounds,
         "may_change": may_change, "can_replan": may_change and demand.status in (DemandStatus.PLANNED, DemandStatus.INFEASIBLE),
@@ -206,7 +207,8 @@ def demand_execute(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         services.demand_execute(user=request.user, demand=demand)
     except ServiceError as exc:
-        return _detail(request, Demand.objects.get(pk=pk), may_change, error=str(exc), status=exc.status_code)
+        demand.refresh_from_db()  # the row _demand_for scoped to the reader's organisation
+        return _detail(request, demand, may_change, error=str(exc), status=exc.status_code)
     messages.success(request, _("Confirmed: the child orders were sent; the report shows what filled."))
     return redirect("portal:demand", pk=pk)
 
@@ -273,10 +275,12 @@ def plan_chart(plan: dict, children: list | None = None) -> dict | None:
     step = max(1, -(-days // 8))  # at most about eight labels
     while day <= local1:
         x = CHART_LEFT + (day - local0).total_seconds() / span * inner
-        ticks.append({"x": round(x, 1), "label": day.strftime("%m-%d")})
+        anchor = "end" if x > CHART_WIDTH - CHART_RIGHT - 20 else "middle"
+        ticks.append({"x": round(x, 1), "label": day.strftime("%m-%d"), "anchor": anchor})
         day += dt.timedelta(days=step)
     if not ticks or span < 86400:  # a plan inside one day: label its ends by the hour
-        ticks = [{"x": CHART_LEFT, "label": local0.strftime("%m-%d %H:%M")}, {"x": CHART_WIDTH - CHART_RIGHT, "label": local1.strftime("%H:%M")}]
+        ticks = [{"x": CHART_LEFT, "label": local0.strftime("%m-%d %H:%M"), "anchor": "start"},
+                 {"x": CHART_WIDTH - CHART_RIGHT, "label": local1.strftime("%H:%M"), "anchor": "end"}]
     axis_y = CHART_TOP + len(order) * ROW_HEIGHT
     return {"width": CHART_WIDTH, "height": height, "left": CHART_LEFT, "right": CHART_WIDTH - CHART_RIGHT, "axis_y": axis_y,
             "label_y": axis_y + 16, "rows": rows, "bars": bars, "ticks": ticks, "start": local0, "end": local1}

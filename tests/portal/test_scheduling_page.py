@@ -189,3 +189,14 @@ def test_viewers_read_others_get_404_and_regulators_only_read(books, client):
 
     assert client.get("/demands/")["Location"].startswith("/accounts/login/")
     assert DemandChild.objects.count() == 0 and Demand.objects.count() == 1
+
+
+def test_the_page_is_in_chinese_for_a_chinese_browser(books):
+    client = Client(HTTP_ACCEPT_LANGUAGE="zh-hans")
+    client.force_login(books["buyer_user"])
+    form_page = client.get("/demands/").content.decode()
+    assert "算力需求" in form_page and "数量（标准单位）" in form_page
+    bad = client.post("/demands/", form(books, deadline=form(books)["earliest_start"])).content.decode()
+    assert "截止时间必须晚于最早开始时间。" in bad
+    html = client.get(client.post("/demands/", form(books))["Location"]).content.decode()
+    assert "确认并买入（约 ¥172.00，另加手续费）" in html and "本方案节省 ¥8.00" in html and "排程图" in html
