@@ -9,6 +9,12 @@ ask behind it; an IOC cannot jump it. Each offer's usable queue is therefore the
 ineligible segment or the first price above the cap, and when the objective's marginal score per lot falls
 somewhere along that prefix (a cheaper but dirtier level ahead of a clean one), binaries force the levels to
 fill in order.
+
+Two exact methods: the cheapest plan spread over windows is a linear programme (score per lot never falls
+along a queue) and goes to HiGHS; every other case (lowest carbon, weighted, one window, minimum order sizes)
+goes first to a dynamic programme over the quantity (`_dp_plan`), after Lagrangian fixing leaves a few lot
+counts per offer (HiGHS took seconds there, branching on the binaries). The programme ignores the total cap,
+so when its plan breaks the cap, or the table would be too large, the integer programme decides.
 """
 
 from __future__ import annotations
