@@ -269,8 +269,9 @@ async def soak(args, port: int, spec: dict, mspec: dict, pids: dict[str, int], t
                 o = json.loads(data)
                 if status == 202:
                     unconfirmed[0] += 1
-                acks[o["client_order_id"]] = {"id": o["id"], "token": token, "status": o["status"], "filled": o.get("filled_quantity", 0),
-                                              "cancelled": False, "code": status}
+                # 202 (the matcher did not answer in time): queued, no id yet; it must be stored all the same.
+                acks[o["client_order_id"]] = {"id": o.get("id"), "token": token, "status": o.get("status", "pending"),
+                                              "filled": o.get("filled_quantity", 0), "cancelled": False, "code": status}
                 if o["status"] == "open":
                     open_ids.append(o["client_order_id"])
         await paced(args.order_rate / args.connections, until, step)
@@ -383,7 +384,7 @@ def order_checks(acks: dict[str, dict], tag: str, created: int, unconfirmed: int
     allowed_after = {"open": {"open", "filled", "cancelled", "expired"}, "pending": {"open", "filled", "cancelled", "expired", "rejected"}}
     for coid, a in acks.items():
         o = stored.get(coid)
-        if o is None or o.pk != a["id"]:
+        if o is None or a["id"] not in (None, o.pk):
             missing.append(coid)
             continue
         if a["cancelled"]:
