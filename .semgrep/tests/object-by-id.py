@@ -41,4 +41,10 @@ def order_detail_scoped(request, pk):
     instrument = get_object_or_404(Instrument.objects.select_related("product"), pk=pk)
     # ok: object-by-id-without-owner
     order = Order.objects.filter(client_order_id=pk, organisation=org).first()
-    return order, instrument
+    # ok: object-by-id-without-owner
+    mine = Account.objects.filter(pk__in=selectors.organisation_ids_for_user(request.user), kind="available")
+    # ok: object-by-id-without-owner
+    order = get_object_or_404(Order.objects.filter(buyer_id__in=[org.pk]), pk=pk)
+    # ruleid: object-by-id-without-owner
+    order = get_object_or_404(Order.objects.filter(status="open"), pk=pk)
+    return order, instrument, mine
