@@ -287,7 +287,7 @@ def test_redis_restart_mid_stream_loses_no_order_and_market_clients_resync(drill
     are all there (order state lives in PostgreSQL; a command lost with Redis is retried by its client with
     the same client_order_id), and each client ends with the server's book (seq and checksum)."""
     dm = drill_market
-    steps = [s for s in stream(SEED + 1, orders=50, batches=0, webhooks=1) if s[0] == "order"]
+    steps = [s for s in stream(SEED + 1, orders=40, batches=0, webhooks=1) if s[0] == "order"]
     restart_at = random.Random(SEED).randrange(len(steps) // 3, 2 * len(steps) // 3)
     reference_run(dm, steps)
     env = harness.service_env(database_url=test_database_url(), redis_url=own_redis.url(0), MATCHER_REPLY_TIMEOUT="1",
@@ -333,7 +333,7 @@ def test_postgres_restart_mid_stream_recovers_without_manual_steps(drill_market,
     matcher waits, reconnects and goes on. Every order is there once and the book equals the uninterrupted
     run's; `ledger_verify` passes on that database."""
     dm = drill_market
-    steps = [s for s in stream(SEED + 2, orders=40, batches=0, webhooks=1) if s[0] == "order"]
+    steps = [s for s in stream(SEED + 2, orders=30, batches=0, webhooks=1) if s[0] == "order"]
     restart_at = random.Random(SEED + 2).randrange(len(steps) // 3, 2 * len(steps) // 3)
     reference_run(dm, steps)
     cluster = harness.PostgresCluster(tmp_path / "pg")
