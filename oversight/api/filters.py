@@ -4,12 +4,24 @@ exact whatever the instrument's lot size); sizes in lots."""
 from __future__ import annotations
 
 import django_filters
+from django import forms
 from django.db.models import Q
 
 from exchange.models import Contract, ContractStatus, Order, OrderEvent, OrderEventKind, OrderStatus, Side, Trade
 from ledger.models import EntryKind, JournalEntry
 from metering.models import ContractDelivery, DeliveryStatus, UsageEvent
 from oversight.models import Alert, AlertKind, AlertStatus, Severity
+
+
+class IdFilter(django_filters.NumberFilter):
+    """An object's id: a whole number the database can hold (a bigger or fractional one is a 400, not a 500)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
 
 
 class _Ranges(django_filters.FilterSet):
@@ -22,8 +34,8 @@ class _Ranges(django_filters.FilterSet):
 
 
 class TradeFilter(_Ranges):
-    product = django_filters.NumberFilter(field_name="instrument__product_id")
-    organisation = django_filters.NumberFilter(method="either_side", help_text="buyer or seller")
+    product = IdFilter(field_name="instrument__product_id")
+    organisation = IdFilter(method="either_side", help_text="buyer or seller")
     taker_side = django_filters.ChoiceFilter(choices=Side.choices)
 
     class Meta:
@@ -35,7 +47,7 @@ class TradeFilter(_Ranges):
 
 
 class OrderFilter(_Ranges):
-    product = django_filters.NumberFilter(field_name="instrument__product_id")
+    product = IdFilter(field_name="instrument__product_id")
     status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
     side = django_filters.ChoiceFilter(choices=Side.choices)
 
@@ -45,9 +57,9 @@ class OrderFilter(_Ranges):
 
 
 class OrderEventFilter(_Ranges):
-    instrument = django_filters.NumberFilter(field_name="order__instrument_id")
-    product = django_filters.NumberFilter(field_name="order__instrument__product_id")
-    organisation = django_filters.NumberFilter(field_name="order__organisation_id")
+    instrument = IdFilter(field_name="order__instrument_id")
+    product = IdFilter(field_name="order__instrument__product_id")
+    organisation = IdFilter(field_name="order__organisation_id")
     side = django_filters.ChoiceFilter(field_name="order__side", choices=Side.choices)
     kind = django_filters.MultipleChoiceFilter(choices=OrderEventKind.choices)
 
@@ -57,8 +69,8 @@ class OrderEventFilter(_Ranges):
 
 
 class ContractFilter(_Ranges):
-    product = django_filters.NumberFilter(field_name="instrument__product_id")
-    organisation = django_filters.NumberFilter(method="either_side", help_text="buyer or seller")
+    product = IdFilter(field_name="instrument__product_id")
+    organisation = IdFilter(method="either_side", help_text="buyer or seller")
     status = django_filters.MultipleChoiceFilter(choices=ContractStatus.choices)
 
     class Meta:
@@ -73,8 +85,8 @@ class JournalEntryFilter(django_filters.FilterSet):
     since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     kind = django_filters.MultipleChoiceFilter(choices=EntryKind.choices)
-    organisation = django_filters.NumberFilter(method="touching", help_text="entries with a posting on this organisation's accounts")
-    account = django_filters.NumberFilter(method="on_account")
+    organisation = IdFilter(method="touching", help_text="entries with a posting on this organisation's accounts")
+    account = IdFilter(method="on_account")
 
     class Meta:
         model = JournalEntry
@@ -101,7 +113,7 @@ class AlertFilter(django_filters.FilterSet):
 class UsageEventFilter(django_filters.FilterSet):
     since = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte", help_text="usage starting at or after")
     until = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt", help_text="usage starting before")
-    buyer = django_filters.NumberFilter(field_name="contract__buyer_id")
+    buyer = IdFilter(field_name="contract__buyer_id")
     energy_estimated = django_filters.BooleanFilter()
 
     class Meta:
@@ -110,8 +122,8 @@ class UsageEventFilter(django_filters.FilterSet):
 
 
 class DeliveryFilter(django_filters.FilterSet):
-    supplier = django_filters.NumberFilter(field_name="contract__seller_id")
-    buyer = django_filters.NumberFilter(field_name="contract__buyer_id")
+    supplier = IdFilter(field_name="contract__seller_id")
+    buyer = IdFilter(field_name="contract__buyer_id")
     status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices)
     settled_since = django_filters.IsoDateTimeFilter(field_name="settled_at", lookup_expr="gte")
 
