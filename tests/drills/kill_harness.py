@@ -163,11 +163,10 @@ class PostgresCluster:
         assert dump.wait(timeout=60) == 0 and load.returncode == 0, f"copying the test database failed:\n{load.stderr[-2000:]}"
 
     def discard(self) -> None:
-        try:
-            if (self.data / "postmaster.pid").exists():
-                self.stop("immediate")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        """Stop it for good. The directory stays with the test's tmp_path (pytest removes old ones): deleting
+        a cluster's files took longer than the drill itself on a busy disk."""
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
 
 
 # --- the application's processes -------------------------------------------------------------------------
@@ -218,6 +217,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited ({self.proc.returncode}) while starting:\n{tail(self.log)}")
             if time.monotonic() - started > self.timeout:
+                self.kill()  # not left running behind a failed test
                 raise AssertionError(f"{self.name} not ready within {self.timeout} s:\n{tail(self.log)}")
             time.sleep(0.05)
 
