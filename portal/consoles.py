@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from common.errors import ServiceError
 from marketplace.models import MemberRole
-from portal.views import member_required, overseer_required
+from portal.views import GET_OR_POST, member_required, overseer_required
 
 INT_FIELDS = ("contract", "data_centre", "device_model", "device_count")
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -42,8 +42,8 @@ def usage_events_parse(name: str, data: bytes) -> list:
     return events
 
 
-@member_required
 @require_POST
+@member_required
 def metering_upload(request: HttpRequest, membership) -> HttpResponse:
     from metering import services as metering
 
@@ -71,8 +71,8 @@ def metering_upload(request: HttpRequest, membership) -> HttpResponse:
     return render(request, "portal/metering_result.html", {"org": org, "outcome": outcome, "rejected": rejected})
 
 
-@overseer_required
 @require_POST
+@overseer_required
 def alert_review(request: HttpRequest, pk: int) -> HttpResponse:
     from oversight import services as oversight
 
@@ -86,6 +86,7 @@ def alert_review(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("portal:regulator")
 
 
+@GET_OR_POST
 @overseer_required
 def audit_verify(request: HttpRequest) -> HttpResponse:
     from oversight import audit

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from common.errors import ServiceError
 from exchange import selectors as exchange_selectors
@@ -37,6 +37,7 @@ from marketplace.regions import Region
 from portal.context import SESSION_KEY, acting_membership, memberships_for
 
 TRADING_ROLES = (MemberRole.ADMIN, MemberRole.TRADER)
+GET_OR_POST = require_http_methods(["GET", "HEAD", "POST"])  # a page with a form; other methods are 405
 # Labels for the grouping keys of the inventory report and the voucher utilisation report.
 GROUP_LABELS = {
     "region": gettext_lazy("region"), "supplier": gettext_lazy("supplier"), "chip_class": gettext_lazy("chip class"),
@@ -84,6 +85,7 @@ def _last_prices(instruments: list[Instrument]) -> dict[int, dict]:
     return {i: {"last": last.get(i), "volume": volume.get(i, {}).get("volume") or 0, "trades": volume.get(i, {}).get("trades") or 0} for i in ids}
 
 
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     instruments = list(
         Instrument.objects.filter(status__in=[InstrumentStatus.OPEN, InstrumentStatus.HALTED])
@@ -102,6 +104,7 @@ def _decimal(raw: str | None) -> Decimal | None:
         return None
 
 
+@require_safe
 def products(request: HttpRequest) -> HttpResponse:
     """The catalogue with filters: chip class, region (a listing in a data centre there), latency ceiling,
     minimum green share, minimum security level."""
@@ -130,6 +133,7 @@ def products(request: HttpRequest) -> HttpResponse:
     })
 
 
+@require_safe
 def inventory(request: HttpRequest) -> HttpResponse:
     group_by = request.GET.get("group_by", "region")
     if group_by not in market_selectors.INVENTORY_GROUPS:
@@ -154,6 +158,7 @@ def organisation_switch(request: HttpRequest) -> HttpResponse:
     return redirect(target)
 
 
+@require_safe
 def instrument(request: HttpRequest, pk: int) -> HttpResponse:
     inst = get_object_or_404(Instrument.objects.select_related("product"), pk=pk)
     now = timezone.now()
@@ -193,6 +198,7 @@ def instrument(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
+@require_safe
 @member_required
 def orders(request: HttpRequest, membership) -> HttpResponse:
     org = membership.organisation
@@ -216,6 +222,7 @@ def _fen_from_cny(raw: str) -> int | None:
 LOW_BALANCE_KEY = "portal_low_balance_fen"
 
 
+@GET_OR_POST
 @member_required
 def wallet(request: HttpRequest, membership) -> HttpResponse:
     org = membership.organisation
@@ -275,6 +282,7 @@ class _Echo:
         return value
 
 
+@require_safe
 @member_required
 def statement_csv(request: HttpRequest, membership) -> StreamingHttpResponse:
     accounts = Account.objects.filter(organisation=membership.organisation)
@@ -292,6 +300,7 @@ def statement_csv(request: HttpRequest, membership) -> StreamingHttpResponse:
     return response
 
 
+@require_safe
 @member_required
 def supplier(request: HttpRequest, membership) -> HttpResponse:
     org = membership.organisation
@@ -316,6 +325,7 @@ def supplier(request: HttpRequest, membership) -> HttpResponse:
     })
 
 
+@require_safe
 @overseer_required
 def regulator(request: HttpRequest) -> HttpResponse:
     f = request.GET
@@ -331,6 +341,7 @@ def regulator(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/regulator.html", {"trades": qs[:100], "filters": f, "alerts": alerts, "export_query": f.urlencode()})
 
 
+@require_safe
 @overseer_required
 def metrics(request: HttpRequest) -> HttpResponse:
     from oversight import metrics as oversight_metrics

@@ -9,17 +9,18 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from common.errors import ServiceError
 from marketplace.models import PlatformRole, SizeClass
-from portal.views import GROUP_LABELS, _fen_from_cny, member_required
+from portal.views import GET_OR_POST, GROUP_LABELS, _fen_from_cny, member_required
 from vouchers import selectors, services
 from vouchers.models import Application, ApplicationStatus, Programme, Redemption, Voucher
 
 
+@GET_OR_POST
 @member_required
 def desk(request: HttpRequest, membership) -> HttpResponse:
     org = membership.organisation
@@ -56,14 +57,21 @@ def desk(request: HttpRequest, membership) -> HttpResponse:
     }, status=400 if errors else 200)
 
 
+@GET_OR_POST
 @login_required
 def review(request: HttpRequest) -> HttpResponse:
     """Authorities decide; regulators and operators may read."""
     if not selectors.sees_all(request.user):
         raise PermissionDenied(_("This page is for the voucher authority."))
     errors: dict[int, str] = {}
-    if request.method == "POST":
-        application = get_object_or_404(Application, pk=request.POST.get("application", "0") if request.POST.get("application", "").isdigit() else 0)  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all checked above)
+    can_decide = request.user.platform_role == PlatformRole.AUTHORITY or request.user.is_superuser
+    if request.method == "POST" and not can_decide:  # before reading the form: a refusal, whatever was sent
+        raise PermissionDenied(_("Only the voucher authority decides applications."))
+    raw_id = request.POST.get("application", "")
+    application = Application.objects.filter(pk=raw_id).first() if request.method == "POST" and raw_id.isdigit() else None  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all and can_decide checked above)
+    if request.method == "POST" and application is None:
+        messages.error(request, _("No such application."))
+    elif request.method == "POST":
         try:
             if request.POST.get("decision") == "approve":
                 raw = request.POST.get("amount", "").strip()
@@ -98,5 +106,5 @@ def review(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/voucher_review.html", {
         "pending": pending, "reports": reports, "by": by, "by_label": GROUP_LABELS.get(by, by),
         "groups": [(g, GROUP_LABELS.get(g, g)) for g in selectors.REPORT_GROUPS],
-        "can_decide": request.user.platform_role == PlatformRole.AUTHORITY or request.user.is_superuser,
+        "can_decide": can_decide,
     }, status=400 if request.method == "POST" else 200)
