@@ -467,7 +467,20 @@ def main() -> None:
         result = asyncio.run(soak(args, port, spec, mspec, {"uvicorn": web.proc.pid, "matcher": matcher.proc.pid}, tag))
         ops = result["stats"].summary()
         created = ops.get("order", {}).get("statuses", {}).get("201", 0)
+        for op, o in ops.items():  # before the checks, which need a database connection the shared server may refuse
+            print(f"{op} {o}", flush=True)
+        with open(web.log_path) as f:
+            log = f.read()
+        # On a shared PostgreSQL server other users can take every connection (max_connections): say so.
+        server_errors = {"logged_500": log.count("Internal Server Error"), "postgres_refused_connections": log.count("too many clients")}
+        print(f"server log: {server_errors}", flush=True)
         connection.close()
+        for _ in range(60):
+            try:
+                connection.ensure_connection()
+                break
+            except Exception:
+                time.sleep(1)
         xchecks = xb.run_checks(spec["instruments"], [tag], created, result["unconfirmed"])
         ochecks = order_checks(result["acks"], tag, created, result["unconfirmed"])
         mchecks = metering_checks(mspec, tag, result["metering"])
@@ -494,7 +507,7 @@ def main() -> None:
         **{f"{op}_count": o["count"] for op, o in ops.items()},
         **{f"{op}_p50_ms": o["p50_ms"] for op, o in ops.items()},
         **{f"{op}_p99_ms": o["p99_ms"] for op, o in ops.items()},
-        "http_5xx": five_xx, "transport_errors": transport_errors,
+        "http_5xx": five_xx, "transport_errors": transport_errors, **server_errors,
         "rss_first_mb": {k: v["first_mb"] for k, v in mem.items() if k != "window_s"},
         "rss_last_mb": {k: v["last_mb"] for k, v in mem.items() if k != "window_s"},
         "subscribers": subs["count"], "books_match": subs["books_match_snapshot"], "ws_gaps": subs.get("gaps", 0),
