@@ -20,10 +20,10 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.utils.crypto import salted_hmac
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from common.errors import ServiceError
 from exchange.models import OrderStatus
@@ -144,7 +144,7 @@ def demands(request: HttpRequest) -> HttpResponse:
     }, status=400 if form.errors else 200)
 
 
-@GET_OR_POST
+@require_safe
 @login_required
 def demand(request: HttpRequest, pk: int) -> HttpResponse:
     demand, may_change = _demand_for(request, pk, change=False)
@@ -198,7 +198,7 @@ def demand_replan(request: HttpRequest, pk: int) -> HttpResponse:
 def demand_execute(request: HttpRequest, pk: int) -> HttpResponse:
     demand, may_change = _demand_for(request, pk, change=True)
     key = request.POST.get("confirm_key", "")
-    if key != confirm_key(demand):
+    if not constant_time_compare(key, confirm_key(demand)):
         message = _("The plan changed since this page was shown: review the new plan and confirm again.")
         return _detail(request, demand, may_change, error=message, status=409)
     if demand.status != DemandStatus.PLANNED:  # this plan was confirmed already (a double submit): buy nothing more

@@ -165,6 +165,7 @@ def test_viewers_read_others_get_404_and_regulators_only_read(books, client):
     location = owner.post("/demands/", form(books))["Location"]
     demand = Demand.objects.get()
     key = re.search(r'name="confirm_key" value="([0-9a-f]+)"', owner.get(location).content.decode()).group(1)
+    assert owner.post(location).status_code == 405  # the page itself is read-only; forms post to plan/ and execute/
 
     viewer = login(books["viewer"])
     listing = viewer.get("/demands/").content.decode()
