@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
@@ -21,7 +21,7 @@ from exchange.api import serializers as s
 from exchange.models import Order, OrderStatus, Trade
 from marketplace.models import Instrument
 from marketplace.permissions import IsNotRegulator
-from marketplace.selectors import acting_organisation, organisation_ids_for_user
+from marketplace.selectors import NotAMember, acting_organisation, organisation_ids_for_user
 
 
 class OrderRateThrottle(UserRateThrottle):
@@ -186,7 +186,14 @@ class CancelAll(APIView):
     def post(self, request):
         data = s.CancelAllSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        organisation = acting_organisation(request.user, data.validated_data.get("organisation"), services.TRADING_ROLES)
+        wanted = data.validated_data.get("organisation")
+        try:
+            organisation = acting_organisation(request.user, wanted, services.TRADING_ROLES)
+        except NotAMember as exc:  # a member in another role (a viewer) is refused; other organisations stay 404
+            memberships = request.user.memberships.all() if wanted is None else request.user.memberships.filter(organisation_id=wanted)
+            if exc.status_code == 404 and memberships.exists():
+                raise PermissionDenied("Only an organisation's traders and admins cancel its orders.") from exc
+            raise
         instrument = data.validated_data.get("instrument")
         # Record the cancels durably first, then ask the matcher.
         open_orders = list(services.orders_open_for(organisation=organisation, instrument=instrument))

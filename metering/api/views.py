@@ -6,11 +6,12 @@ from django.shortcuts import get_object_or_404
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.models import MemberRole
+from exchange.models import Contract
+from marketplace.models import MemberRole, Organisation, OrganisationKind
 from marketplace.permissions import IsNotRegulator
 from marketplace.selectors import organisation_ids_for_user
 from metering import selectors, services
@@ -36,7 +37,8 @@ class UsageEventsIngest(APIView):
         "over_quantity. One bad event never rejects the others.",
     )
     def post(self, request):
-        supplier_ids = organisation_ids_for_user(request.user, SUBMIT_ROLES)
+        supplier_ids = set(Organisation.objects.filter(pk__in=organisation_ids_for_user(request.user, SUBMIT_ROLES),
+                                                       kind__in=(OrganisationKind.SUPPLIER, OrganisationKind.BOTH)).values_list("pk", flat=True))
         if not supplier_ids:
             return Response({"non_field_errors": ["Only a supplier's trader or admin submits usage."]}, status=status.HTTP_403_FORBIDDEN)
         try:
@@ -109,6 +111,8 @@ class ContractDispute(APIView):
 
     @extend_schema(request=s.DisputeOpenSerializer, responses={201: s.DisputeSerializer})
     def post(self, request, pk: int):
+        # Before the body: a contract that is not among the user's purchases is 404 whatever was sent.
+        get_object_or_404(Contract.objects.filter(buyer_id__in=organisation_ids_for_user(request.user, SUBMIT_ROLES)), pk=pk)
         data = s.DisputeOpenSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         dispute = services.dispute_open(contract_id=pk, user=request.user, reason=data.validated_data["reason"])
@@ -134,6 +138,8 @@ class DisputeResolve(APIView):
     @extend_schema(request=s.DisputeResolveSerializer, responses={200: s.DisputeSerializer})
     def post(self, request, pk: int):
         get_object_or_404(selectors.dispute_list_for_user(request.user), pk=pk)
+        if not request.user.is_operator:  # before the body: a refusal, not a 400 for what was sent
+            raise PermissionDenied("Only an operator resolves disputes.")
         data = s.DisputeResolveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         dispute = services.dispute_resolve(dispute_id=pk, user=request.user, **data.validated_data)

@@ -181,6 +181,8 @@ class AlertReviewView(APIView):
 
     @extend_schema(request=s.AlertReviewInSerializer, responses={201: s.AlertSerializer})
     def post(self, request, pk: int):
+        if not request.user.is_regulator:  # operators read alerts; reviewing them is the regulator's (before the body)
+            return Response({"detail": "Only regulators review alerts."}, status=status.HTTP_403_FORBIDDEN)
         data = s.AlertReviewInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         review = services.alert_review(alert_id=pk, actor=request.user, to_status=data.validated_data["status"], note=data.validated_data["note"])

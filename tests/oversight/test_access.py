@@ -3,6 +3,7 @@ but its own alert reviews; a member of another organisation gets 404 for whateve
 
 import re
 import warnings
+from decimal import Decimal
 
 import pytest
 from django.apps import apps
@@ -12,6 +13,7 @@ from exchange.models import Contract, Order
 from ledger.models import Account
 from marketplace.models import Instrument, Listing, MemberRole, Membership
 from oversight.models import Alert
+from scheduling import services as scheduling
 from tests.factories import OrganisationFactory, member
 from tests.oversight.voucher_helpers import approved_voucher
 
@@ -82,6 +84,9 @@ def world(api, market, trader):
         "voucher-programme": voucher.programme_id, "voucher-application": voucher.application_id, "voucher-detail": voucher.pk,
         "voucher-redemption": _redemption(contract).pk,
     }
+    values["demand"] = scheduling.demand_create(user=m["buyer_user1"], organisation=m["buyer1"], fields={
+        "client_demand_id": "w-demand", "quantity": Decimal("1"), "earliest_start": m["instrument"].delivery_start,
+        "deadline": m["instrument"].delivery_end})[0].pk
     dispute_model = _model("metering", "Dispute")
     if dispute_model is not None:
         values["metering-dispute"] = dispute_model.objects.create(contract=contract, reason="short", opened_by=m["buyer_user1"], delivered_before_micro=0).pk
