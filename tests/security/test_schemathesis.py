@@ -220,18 +220,31 @@ def _build_world() -> dict:
 def world(django_db_setup, django_db_blocker):
     """Built once for the module inside a transaction that is rolled back at the end; each operation's test
     runs in a savepoint inside it (pytest-django's `db`), so what one operation's requests write is undone."""
+    from django.core import signals
+    from django.db import close_old_connections
+
     from exchange import publish, selectors, transport
 
-    with django_db_blocker.unblock(), override_settings(MATCHER_TRANSPORT="inline"):
-        selectors.caches_clear()
-        publish._units.clear()
+    # schemathesis calls the WSGI app directly, not through Django's test client: like the client, keep the
+    # request signals from closing the test's connection (on PostgreSQL that ends its transaction).
+    try:
+        with django_db_blocker.unblock(), override_settings(MATCHER_TRANSPORT="inline"):
+            selectors.caches_clear()
+            publish._units.clear()
+            transport._client = None
+            transport.InlineClient.reset()
+            with transaction.atomic():
+                built = _build_world()
+                # After the build: Django's test client, used there, reconnects them after each request.
+                signals.request_started.disconnect(close_old_connections)
+                signals.request_finished.disconnect(close_old_connections)
+                yield built
+                transaction.set_rollback(True)
+    finally:
         transport._client = None
         transport.InlineClient.reset()
-        with transaction.atomic():
-            yield _build_world()
-            transaction.set_rollback(True)
-        transport._client = None
-        transport.InlineClient.reset()
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
 
 
 def _leaks(identity: str, response) -> list[str]:
