@@ -14,8 +14,10 @@ from django.utils.translation import gettext as _
 from apikeys import selectors, services
 from apikeys.models import ApiKey, Scope
 from common.errors import ServiceError
+from portal.views import GET_OR_POST
 
 
+@GET_OR_POST
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
     errors: dict[str, str] = {}
