@@ -189,8 +189,7 @@ POLICY: dict[str, Row] = {
     "/api-keys/": row("the user's own API keys", GET=page(*SIGNED_IN), POST=page(*SIGNED_IN)),
     "/demands/": row("members and overseers; POST: the organisation's traders and admins", GET=page(*MEMBERS, *OVERSEERS),
                      POST=page("buyer_trader", "supplier")),
-    "/demands/<pk>/": row("(POST answers as GET for any reader: to review)", kind="demand",
-                          GET=page(*BUYER, *OVERSEERS, supplier=HIDDEN), POST=page(*BUYER, *OVERSEERS, supplier=HIDDEN)),
+    "/demands/<pk>/": row("", kind="demand", GET=page(*BUYER, *OVERSEERS, supplier=HIDDEN)),
     **{f"/demands/<pk>/{action}/": row("the organisation's traders and admins", kind="demand",
                                        POST=page("buyer_trader", supplier=HIDDEN))
        for action in ("plan", "execute")},
