@@ -321,8 +321,12 @@ def transfer(
     )
 
 
+@transaction.atomic
 def entry_reverse(*, entry: JournalEntry, idempotency_key: str, memo: str = "", created_by: User | None = None) -> JournalEntry:
-    """Correct an entry by posting its mirror image; the original stays as it was."""
+    """Correct an entry by posting its mirror image; the original stays as it was. Locks the original entry's
+    row (FOR NO KEY UPDATE: the immutability trigger fires on UPDATE, not on a lock), so concurrent reversals
+    queue and all but the first are told it is reversed, not refused by the ledger or the unique constraint."""
+    list(JournalEntry.objects.select_for_update(no_key=True).filter(pk=entry.pk).values_list("pk", flat=True))
     if JournalEntry.objects.filter(reverses=entry).exclude(idempotency_key=idempotency_key).exists():
         raise IdempotencyConflict(f"Entry {entry.pk} is already reversed.", field="entry")
     postings = [(p.account_id, -p.amount_fen) for p in entry.postings.all()]

@@ -247,3 +247,27 @@ def test_50_concurrent_commits_of_one_contract_redeem_it_once(deal, authority):
     assert _voucher_balances(v) == (1_000_000 - 3000, 3000)
     assert JournalEntry.objects.filter(reference=f"contract:{contract.pk}", kind="voucher").count() == 1
     assert ledger_verify().ok, ledger_verify().problems
+
+
+# --- Reversals -------------------------------------------------------------------------------------------
+
+def test_concurrent_reversals_of_one_entry_reverse_it_once():
+    from ledger import services as ledger
+    from ledger.services import IdempotencyConflict
+
+    org = OrganisationFactory(kind="buyer")
+    fund(org, 10_000)
+    fees = ledger.platform_account(kind=AccountKind.FEES)
+    entry = ledger.transfer(source=ledger.account_for(organisation=org, kind=AccountKind.AVAILABLE), destination=fees, amount_fen=2_500,
+                            idempotency_key="fee-to-refund", kind="fee")
+    # 20 operators reverse the fee at once, each with a key of its own; then 20 retries of one request.
+    distinct = race([lambda i=i: ledger.entry_reverse(entry=entry, idempotency_key=f"reverse-{i}") for i in range(20)])
+    reversals = [r for r in distinct if isinstance(r, JournalEntry)]
+    assert len(reversals) == 1, [type(r).__name__ for r in distinct]
+    assert all(isinstance(r, IdempotencyConflict) for r in distinct if r is not reversals[0]), {repr(r) for r in distinct}
+    same = race([lambda: ledger.entry_reverse(entry=entry, idempotency_key=reversals[0].idempotency_key)] * 20)
+    assert {getattr(r, "pk", repr(r)) for r in same} == {reversals[0].pk}
+    assert balances_get(organisation=org)["available"] == 10_000
+    assert Account.objects.get(pk=fees.pk).balance_fen == 0
+    assert JournalEntry.objects.filter(reverses=entry).count() == 1
+    assert ledger_verify().ok, ledger_verify().problems
