@@ -22,6 +22,8 @@ pytestmark = pytest.mark.django_db
 # Writes a regulator may make, and why.
 REGULATOR_MAY_WRITE = {
     "api-token": "signing in",
+    "api-key-list": "its own API keys (a key never exceeds its user's roles: read-only here)",
+    "api-key-detail": "its own API keys", "api-key-revoke": "its own API keys",
     "oversight-alert-review": "its own alert reviews",
     "alert-review": "its own alert reviews (the portal's form)",
     "ledger-stripe-webhook": "not a user endpoint: Stripe signs it, no session or token is read",
@@ -84,6 +86,7 @@ def world(api, market, trader):
         "voucher-programme": voucher.programme_id, "voucher-application": voucher.application_id, "voucher-detail": voucher.pk,
         "voucher-redemption": _redemption(contract).pk,
     }
+    values["risk-limit"] = m["buyer1"].pk  # an organisation's risk limits (the id is the organisation's)
     values["demand"] = scheduling.demand_create(user=m["buyer_user1"], organisation=m["buyer1"], fields={
         "client_demand_id": "w-demand", "quantity": Decimal("1"), "earliest_start": m["instrument"].delivery_start,
         "deadline": m["instrument"].delivery_end})[0].pk
@@ -253,7 +256,8 @@ def test_another_organisations_ids_are_indistinguishable_from_ids_that_do_not_ex
                     not_404.add(f"{name}: {foreign}")
     assert problems == [], "\n".join(problems)
     assert not_404 == {"voucher-application-approve: 403", "voucher-application-reject: 403",  # the authority's actions
-                       "alert-review: 403"}  # the regulator's
+                       "alert-review: 403",  # the regulator's
+                       "risk-limit: 403"}  # the operator's (regulators read)
     assert snapshot() == before
 
 
