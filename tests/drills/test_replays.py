@@ -237,8 +237,8 @@ def test_usage_batches_twice_shuffled_forged_and_stale_end_as_one_clean_delivery
     def chaotic_run(seed: int) -> dict:
         rng = random.Random(seed)
         deliveries: list[tuple[str, list[dict]]] = [("twice", b) for b in batches * 2]
-        # Forged: a made-up token, none at all, the supplier's viewer (may not submit), the buyer's and a rival
-        # supplier's tokens (the contract is not their sale). Believed, it would deliver most of the contract.
+        # Forged: a made-up token, none at all, the supplier's viewer and the buyer (may not submit), a rival
+        # supplier's token (the contract is not its sale). Believed, it would deliver most of the contract.
         stolen = [usage(contracts[0], 99, minutes=600, devices=10, hours=1)]
         deliveries += [(kind, stolen) for kind in ("bad-token", "no-token", "viewer", "buyer", "rival")]
         # Usage that cannot have happened yet (the window began 12 h ago; this ends 90 minutes from now).
@@ -254,10 +254,10 @@ def test_usage_batches_twice_shuffled_forged_and_stale_end_as_one_clean_delivery
                 assert _post("0" * 40, batch).status_code in (401, 403)
             elif kind == "no-token":
                 assert _post(None, batch).status_code in (401, 403)
-            elif kind == "viewer":
-                assert _post(viewer_token, batch).status_code == 403
-            elif kind in ("buyer", "rival"):  # a contract that is not your sale is unknown to you
-                r = _post(buyer_token if kind == "buyer" else rival_token, batch)
+            elif kind in ("viewer", "buyer"):  # a supplier's viewer, a buyer organisation: may not submit
+                assert _post(viewer_token if kind == "viewer" else buyer_token, batch).status_code == 403
+            elif kind == "rival":  # a contract that is not your sale is unknown to you
+                r = _post(rival_token, batch)
                 assert r.status_code == 200 and [x["reason"] for x in r.json()["results"]] == ["unknown_contract"]
             elif kind == "future":
                 r = _post(supplier_token, batch)
