@@ -23,6 +23,11 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -105,7 +110,20 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 SQLITE_PATH = Path(os.environ.get("SUANLI_SQLITE_PATH", BASE_DIR / "db.sqlite3"))
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    from psycopg_pool import ConnectionPool
+
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+    # A connection pool per process (psycopg_pool): a request borrows a connection and gives it back when it
+    # ends; each borrowed connection is checked first, so a restarted server costs no failed request. Not
+    # persistent per-thread connections (CONN_MAX_AGE): under ASGI Django runs each request's sync code in
+    # a thread of its own, so they piled up, one per thread, until a shared server refused connections
+    # (bench/soak_bench.py: 79 connections at 40 concurrent requests; with the pool, 20).
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN", 2),
+        "max_size": env_int("DATABASE_POOL_MAX", 20),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 30),
+        "check": ConnectionPool.check_connection,
+    }
 else:
     DATABASES = {
         "default": {
