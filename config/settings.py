@@ -110,9 +110,7 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 SQLITE_PATH = Path(os.environ.get("SUANLI_SQLITE_PATH", BASE_DIR / "db.sqlite3"))
 if DATABASE_URL:
-    from psycopg_pool import ConnectionPool
-
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_health_checks=True)}
     # A connection pool per process (psycopg_pool): a request borrows a connection and gives it back when it
     # ends; each borrowed connection is checked first, so a restarted server costs no failed request. Not
     # persistent per-thread connections (CONN_MAX_AGE): under ASGI Django runs each request's sync code in
@@ -122,7 +120,6 @@ if DATABASE_URL:
         "min_size": env_int("DATABASE_POOL_MIN", 2),
         "max_size": env_int("DATABASE_POOL_MAX", 20),
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 30),
-        "check": ConnectionPool.check_connection,
     }
 else:
     DATABASES = {
@@ -196,6 +193,13 @@ WS_MAX_OUTBOX = int(os.environ.get("WS_MAX_OUTBOX", "1000"))
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+# Tests only (tests/conftest.py sets it, and the servers and workers tests start inherit it): a password
+# costs 0.3 s of PBKDF2 here, and the suite creates thousands of users. Refused in production.
+if env_bool("SUANLI_TEST_FAST_PASSWORDS"):
+    if PRODUCTION:
+        raise ImproperlyConfigured("SUANLI_TEST_FAST_PASSWORDS is for tests; production hashes with PBKDF2.")
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
