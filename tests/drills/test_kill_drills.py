@@ -358,7 +358,10 @@ def test_postgres_restart_mid_stream_recovers_without_manual_steps(drill_market,
         assert sum(c.retries for c in clients.values()) > retries_before, "the restart went unnoticed: nothing was drilled"
         assert harness.requests.get(f"{base}/healthz", timeout=5).status_code == 200
         assert web.alive() and matcher.alive() and (web.starts, matcher.starts) == (1, 1), "nothing was restarted by hand"
-        assert "reconnecting" in matcher.log.read_text()
+        # The matcher saw the outage: either a batch failed and it reconnected, or (usually) the connection
+        # pool replaced the dead connections when the matcher next borrowed one, and logged the refusals.
+        log = matcher.log.read_text()
+        assert "reconnecting" in log or "psycopg.pool: error connecting" in log, log[-2000:]
         web.stop()
         matcher.stop()
         check_env = {**env, "LOG_LEVEL": "WARNING"}
