@@ -1,5 +1,13 @@
+import os
+
 import pytest
+from django.conf import settings as django_settings
 from rest_framework.test import APIClient
+
+# Fast password hashing (config/settings.py): here, since pytest-django loaded the settings before this file,
+# and in the environment, for the servers, matchers and workers that tests start.
+os.environ["SUANLI_TEST_FAST_PASSWORDS"] = "1"
+django_settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 
 
 def pytest_collection_modifyitems(config, items):
