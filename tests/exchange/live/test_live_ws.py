@@ -146,6 +146,12 @@ def test_three_client_processes_trade_and_keep_the_servers_book(market_setup, tm
             procs.append(proc)
             clients.append((name, proc, _lines(proc)))
         for name, _, lines in clients:
+            line = _next_line(lines, 60, f"{name} subscribing")
+            assert line == "READY", line
+        for _, proc, _ in clients:  # every client subscribed before the first order: each sees the whole tape
+            proc.stdin.write("GO\n")
+            proc.stdin.flush()
+        for name, _, lines in clients:
             line = _next_line(lines, 90, f"{name} placing its orders")
             assert line == "PLACED", line
 

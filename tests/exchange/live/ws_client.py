@@ -5,7 +5,8 @@ the update seqs have no gap and that its own top-10 checksum (the documented alg
 equals the message's. Meanwhile it trades over /ws/user/ (token auth): places, cancels and amends orders,
 each answered by an ack or error frame, and checks the user stream's per-connection seq.
 
-Protocol with the test: prints "PLACED" when its orders are done, then waits for "FINISH <seq>" on stdin,
+Protocol with the test: prints "READY" once subscribed (its snapshot in) and waits for "GO" on stdin, so every
+client sees every trade; prints "PLACED" when its orders are done, then waits for "FINISH <seq>" on stdin,
 waits until its book reaches that seq, and prints one JSON line with what it saw.
 """
 
@@ -170,6 +171,11 @@ class Client:
             assert welcome["type"] == "welcome", welcome
             self.organisations = set(welcome["organisations"])
             tasks = [asyncio.create_task(self.read_market(market)), asyncio.create_task(self.read_user(user))]
+            deadline = time.monotonic() + 20
+            while self.book is None and time.monotonic() < deadline:  # subscribed: the snapshot is in
+                await asyncio.sleep(0.02)
+            print("READY", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "GO": every client is subscribed
             await self.trade(user)
             print("PLACED", flush=True)
             line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
