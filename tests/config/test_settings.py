@@ -46,6 +46,9 @@ def test_embedded_server_says_which_backends_it_uses_in_one_line(tmp_path):
 def test_production_mode_passes_the_deploy_check_and_refuses_missing_secret():
     env = dict(os.environ, SUANLI_ENV="production", ALLOWED_HOSTS="exchange.example.cn",
                SECRET_KEY="x9$Kq2!vT7@pLm4#Wz8&Rb1^Nc6*Hd3(Yf5)Gj0-Sa2+Ue7=Io9_Px4", DEBUG="0")
+    result = _manage("check", env=env)  # tests/conftest.py's fast password hashing is refused in production
+    assert result.returncode != 0 and "SUANLI_TEST_FAST_PASSWORDS is for tests" in result.stderr
+    env.pop("SUANLI_TEST_FAST_PASSWORDS")
     result = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
