@@ -192,7 +192,14 @@ WS_MAX_OUTBOX = int(os.environ.get("WS_MAX_OUTBOX", "1000"))
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # One pool per process (Django builds one per backend object, i.e. per ASGI request): common/cache.py
+            "OPTIONS": {"pool_class": "common.cache.SharedConnectionPool"},
+        }
+    }
 
 # Tests only (tests/conftest.py sets it, and the servers and workers tests start inherit it): a password
 # costs 0.3 s of PBKDF2 here, and the suite creates thousands of users. Refused in production.

@@ -72,7 +72,7 @@ def _account_of(request) -> int | None:
         return None
 
 
-_redis_clients: dict[int, object] = {}
+_redis_clients: dict[str, object] = {}
 
 
 def _count(key: str, ttl: int) -> int:
@@ -80,9 +80,12 @@ def _count(key: str, ttl: int) -> int:
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        client = _redis_clients.get(id(backend._cache))
-        if client is None:  # Django's get_client builds a new client object on every call
-            client = _redis_clients[id(backend._cache)] = backend._cache.get_client(raw, write=True)
+        # Django's get_client builds a client object on every call, and the backend itself is per ASGI request:
+        # keep one client per server URL (its pool is the process's shared one, common/cache.py).
+        server = backend._cache._servers[0]
+        client = _redis_clients.get(server)
+        if client is None:
+            client = _redis_clients[server] = backend._cache.get_client(raw, write=True)
         pipe = client.pipeline()
         pipe.incr(raw)
         pipe.expire(raw, ttl)
