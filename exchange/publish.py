@@ -140,7 +140,9 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
             payload["price"] = cny(iid, payload["price_fen_per_lot"])
             payload["fills"] = [{**f, "price": cny(iid, f["price_fen_per_lot"])} for f in payload["fills"]]
             # No top-level "seq": the user consumer splices its per-connection sequence number in front.
-            out.append((p.group, {"type": "user.event", "text": json.dumps(payload, separators=(",", ":"))}))
+            # The order's key rides along so a socket can hold the event until it has acked that placement.
+            out.append((p.group, {"type": "user.event", "text": json.dumps(payload, separators=(",", ":")),
+                                  "key": [payload["organisation"], payload["client_order_id"]]}))
         else:
             out.append((p.group, {"type": "market.message", "kind": kind, "instrument": iid, "first": None, "seq": None, "text": json.dumps(p.payload)}))
     for iid, t in last_trade.items():

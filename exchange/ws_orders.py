@@ -110,21 +110,40 @@ class PlacePipeline:
     request_id). Any other command first waits for the placements before it, so a cancel can never
     overtake the order it cancels. At most MAX_PLACES_IN_FLIGHT per socket: beyond that reading waits."""
 
-    def __init__(self, send, placed: set[int]) -> None:
+    def __init__(self, send, placed: set[int], send_event=None) -> None:
         self.send = send  # async (text) -> None
+        self.send_event = send_event  # async (group message) -> None: sends a held event (the stream's seq)
         self.placed = placed  # order ids placed on this socket (cancel-on-disconnect)
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
+        # Placements sent to the matcher and not answered yet, by (organisation, client_order_id): the events of
+        # such an order wait here until its ack has gone out (docs/websockets.md: the ack comes first).
+        self.unanswered: dict[tuple[int, str], list[dict]] = {}
+
+    def hold(self, event: dict) -> bool:
+        """Keep a user event back if it is about a placement of this socket whose ack has not gone out yet."""
+        key = event.get("key")
+        held = self.unanswered.get(tuple(key)) if key else None
+        if held is None:
+            return False
+        held.append(event)
+        return True
 
     async def place(self, user, message: dict) -> None:
         request_id = message.get("request_id")
+        key = None
         try:
             command, instrument = await database_sync_to_async(place_prepare)(user, message)
+            key = (command["organisation"], command["client_order_id"])
+            self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
             pending = await transport.submit_async([command])
         except Exception as exc:
             await self._send(error_frame(request_id, exc))
+            if key is not None:
+                await self._release(key)
             return
         task = asyncio.get_running_loop().create_task(self._answer(request_id, command, instrument, pending))
+        task.suanli_key = key
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         if len(self.tasks) >= MAX_PLACES_IN_FLIGHT:
@@ -132,15 +151,27 @@ class PlacePipeline:
 
     async def _answer(self, request_id, command: dict, instrument, pending) -> None:
         try:
-            result = place_answer(command, instrument, await pending)
-        except Exception as exc:
-            if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
-                log.exception("websocket place failed")
-            await self._send(error_frame(request_id, exc))
-            return
-        if result["order"].get("id") is not None:
-            self.placed.add(result["order"]["id"])
-        await self._send({"type": "ack", "request_id": request_id, **result})
+            try:
+                result = place_answer(command, instrument, await pending)
+            except Exception as exc:
+                if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                    log.exception("websocket place failed")
+                await self._send(error_frame(request_id, exc))
+                return
+            if result["order"].get("id") is not None:
+                self.placed.add(result["order"]["id"])
+            await self._send({"type": "ack", "request_id": request_id, **result})
+        finally:
+            await self._release((command["organisation"], command["client_order_id"]))
+
+    async def _release(self, key: tuple[int, str]) -> None:
+        """After the answer: the events held for that placement, in the order they came."""
+        if any(t is not asyncio.current_task() and not t.done() and getattr(t, "suanli_key", None) == key
+               for t in self.tasks):
+            return  # another placement with the same key is still waiting for its answer
+        for event in self.unanswered.pop(key, []):
+            if self.send_event is not None and not self.closed:
+                await self.send_event(event)
 
     async def drain(self) -> None:
         if self.tasks:

@@ -289,24 +289,29 @@ def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_th
             await comm.send_json_to({"type": "place", "request_id": f"p{i}", "instrument": inst.pk, "side": "buy",
                                      "price": f"14.{i:02d}", "quantity": 1, "client_order_id": f"pipe-{i}"})
         await comm.send_json_to({"type": "cancel", "request_id": "c", "client_order_id": "pipe-5"})
-        acks, events = {}, []
-        while "c" not in acks:
+        acks, events, order = {}, [], []
+        while "c" not in acks or len(events) < 7:  # six placements and the cancel: one event each
             frame = await comm.receive_json_from(TIMEOUT)
+            order.append(frame)
             if frame.get("type") in ("ack", "error"):
                 acks[frame["request_id"]] = frame
             else:
                 events.append(frame)
         await comm.disconnect()
-        return acks
+        return acks, events, order
 
     try:
-        acks = async_to_sync(body)()
+        acks, events, frames = async_to_sync(body)()
     finally:
         if transport_kind == "thread":
             transport.client().stop()
     assert [acks[f"p{i}"]["order"]["status"] for i in range(6)] == ["open"] * 6
     assert all(acks[f"p{i}"]["confirmed"] and acks[f"p{i}"]["created"] for i in range(6))
     assert acks["c"]["type"] == "ack" and acks["c"]["order"]["client_order_id"] == "pipe-5"
+    # Each order's ack comes before its events (the socket holds them back), and seq counts what was sent.
+    ack_at = {f["order"]["id"]: i for i, f in enumerate(frames) if f.get("request_id", "").startswith("p")}
+    assert all(ack_at[f["id"]] < frames.index(f) for f in events), [(f.get("type"), f.get("request_id") or f.get("id")) for f in frames]
+    assert [f["seq"] for f in events] == list(range(1, 8))
     assert sorted(Order.objects.filter(client_order_id__startswith="pipe-").values_list("client_order_id", "status")) == [
         *((f"pipe-{i}", "open") for i in range(5)), ("pipe-5", "cancelled")]
     transport._client = None
