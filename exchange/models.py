@@ -251,10 +251,14 @@ class KillSwitch(models.Model):
     released_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     released_at = models.DateTimeField(null=True, blank=True)
     release_reason = models.CharField(max_length=200, blank=True)
+    # The operator's key for the pull: a retried POST answers with this switch, even after it was released.
+    idempotency_key = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
         constraints = [
+            models.UniqueConstraint(fields=["pulled_by", "idempotency_key"], condition=~Q(idempotency_key=""),
+                                    name="kill_switch_idempotency_key_per_user"),
             models.CheckConstraint(
                 condition=(Q(scope="account", organisation__isnull=False, instrument__isnull=True)
                            | Q(scope="instrument", organisation__isnull=True, instrument__isnull=False)

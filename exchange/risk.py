@@ -294,22 +294,40 @@ def matchers_sync() -> SyncResult:
     return SyncResult(confirmed=all("error" not in r for r in replies), cancelled=sum(r.get("cancelled", 0) for r in replies))
 
 
-def kill_switch_pull(*, user, scope: str, reason: str, organisation=None, instrument=None) -> tuple[KillSwitch, bool, SyncResult]:
+def kill_switch_pull(*, user, scope: str, reason: str, organisation=None, instrument=None,
+                     idempotency_key: str | None = None) -> tuple[KillSwitch, bool, SyncResult]:
     """Pull a switch (audited), then have every shard cancel what rests in scope. Pulling one that is already
-    active for the same target returns it (created False) and syncs again."""
+    active for the same target returns it (created False) and syncs again. With an idempotency key, a retry
+    returns the switch that key pulled, even once released (a released switch is not pulled again by a retry);
+    the same key for another target is refused (409)."""
     from django.contrib.admin.models import ADDITION
     from django.db import IntegrityError, transaction
 
+    from common.errors import ServiceError
+
     target = {"organisation": organisation if scope == KillScope.ACCOUNT else None,
               "instrument": instrument if scope == KillScope.INSTRUMENT else None}
+
+    def replay() -> KillSwitch | None:
+        if not idempotency_key:
+            return None
+        earlier = KillSwitch.objects.filter(pulled_by=user, idempotency_key=idempotency_key).first()
+        if earlier is not None and (earlier.scope, earlier.organisation_id, earlier.instrument_id) != (
+                scope, getattr(target["organisation"], "pk", None), getattr(target["instrument"], "pk", None)):
+            raise ServiceError("This idempotency key pulled a switch with another scope or target.",
+                               field="idempotency_key", status_code=409)
+        return earlier
+
+    if (earlier := replay()) is not None:
+        return earlier, False, matchers_sync()
     try:
         with transaction.atomic():
-            switch = KillSwitch.objects.create(scope=scope, reason=reason, pulled_by=user, **target)
+            switch = KillSwitch.objects.create(scope=scope, reason=reason, pulled_by=user, idempotency_key=idempotency_key or "", **target)
             _audit(user, switch, ADDITION, {"kill_switch": "pulled", "scope": scope, "organisation": switch.organisation_id,
                                             "instrument": switch.instrument_id, "reason": reason})
         created = True
-    except IntegrityError:
-        switch = KillSwitch.objects.get(scope=scope, released_at__isnull=True, **target)
+    except IntegrityError:  # a concurrent retry with the same key, or a switch already active for the target
+        switch = replay() or KillSwitch.objects.get(scope=scope, released_at__isnull=True, **target)
         created = False
     return switch, created, matchers_sync()
 

@@ -39,7 +39,7 @@ class KillSwitchSerializer(serializers.ModelSerializer):
     class Meta:
         model = KillSwitch
         fields = ["id", "scope", "organisation", "instrument", "reason", "active", "pulled_by", "pulled_at",
-                  "released_by", "released_at", "release_reason"]
+                  "released_by", "released_at", "release_reason", "idempotency_key"]
         read_only_fields = fields
 
 
@@ -50,6 +50,9 @@ class KillSwitchInSerializer(StrictFieldsMixin, serializers.Serializer):
     instrument = serializers.PrimaryKeyRelatedField(queryset=Instrument.objects.all(), required=False, allow_null=True,
                                                     help_text="scope instrument: the instrument to stop")
     reason = serializers.CharField(max_length=200, help_text="Why: kept with the switch and in the audit log")
+    idempotency_key = serializers.CharField(
+        max_length=100, required=False, allow_blank=False,
+        help_text="Yours, per pull: a retry with it answers with the switch it pulled (200), even once released")
 
     def validate(self, attrs):
         scope = attrs["scope"]
@@ -102,7 +105,8 @@ class KillSwitchListCreate(APIView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         switch, created, sync = risk.kill_switch_pull(user=request.user, scope=v["scope"], reason=v["reason"],
-                                                      organisation=v.get("organisation"), instrument=v.get("instrument"))
+                                                      organisation=v.get("organisation"), instrument=v.get("instrument"),
+                                                      idempotency_key=v.get("idempotency_key"))
         return Response(_switch_payload(switch, sync), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 

@@ -215,6 +215,25 @@ def test_account_kill_switch_cancels_resting_orders_refuses_new_ones_and_release
     assert any('\\"kill_switch\\": \\"released\\"' in p for p in payloads), payloads
 
 
+def test_a_retried_pull_with_its_idempotency_key_answers_with_that_switch_even_after_release(api, market_setup, operator):
+    m = market_setup
+    first = pull(api, operator, scope="account", organisation=m["buyer"].pk, idempotency_key="pull-1")
+    assert first.status_code == 201 and first.json()["idempotency_key"] == "pull-1"
+    released = api.delete(f"/api/v1/risk/kill-switches/{first.json()['id']}/", {"reason": "fixed"}, format="json")
+    assert released.status_code == 200
+    # The retry of the first POST (its answer was lost) does not stop the account again.
+    retry = pull(api, operator, scope="account", organisation=m["buyer"].pk, idempotency_key="pull-1")
+    assert retry.status_code == 200 and (retry.json()["id"], retry.json()["active"]) == (first.json()["id"], False)
+    assert KillSwitch.objects.count() == 1
+    assert place(api, m["buyer_user"], m["instrument"], client_order_id="still-trading").status_code == 201
+    # The same key for another target is a client error; a new key pulls a new switch.
+    other = pull(api, operator, scope="instrument", instrument=m["instrument"].pk, idempotency_key="pull-1")
+    assert other.status_code == 409 and "idempotency_key" in other.json()
+    again = pull(api, operator, scope="account", organisation=m["buyer"].pk, idempotency_key="pull-2")
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
+    assert KillSwitch.objects.filter(released_at__isnull=True).count() == 1
+
+
 def test_instrument_and_venue_switches_cancel_every_account_and_block_amends_not_cancels(api, market_setup, operator):
     m = market_setup
     inst = m["instrument"]
