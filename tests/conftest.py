@@ -45,3 +45,15 @@ def inline_matcher(settings):
     yield
     transport._client = None
     transport.InlineClient.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer. channels_redis keeps its receive state on the layer (a lock bound to
+    the event loop of the first receiver, and a count of receivers): a consumer still receiving when a test's
+    event loop ended (a socket the server closed and the test did not disconnect) left that state bound to a
+    dead loop, and a later test's receive failed with "bound to a different event loop" (CI, Redis pass)."""
+    yield
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
