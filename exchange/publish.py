@@ -99,6 +99,7 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
     A market message's envelope has `kind`, `instrument`, `seq` (book messages: the last update's seq, with
     `first` the first one's; trades and tickers: the book seq they are reflected in) and `text`."""
     out: list[tuple[str, dict[str, Any]]] = []
+    user_batches: dict[str, dict[str, Any]] = {}
     book_seq: dict[int, int] = {}
     last_trade: dict[int, Any] = {}
     for p in publications:
@@ -140,9 +141,15 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
             payload["price"] = cny(iid, payload["price_fen_per_lot"])
             payload["fills"] = [{**f, "price": cny(iid, f["price_fen_per_lot"])} for f in payload["fills"]]
             # No top-level "seq": the user consumer splices its per-connection sequence number in front.
-            # The order's key rides along so a socket can hold the event until it has acked that placement.
-            out.append((p.group, {"type": "user.event", "text": json.dumps(payload, separators=(",", ":")),
-                                  "key": [payload["organisation"], payload["client_order_id"]]}))
+            # One message per group and batch ("user.events", the events in order): a group_send is three
+            # Redis round trips, and a batch often has several events for one organisation. The order's key
+            # rides along so a socket can hold an event until it has acked that placement.
+            event = {"text": json.dumps(payload, separators=(",", ":")), "key": [payload["organisation"], payload["client_order_id"]]}
+            batch = user_batches.get(p.group)
+            if batch is None:
+                batch = user_batches[p.group] = {"type": "user.events", "events": []}
+                out.append((p.group, batch))
+            batch["events"].append(event)
         else:
             out.append((p.group, {"type": "market.message", "kind": kind, "instrument": iid, "first": None, "seq": None, "text": json.dumps(p.payload)}))
     for iid, t in last_trade.items():
@@ -175,8 +182,22 @@ def publish(publications: list[Publication]) -> None:
 
 
 async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
+    """Each group's messages in order; the groups side by side (their Redis round trips overlap)."""
+    by_group: dict[str, list[dict]] = {}
     for group, message in messages:
-        await layer.group_send(group, message)
+        by_group.setdefault(group, []).append(message)
+
+    async def send(group: str, queue: list[dict]) -> None:
+        for message in queue:
+            await layer.group_send(group, message)
+
+    if len(by_group) == 1:
+        await send(*next(iter(by_group.items())))
+        return
+    results = await asyncio.gather(*(send(g, q) for g, q in by_group.items()), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
 
 
 _server_loop: asyncio.AbstractEventLoop | None = None
