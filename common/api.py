@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.utils.functional import cached_property
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -31,6 +33,27 @@ class StrictFieldsMixin:
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class ReusedFieldsMixin:
+    """Build a serializer's fields once per thread instead of once per instance.
+
+    DRF deep-copies every declared field for each serializer instance (a field's copy re-runs its
+    constructor): for the 12-field order serializer that was 12% of the websocket server's CPU per order. The
+    fields are bound to the first instance a thread made; later instances of that class in the thread use
+    them. Only for serializers whose fields keep no per-request state and never read `context` or `parent`
+    while validating (no request-dependent defaults, no nested serializers); a thread validates one
+    instance at a time, so none is shared between two validations in flight."""
+
+    _reused = threading.local()
+
+    @cached_property
+    def fields(self):
+        cache = self._reused.__dict__.setdefault("by_class", {})
+        fields = cache.get(type(self))
+        if fields is None:
+            fields = cache[type(self)] = super().fields
+        return fields
 
 
 def _django_error_detail(exc: DjangoValidationError) -> Any:

@@ -7,7 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from common.api import StrictFieldsMixin
+from common.api import ReusedFieldsMixin, StrictFieldsMixin
 from exchange.models import Order, OrderType, SelfTradePrevention, Side, TimeInForce, Trade
 from exchange.selectors import instrument_get_cached
 from marketplace.models import Instrument, Listing
@@ -27,7 +27,10 @@ class CachedInstrumentField(serializers.PrimaryKeyRelatedField):
         return instrument
 
 
-class OrderInSerializer(StrictFieldsMixin, serializers.Serializer):
+class OrderInSerializer(ReusedFieldsMixin, StrictFieldsMixin, serializers.Serializer):
+    """An order as sent (REST POST /orders/, websocket `place`). Its fields are built once per thread
+    (common.api.ReusedFieldsMixin): every order is validated through it."""
+
     instrument = CachedInstrumentField(queryset=Instrument.objects.select_related("product"))
     side = serializers.ChoiceField(choices=Side.choices)
     type = serializers.ChoiceField(choices=OrderType.choices, default=OrderType.LIMIT)
