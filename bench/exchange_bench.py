@@ -364,7 +364,9 @@ def _server_env(base: dict[str, str], url: str, redis_url: str, shards: int, set
     )
 
 
-def gunicorn_start(name: str, port: int, workers: int, env: dict[str, str], logdir: str, worker_class: str) -> Service:
+def gunicorn_start(
+    name: str, port: int, workers: int, env: dict[str, str], logdir: str, worker_class: str, threads: int = 1
+) -> Service:
     argv = [
         sys.executable,
         "-m",
@@ -385,6 +387,7 @@ def gunicorn_start(name: str, port: int, workers: int, env: dict[str, str], logd
         "--preload",
         "--log-level",
         "warning",
+        *(["--threads", str(threads)] if threads > 1 else []),
     ]
     svc = Service(name, argv, env, logdir)
     deadline = time.monotonic() + 60
@@ -996,6 +999,9 @@ def main() -> None:
     parser.add_argument("--ws-inflight", type=int, default=8, help="case ws: frames outstanding per socket (pipelined)")
     parser.add_argument("--workers", type=int, default=8, help="W: gunicorn workers (each server)")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync: no keep-alive)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="gunicorn threads per worker (more than 1: the gthread worker class)"
+    )
     parser.add_argument("--clients", type=int, default=16, help="N: concurrent client connections")
     parser.add_argument(
         "--client-procs", type=int, default=2, help="load-generator processes sharing the N connections"
@@ -1058,7 +1064,7 @@ def main() -> None:
         do_rest, do_ws = args.case in ("rest", "all"), args.case in ("ws", "all")
         if do_rest:
             web_port, base_port = _free_port(), _free_port()
-            web = gunicorn_start("web", web_port, args.workers, menv, logdir, args.worker_class)
+            web = gunicorn_start("web", web_port, args.workers, menv, logdir, args.worker_class, args.threads)
             services.append(web)
             base = gunicorn_start(
                 "baseline",
@@ -1067,10 +1073,12 @@ def main() -> None:
                 _server_env(base_env, url, redis_url, args.shards, "bench.bench_settings"),
                 logdir,
                 args.worker_class,
+                args.threads,
             )
             services.append(base)
             print(
-                f"matcher x{args.shards}, gunicorn {args.worker_class} x{args.workers} on :{web_port} (orders) and :{base_port} "
+                f"matcher x{args.shards}, gunicorn {args.worker_class} x{args.workers}"
+                f"{f' x{args.threads} threads' if args.threads > 1 else ''} on :{web_port} (orders) and :{base_port} "
                 f"(validate-only), {args.clients} clients in {args.client_procs} processes, logs in {logdir}"
             )
         if do_ws:
@@ -1225,6 +1233,8 @@ def _summarise(rounds: list[dict[str, Any]], checks: dict[str, Any], args) -> di
         "seconds": args.seconds,
         "clients": args.clients,
         "workers": args.workers,
+        "threads": args.threads,
+        "worker_class": args.worker_class,
         "shards": args.shards,
         "checks_ok": bool(checks.get("ok")),
     }
