@@ -87,6 +87,13 @@ def world(api, market, trader):
         "voucher-redemption": _redemption(contract).pk,
     }
     values["risk-limit"] = m["buyer1"].pk  # an organisation's risk limits (the id is the organisation's)
+    from django.utils import timezone
+
+    from exchange.models import KillSwitch
+
+    values["risk-kill-switch"] = KillSwitch.objects.create(  # released: it stops nothing the walks do
+        scope="instrument", instrument=m["instrument"], reason="drill", pulled_by=buyer_admin,
+        released_at=timezone.now(), released_by=buyer_admin).pk
     values["demand"] = scheduling.demand_create(user=m["buyer_user1"], organisation=m["buyer1"], fields={
         "client_demand_id": "w-demand", "quantity": Decimal("1"), "earliest_start": m["instrument"].delivery_start,
         "deadline": m["instrument"].delivery_end})[0].pk
@@ -257,7 +264,7 @@ def test_another_organisations_ids_are_indistinguishable_from_ids_that_do_not_ex
     assert problems == [], "\n".join(problems)
     assert not_404 == {"voucher-application-approve: 403", "voucher-application-reject: 403",  # the authority's actions
                        "alert-review: 403",  # the regulator's
-                       "risk-limit: 403"}  # the operator's (regulators read)
+                       "risk-limit: 403", "risk-kill-switch: 403"}  # the operator's (regulators read)
     assert snapshot() == before
 
 
