@@ -30,8 +30,3 @@ class SharedConnectionPool(redis.ConnectionPool):
                 if pool is None:
                     pool = _pools[key] = redis.ConnectionPool.from_url(url, **kwargs)
         return pool
-
-
-def pools_count() -> int:
-    """How many pools this process holds (one per cache URL and options): for tests."""
-    return len(_pools)

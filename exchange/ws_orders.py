@@ -169,9 +169,17 @@ class PlacePipeline:
         if any(t is not asyncio.current_task() and not t.done() and getattr(t, "suanli_key", None) == key
                for t in self.tasks):
             return  # another placement with the same key is still waiting for its answer
-        for event in self.unanswered.pop(key, []):
+        held = self.unanswered.get(key)
+        if held is None:
+            return
+        # The list stays registered while it is sent: an event that comes in meanwhile joins its end, so the
+        # order's events go out in the order they came.
+        while held:
+            event = held.pop(0)
             if self.send_event is not None and not self.closed:
                 await self.send_event(event)
+        if self.unanswered.get(key) is held:
+            del self.unanswered[key]
 
     async def drain(self) -> None:
         if self.tasks:
