@@ -1234,7 +1234,7 @@ def _summarise(rounds: list[dict[str, Any]], checks: dict[str, Any], args) -> di
         "clients": args.clients,
         "workers": args.workers,
         "threads": args.threads,
-        "worker_class": args.worker_class,
+        "worker_class": "gthread" if args.threads > 1 and args.worker_class == "sync" else args.worker_class,
         "shards": args.shards,
         "checks_ok": bool(checks.get("ok")),
     }
