@@ -37,7 +37,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from common.errors import ServiceError
 from exchange import selectors
 from exchange.models import BookState
-from exchange.publish import market_group, organisation_group, register_server_loop
+from exchange.publish import BATCH, market_group, organisation_group, register_server_loop
 from exchange.ws_auth import credential_still_valid, recheck_seconds, socket_has_scope, user_sockets_group
 from exchange.ws_orders import COMMANDS, PlacePipeline, error_frame, orders_cancel_placed
 from marketplace.models import Instrument
@@ -201,10 +201,11 @@ class MarketHub:
                         task.cancel()
                 self.tasks, self.channel = [], None
                 return
-            try:
-                self.dispatch(message)
-            except Exception:
-                log.exception("market hub: could not relay %r", message.get("kind"))
+            for one in message["messages"] if message.get("type") == BATCH else (message,):
+                try:
+                    self.dispatch(one)
+                except Exception:
+                    log.exception("market hub: could not relay %r", one.get("kind"))
 
     async def _rejoin(self) -> None:
         """The channel layer failed: if Redis restarted, our group memberships and the messages queued for us
@@ -630,6 +631,11 @@ class UserConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def batch(self, message: dict) -> None:
+        """Several group messages in one (exchange.publish._send_all), handled in order."""
+        for one in message["messages"]:
+            await self.dispatch(one)
 
     async def user_events(self, message: dict) -> None:
         """Group message "user.events": one batch's order events for an organisation, in order; each goes out

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT = 5.0  # seconds the matcher waits for the layer before it logs and moves on
 
 
+BATCH = "batch"  # the channel-layer message type that carries several messages for one group, in order
+
+
 def market_group(instrument_id: int) -> str:
     return f"market.{instrument_id}"
 
@@ -182,14 +185,16 @@ def publish(publications: list[Publication]) -> None:
 
 
 async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
-    """Each group's messages in order; the groups side by side (their Redis round trips overlap)."""
+    """One channel-layer message per group: several for one group go as one {"type": "batch", "messages":
+    [...]} in order (a matcher batch has a trade message per trade; each group_send is three Redis round
+    trips); the groups side by side. Receivers of these groups handle "batch" (consumers.MarketHub,
+    consumers.UserConsumer)."""
     by_group: dict[str, list[dict]] = {}
     for group, message in messages:
         by_group.setdefault(group, []).append(message)
 
     async def send(group: str, queue: list[dict]) -> None:
-        for message in queue:
-            await layer.group_send(group, message)
+        await layer.group_send(group, queue[0] if len(queue) == 1 else {"type": BATCH, "messages": queue})
 
     if len(by_group) == 1:
         await send(*next(iter(by_group.items())))

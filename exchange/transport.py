@@ -276,10 +276,18 @@ class _ReplyHub:
                 continue
             if got is None:
                 continue
-            message = json.loads(got[1])
-            future = self.waiting.get(message["id"])
-            if future is not None and not future.done():
-                future.set_result(message["replies"])
+            raws = [got[1]]
+            try:  # what else came meanwhile, in the same turn: one round trip per reply fell behind a busy matcher
+                raws += await self.listener.lpop(self.key, 500) or []
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the rest are read by the next turn of the loop
+                log.warning("matcher replies: draining %s failed; the next read takes them", self.key)
+            for raw in raws:
+                message = json.loads(raw)
+                future = self.waiting.get(message["id"])
+                if future is not None and not future.done():
+                    future.set_result(message["replies"])
 
 
 def _by_shard(commands: list[dict]) -> dict[int, list[tuple[int, dict]]]:
