@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 from django.apps import apps
-from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls import get_resolver
 
 from exchange.models import Contract, Order
 from ledger.models import Account
@@ -16,6 +16,7 @@ from oversight.models import Alert
 from scheduling import services as scheduling
 from tests.factories import OrganisationFactory, member
 from tests.oversight.voucher_helpers import approved_voucher
+from tests.security.harness import walk
 
 pytestmark = pytest.mark.django_db
 
@@ -39,14 +40,6 @@ PUBLIC_DETAIL = {"organisation-detail", "data-centre-detail", "device-model-deta
                  "instrument",  # the portal's instrument page
                  "voucher-programme", "voucher-programme-fund", "voucher-programme-report"}  # published programmes; the authority's actions
 WRITE_METHODS = ("post", "put", "patch", "delete")
-
-
-def walk(patterns, prefix=""):
-    for p in patterns:
-        if isinstance(p, URLResolver):
-            yield from walk(p.url_patterns, prefix + str(p.pattern))
-        elif isinstance(p, URLPattern):
-            yield prefix + str(p.pattern), p.name
 
 
 def endpoints():

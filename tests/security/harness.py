@@ -14,10 +14,11 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 PARAM = re.compile(r"\(\?P<(\w+)>[^)]*\)|<(?:\w+:)?(\w+)>")
 
 
-def _walk(patterns, prefix=""):
+def walk(patterns, prefix=""):
+    """(route, name) of every URL pattern under `patterns`, nested includes flattened."""
     for p in patterns:
         if isinstance(p, URLResolver):
-            yield from _walk(p.url_patterns, prefix + str(p.pattern))
+            yield from walk(p.url_patterns, prefix + str(p.pattern))
         elif isinstance(p, URLPattern):
             yield prefix + str(p.pattern), p.name
 
@@ -30,7 +31,7 @@ def route_key(route: str) -> str:
 
 def routes() -> list[str]:
     """Every URL of the project but the Django admin and DRF's `.<format>` twins (the same views)."""
-    return sorted({route_key(r) for r, _ in _walk(get_resolver().url_patterns)
+    return sorted({route_key(r) for r, _ in walk(get_resolver().url_patterns)
                    if not r.startswith("admin/") and "<format>" not in route_key(r)})
 
 
