@@ -637,15 +637,13 @@ class UserConsumer(AsyncWebsocketConsumer):
         for one in message["messages"]:
             await self.dispatch(one)
 
-    async def user_events(self, message: dict) -> None:
-        """Group message "user.events": one batch's order events for an organisation, in order; each goes out
-        as its own frame with the per-connection seq in front."""
-        for event in message["events"]:
-            if getattr(self, "closed", False):
-                return  # a group message that was already on its way when the socket closed
-            if self.places.hold(event):
-                continue  # sent right after this socket's ack for that order
-            await self._send_event(event)
+    async def user_event(self, event: dict) -> None:
+        """Group message "user.event": an order's new state; the per-connection seq goes in front."""
+        if getattr(self, "closed", False):
+            return  # a group message that was already on its way when the socket closed
+        if self.places.hold(event):
+            return  # sent right after this socket's ack for that order
+        await self._send_event(event)
 
     async def _send_event(self, event: dict) -> None:
         self.seq += 1

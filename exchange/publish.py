@@ -102,7 +102,6 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
     A market message's envelope has `kind`, `instrument`, `seq` (book messages: the last update's seq, with
     `first` the first one's; trades and tickers: the book seq they are reflected in) and `text`."""
     out: list[tuple[str, dict[str, Any]]] = []
-    user_batches: dict[str, dict[str, Any]] = {}
     book_seq: dict[int, int] = {}
     last_trade: dict[int, Any] = {}
     for p in publications:
@@ -144,15 +143,9 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
             payload["price"] = cny(iid, payload["price_fen_per_lot"])
             payload["fills"] = [{**f, "price": cny(iid, f["price_fen_per_lot"])} for f in payload["fills"]]
             # No top-level "seq": the user consumer splices its per-connection sequence number in front.
-            # One message per group and batch ("user.events", the events in order): a group_send is three
-            # Redis round trips, and a batch often has several events for one organisation. The order's key
-            # rides along so a socket can hold an event until it has acked that placement.
-            event = {"text": json.dumps(payload, separators=(",", ":")), "key": [payload["organisation"], payload["client_order_id"]]}
-            batch = user_batches.get(p.group)
-            if batch is None:
-                batch = user_batches[p.group] = {"type": "user.events", "events": []}
-                out.append((p.group, batch))
-            batch["events"].append(event)
+            # The order's key rides along so a socket can hold the event until it has acked that placement.
+            out.append((p.group, {"type": "user.event", "text": json.dumps(payload, separators=(",", ":")),
+                                  "key": [payload["organisation"], payload["client_order_id"]]}))
         else:
             out.append((p.group, {"type": "market.message", "kind": kind, "instrument": iid, "first": None, "seq": None, "text": json.dumps(p.payload)}))
     for iid, t in last_trade.items():
