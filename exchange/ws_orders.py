@@ -5,6 +5,7 @@ thread."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 
@@ -116,8 +117,10 @@ class PlacePipeline:
         self.placed = placed  # order ids placed on this socket (cancel-on-disconnect)
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
-        # Placements sent to the matcher and not answered yet, by (organisation, client_order_id): the events of
-        # such an order wait here until its ack has gone out (docs/websockets.md: the ack comes first).
+        # Placements sent to the matcher and not answered yet, by (organisation, client_order_id): how many
+        # (a client may repeat a key in flight) and the events of that order held until the ack has gone out
+        # (docs/websockets.md: the ack comes first).
+        self.in_flight: collections.Counter[tuple[int, str]] = collections.Counter()
         self.unanswered: dict[tuple[int, str], list[dict]] = {}
 
     def hold(self, event: dict) -> bool:
@@ -135,6 +138,7 @@ class PlacePipeline:
         try:
             command, instrument = await database_sync_to_async(place_prepare)(user, message)
             key = (command["organisation"], command["client_order_id"])
+            self.in_flight[key] += 1
             self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
             pending = await transport.submit_async([command])
         except Exception as exc:
@@ -143,7 +147,6 @@ class PlacePipeline:
                 await self._release(key)
             return
         task = asyncio.get_running_loop().create_task(self._answer(request_id, command, instrument, pending))
-        task.suanli_key = key
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         if len(self.tasks) >= MAX_PLACES_IN_FLIGHT:
@@ -166,9 +169,10 @@ class PlacePipeline:
 
     async def _release(self, key: tuple[int, str]) -> None:
         """After the answer: the events held for that placement, in the order they came."""
-        if any(t is not asyncio.current_task() and not t.done() and getattr(t, "suanli_key", None) == key
-               for t in self.tasks):
+        self.in_flight[key] -= 1
+        if self.in_flight[key] > 0:
             return  # another placement with the same key is still waiting for its answer
+        del self.in_flight[key]
         held = self.unanswered.get(key)
         if held is None:
             return
