@@ -48,7 +48,7 @@ class VoucherError(ServiceError):
     pass
 
 
-def _require_authority(user: User) -> None:
+def require_authority(user: User) -> None:
     if not (user.is_authenticated and (user.platform_role == PlatformRole.AUTHORITY or user.is_superuser)):
         raise VoucherError("Only a voucher authority may do this.", status_code=403)
 
@@ -63,7 +63,7 @@ def _age_years(founded_on: dt.date, on: dt.date) -> int:
 def programme_create(*, user: User, code: str, name: str, valid_from: dt.datetime, valid_until: dt.datetime,
                      rate_bps: int, org_cap_per_year_fen: int, **rules) -> Programme:
     """An authority's programme with its budget account (empty until funded)."""
-    _require_authority(user)
+    require_authority(user)
     if valid_until <= valid_from:
         raise VoucherError("The programme must end after it starts.", field="valid_until")
     if Programme.objects.filter(code=code).exists():
@@ -85,7 +85,7 @@ def programme_create(*, user: User, code: str, name: str, valid_from: dt.datetim
 def programme_fund(*, user: User, programme: Programme, amount_fen: int, idempotency_key: str, source: str = "offline") -> Account:
     """Money into the budget from the authority's payment (a provider clearing account, which mirrors money
     held outside and goes negative). Idempotent on the key."""
-    _require_authority(user)
+    require_authority(user)
     clearing = ledger.platform_account(kind=AccountKind.PROVIDER_CLEARING, name=source)
     ledger.transfer(
         source=clearing, destination=programme.budget_account, amount_fen=amount_fen,
@@ -188,7 +188,7 @@ def _application_locked(application_id: int) -> Application:
 def application_approve(*, user: User, application_id: int, amount_fen: int | None = None, now: dt.datetime | None = None) -> Voucher:
     """Approve (possibly for less than requested) and issue: budget -> a new voucher account. Locks the
     application, then the budget account; the budget can never go below zero."""
-    _require_authority(user)
+    require_authority(user)
     now = now or timezone.now()
     app = _application_locked(application_id)
     if app.status != ApplicationStatus.PENDING:
@@ -223,7 +223,7 @@ def application_approve(*, user: User, application_id: int, amount_fen: int | No
 
 @transaction.atomic
 def application_reject(*, user: User, application_id: int, reason: str, now: dt.datetime | None = None) -> Application:
-    _require_authority(user)
+    require_authority(user)
     reason = (reason or "").strip()
     if not reason:
         raise VoucherError("Give the applicant a reason.", field="reason")

@@ -30,11 +30,6 @@ def _programme(pk: int) -> Programme:
     return p
 
 
-def _authority_first(user) -> None:
-    """The authority's actions refuse anyone else before the body is read (403, not 400 for a bad body)."""
-    services._require_authority(user)
-
-
 def _csv(name: str, body: str) -> HttpResponse:
     response = HttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
@@ -53,7 +48,7 @@ class ProgrammeListCreate(generics.ListAPIView):
 
     @extend_schema(request=s.ProgrammeCreateSerializer, responses={201: s.ProgrammeSerializer})
     def post(self, request):
-        _authority_first(request.user)
+        services.require_authority(request.user)  # before the body: 403, not a 400 for what was sent
         data = s.ProgrammeCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = dict(data.validated_data)
@@ -81,7 +76,7 @@ class ProgrammeFund(APIView):
     @extend_schema(request=s.FundSerializer, responses={200: s.ProgrammeSerializer})
     def post(self, request, pk: int):
         programme = _programme(pk)  # programmes are public: a missing one is 404 for anyone
-        _authority_first(request.user)
+        services.require_authority(request.user)  # before the body: 403, not a 400 for what was sent
         data = s.FundSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         services.programme_fund(user=request.user, programme=programme, amount_fen=_fen(data.validated_data["amount"]),
@@ -169,7 +164,7 @@ class ApplicationApprove(APIView):
 
     @extend_schema(request=s.ApproveSerializer, responses={201: s.VoucherSerializer})
     def post(self, request, pk: int):
-        _authority_first(request.user)
+        services.require_authority(request.user)  # before the body: 403, not a 400 for what was sent
         data = s.ApproveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         amount = data.validated_data.get("amount")
@@ -183,7 +178,7 @@ class ApplicationReject(APIView):
 
     @extend_schema(request=s.RejectSerializer, responses={200: s.ApplicationSerializer})
     def post(self, request, pk: int):
-        _authority_first(request.user)
+        services.require_authority(request.user)  # before the body: 403, not a 400 for what was sent
         data = s.RejectSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         app = services.application_reject(user=request.user, application_id=pk, reason=data.validated_data["reason"])
