@@ -39,10 +39,10 @@ def test_cache_backends_of_different_threads_share_one_redis_pool():
         backend = caches["default"]
         backend.set(f"test-cache-{i}", i, 30)
         assert backend.get(f"test-cache-{i}") == i
-        return id(backend), backend._cache._get_connection_pool(True)
+        return backend, backend._cache._get_connection_pool(True)  # objects, not ids: a freed id is reused
 
     seen = _in_new_threads(use, 5)
-    assert len({backend for backend, _ in seen}) == 5  # Django's per-thread backends, as before
+    assert len({id(backend) for backend, _ in seen}) == 5  # Django's per-thread backends, as before
     assert len({id(pool) for _, pool in seen}) == 1
 
 
