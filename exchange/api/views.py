@@ -15,6 +15,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from exchange import risk, selectors, services, transport
 from exchange.api import serializers as s
@@ -96,8 +97,8 @@ def _count(key: str, ttl: int) -> int:
 
 class OrderFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    updated_since = django_filters.IsoDateTimeFilter(field_name="updated_at", lookup_expr="gte", help_text="orders changed since (to catch up after a reconnect)")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    updated_since = UtcIsoDateTimeFilter(field_name="updated_at", lookup_expr="gte", help_text="orders changed since (to catch up after a reconnect)")
 
     class Meta:
         model = Order

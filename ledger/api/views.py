@@ -10,6 +10,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from ledger import selectors
 from ledger.api import serializers as s
@@ -57,8 +58,8 @@ class Balances(APIView):
 class StatementFilter(django_filters.FilterSet):
     account_kind = django_filters.ChoiceFilter(field_name="account__kind", choices=AccountKind.choices)
     entry_kind = django_filters.ChoiceFilter(field_name="entry__kind", choices=EntryKind.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="entry__created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="entry__created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="entry__created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="entry__created_at", lookup_expr="lt")
     reference = django_filters.CharFilter(field_name="entry__reference")
 
     class Meta:

@@ -8,6 +8,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.filters import UtcIsoDateTimeFilter
 from marketplace import selectors, services
 from marketplace.api import serializers as s
 from marketplace.models import DataCentre, DeviceModel, Instrument, Organisation, Product
@@ -98,8 +99,8 @@ class ProductViewSet(viewsets.ModelViewSet):
 
 class InstrumentFilter(django_filters.FilterSet):
     product_code = django_filters.CharFilter(field_name="product__code")
-    delivery_after = django_filters.IsoDateTimeFilter(field_name="delivery_start", lookup_expr="gte")
-    delivery_before = django_filters.IsoDateTimeFilter(field_name="delivery_start", lookup_expr="lt")
+    delivery_after = UtcIsoDateTimeFilter(field_name="delivery_start", lookup_expr="gte")
+    delivery_before = UtcIsoDateTimeFilter(field_name="delivery_start", lookup_expr="lt")
     status = django_filters.MultipleChoiceFilter(choices=Instrument._meta.get_field("status").choices)
 
     class Meta:

@@ -7,6 +7,7 @@ import django_filters
 from django import forms
 from django.db.models import Q
 
+from common.filters import UtcIsoDateTimeFilter
 from exchange.models import Contract, ContractStatus, Order, OrderEvent, OrderEventKind, OrderStatus, Side, Trade
 from ledger.models import EntryKind, JournalEntry
 from metering.models import ContractDelivery, DeliveryStatus, UsageEvent
@@ -25,8 +26,8 @@ class IdFilter(django_filters.NumberFilter):
 
 
 class _Ranges(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="from this time (inclusive)")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="before this time")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="from this time (inclusive)")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="before this time")
     price_fen_min = django_filters.NumberFilter(field_name="price_fen_per_lot", lookup_expr="gte", help_text="fen per lot")
     price_fen_max = django_filters.NumberFilter(field_name="price_fen_per_lot", lookup_expr="lte", help_text="fen per lot")
     quantity_min = django_filters.NumberFilter(field_name="quantity", lookup_expr="gte", help_text="lots")
@@ -82,8 +83,8 @@ class ContractFilter(_Ranges):
 
 
 class JournalEntryFilter(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     kind = django_filters.MultipleChoiceFilter(choices=EntryKind.choices)
     organisation = IdFilter(method="touching", help_text="entries with a posting on this organisation's accounts")
     account = IdFilter(method="on_account")
@@ -103,7 +104,7 @@ class AlertFilter(django_filters.FilterSet):
     kind = django_filters.MultipleChoiceFilter(choices=AlertKind.choices)
     status = django_filters.MultipleChoiceFilter(choices=AlertStatus.choices)
     severity = django_filters.MultipleChoiceFilter(choices=Severity.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
 
     class Meta:
         model = Alert
@@ -111,8 +112,8 @@ class AlertFilter(django_filters.FilterSet):
 
 
 class UsageEventFilter(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte", help_text="usage starting at or after")
-    until = django_filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="lt", help_text="usage starting before")
+    since = UtcIsoDateTimeFilter(field_name="started_at", lookup_expr="gte", help_text="usage starting at or after")
+    until = UtcIsoDateTimeFilter(field_name="started_at", lookup_expr="lt", help_text="usage starting before")
     buyer = IdFilter(field_name="contract__buyer_id")
     energy_estimated = django_filters.BooleanFilter()
 
@@ -125,7 +126,7 @@ class DeliveryFilter(django_filters.FilterSet):
     supplier = IdFilter(field_name="contract__seller_id")
     buyer = IdFilter(field_name="contract__buyer_id")
     status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices)
-    settled_since = django_filters.IsoDateTimeFilter(field_name="settled_at", lookup_expr="gte")
+    settled_since = UtcIsoDateTimeFilter(field_name="settled_at", lookup_expr="gte")
 
     class Meta:
         model = ContractDelivery

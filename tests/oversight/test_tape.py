@@ -147,3 +147,18 @@ def test_a_page_costs_the_same_queries_however_many_rows(api, tape, trader, djan
     for i in range(5):
         trader.trade(tape["seller1"], tape["buyer_user2"], "15.00", 1 + i)
     page()
+
+
+def test_times_with_any_iso_offset_filter_and_export_and_the_next_request_still_works(api, tape):
+    """ISO 8601 allows offsets up to +-23:59, PostgreSQL only +-15:59: the filter hands the database UTC.
+    (A refused statement once aborted the transaction, failing the requests after it.)"""
+    for path in (TAPE, EVENTS):
+        assert ids(api.get(path, {"since": "0213-01-18T21:45:31+17:05"})) != []
+        assert ids(api.get(path, {"until": "2999-01-01T00:00:00-23:59"})) != []
+        export = api.get(path, {"since": "0213-01-18T21:45:31+17:05", "export": "csv"})
+        assert export.status_code == 200 and len(b"".join(export.streaming_content).splitlines()) > 1
+    # Nine hours after a time in the year 1 (UTC) is representable; one before it is not, and says so.
+    assert api.get(EVENTS, {"since": "0001-01-01T09:00:00-09:00"}).status_code == 200
+    refused = api.get(EVENTS, {"since": "0001-01-01T00:00:00+09:00"})
+    assert refused.status_code == 400 and "since" in refused.json()
+    assert ids(api.get(TAPE)) != []
