@@ -87,6 +87,7 @@ class Matcher:
         # fields it keeps here, so a trade against them needs no read. Dropped with the books on failure.
         self.resting: dict[int, Order] = {}
         self.escrow_accounts: dict[int, int] = {}  # organisation id -> its escrow account id
+        self.account_ids: dict[tuple[int, str], int] = {}  # (organisation id, held/available) -> account id
         self.fees_account: int | None = None
         self.risk = RiskBook(owns=self.owns, shards=shards)  # limits and kill switches (exchange.risk)
 
@@ -158,6 +159,10 @@ class Matcher:
         except Exception:
             self._forget(list(self.engine.books))
             self.risk.invalidate()
+            # Ids read (or, for the fees account, created) in the rolled-back transaction: read again.
+            self.escrow_accounts.clear()
+            self.account_ids.clear()
+            self.fees_account = None
             raise
         self.risk.apply(batch.orders[pk] for pk in batch.dirty)
         self.risk.swept.update(s.pk for s in batch.swept)
@@ -484,7 +489,7 @@ class Matcher:
         ledger call: every account is locked in one statement, so a batch never deadlocks with a placement."""
         if not batch.captures and not batch.releases:
             if batch.hold_entries:
-                ledger.entries_post(batch.hold_entries)
+                ledger.entries_post(batch.hold_entries, savepoint=False)
             return
         escrow = self.escrow_accounts
         missing = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"} - set(escrow)
@@ -499,7 +504,8 @@ class Matcher:
             for hold, amount, dest, kind, key, memo in batch.captures
         ]
         movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
-        ledger.holds_move(movements, entries=batch.hold_entries)
+        # No savepoints: the batch's transaction is all or nothing (MatcherLoop retries its commands one by one).
+        ledger.holds_move(movements, entries=batch.hold_entries, savepoint=False, account_ids=self.account_ids)
 
     def _reply(self, outcome: dict, batch: _Batch) -> dict:
         order = batch.orders.get(outcome.get("order")) if outcome.get("order") else None

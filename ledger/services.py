@@ -109,18 +109,28 @@ def _validate(request: EntryRequest) -> None:
         raise InvalidEntry("An account appears twice in one entry.")
 
 
-def entries_post(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
+def entries_post(requests: Sequence[EntryRequest], *, savepoint: bool = True) -> list[JournalEntry]:
     """Post several entries in one transaction (all or nothing). Returns the entries in request order;
-    a replayed request returns the entry stored under its key. Locks every account involved, by id."""
+    a replayed request returns the entry stored under its key. Locks every account involved, by id.
+
+    savepoint=False, inside a transaction that is itself all or nothing (the matcher's batch): no savepoint
+    and no retry; a key stored concurrently between check and insert fails the caller's transaction."""
+    return _entries_post(requests, savepoint=savepoint)
+
+
+def _entries_post(requests: Sequence[EntryRequest], *, savepoint: bool, existing: dict | None = None) -> list[JournalEntry]:
     for request in requests:
         _validate(request)
     keys = [r.idempotency_key for r in requests]
     if len(set(keys)) != len(keys):
         raise IdempotencyConflict("The same idempotency key appears twice in one batch.")
+    if not savepoint:
+        with transaction.atomic(savepoint=False):
+            return _post_locked(requests, existing)
     for attempt in range(2):
         try:
             with transaction.atomic():
-                return _post_locked(requests)
+                return _post_locked(requests, existing if not attempt else None)
         except IntegrityError:
             # A concurrent poster stored one of these keys between our check and our insert; on the retry
             # the key is found and answered as a replay or a conflict.
@@ -129,15 +139,21 @@ def entries_post(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
     raise AssertionError("unreachable")
 
 
-def _post_locked(requests: Sequence[EntryRequest]) -> list[JournalEntry]:
-    store = _PostgresStore() if connection.vendor == "postgresql" else _OrmStore()
+def _store() -> _OrmStore:
+    return _PostgresStore() if connection.vendor == "postgresql" else _OrmStore()
+
+
+def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int, str]] | None = None) -> list[JournalEntry]:
+    """`existing`: what the caller already read of these keys in this transaction ({key: (id, digest)})."""
+    store = _store()
     account_ids = sorted({account_id for r in requests for account_id, _ in r.postings})
     accounts = store.lock_accounts(account_ids)  # {id: (kind, balance)}, locked in id order
     missing = set(account_ids) - set(accounts)
     if missing:
         raise InvalidEntry(f"Unknown account {min(missing)}.", field="account")
 
-    existing = store.find_entries([r.idempotency_key for r in requests])  # {key: (id, digest)}
+    if existing is None:
+        existing = store.find_entries([r.idempotency_key for r in requests])  # {key: (id, digest)}
     fresh: list[EntryRequest] = []
     for request in requests:
         found = existing.get(request.idempotency_key)
@@ -474,19 +490,24 @@ class HoldMovement:
     memo: str = ""
 
 
-def holds_move(movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequest] = ()) -> None:
+def holds_move(
+    movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequest] = (), savepoint: bool = True,
+    account_ids: dict[tuple[int, str], int] | None = None,
+) -> None:
     """Apply captures and releases to several holds in one transaction, all or nothing. A movement whose
     key is already in the journal is skipped (a replay). Locks the holds (by id), then every account in one
     statement (by id): one lock phase, so it cannot deadlock with hold_place or another batch.
 
     `entries` are posted first, in the same call (the matcher's new holds of the batch: their funds reach
-    the held accounts before the captures take them out)."""
+    the held accounts before the captures take them out). savepoint=False: as for `entries_post`.
+    `account_ids`: the caller's cache of held/available account ids by (organisation id, kind), read and
+    filled here (an account's id never changes)."""
     movements = [m for m in movements if m.amount_fen != 0]
     if not movements:
         if entries:
-            entries_post(entries)
+            entries_post(entries, savepoint=savepoint)
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         # Raw statements: this runs once per matcher batch, and building them through the ORM cost more CPU
         # than the database spent on them.
         hold_ids = sorted({m.hold_id for m in movements})
@@ -498,17 +519,19 @@ def holds_move(movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequ
         for hold in holds.values():
             hold._state.adding = False
             hold._state.db = "default"
-        done = {row[0] for row in _raw("SELECT idempotency_key FROM ledger_journalentry WHERE idempotency_key IN ({})", [m.idempotency_key for m in movements])}
-        org_ids = sorted({h.organisation_id for h in holds.values()})
-        accounts = {
-            (org, kind): pk
-            for pk, org, kind in _raw("SELECT id, organisation_id, kind FROM ledger_account WHERE organisation_id IN ({}) AND kind IN (%s, %s)", org_ids, extra=[AccountKind.HELD.value, AccountKind.AVAILABLE.value])
-        }
+        # One read of every key, the new holds' entries included: entries_post needs no second look.
+        existing = _store().find_entries([m.idempotency_key for m in movements] + [r.idempotency_key for r in entries])
+        accounts = account_ids if account_ids is not None else {}
+        unknown = sorted({h.organisation_id for h in holds.values()} - {org for org, _ in accounts})
+        accounts.update(
+            ((org, kind), pk)
+            for pk, org, kind in _raw("SELECT id, organisation_id, kind FROM ledger_account WHERE organisation_id IN ({}) AND kind IN (%s, %s)", unknown, extra=[AccountKind.HELD.value, AccountKind.AVAILABLE.value])
+        )
         captured: dict[int, int] = {}
         released: dict[int, int] = {}
         requests = []
         for m in movements:
-            if m.idempotency_key in done:
+            if m.idempotency_key in existing:
                 continue
             hold = holds.get(m.hold_id)
             if hold is None:
@@ -539,7 +562,7 @@ def holds_move(movements: Sequence[HoldMovement], *, entries: Sequence[EntryRequ
             )
         if not requests and not entries:
             return
-        entries_post([*entries, *requests])
+        _entries_post([*entries, *requests], savepoint=savepoint, existing=existing)
         changed = []
         for pk in set(captured) | set(released):
             hold = holds[pk]
