@@ -358,26 +358,38 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
     recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
     if recovered:
         log.warning("matcher shard %s: re-processing %d messages in flight at the last stop", shard, len(recovered))
-        _serve_messages(r, loop, recovered)
-        r.delete(inflight)
+        _serve_messages(r, loop, recovered, inflight)
     loop.housekeeping(force=True)
     gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
+    tidied = time.monotonic()
     while stop is None or not stop.is_set():
         raw = r.blmove(key, inflight, timeout=max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), src="RIGHT", dest="LEFT")
         messages = [] if raw is None else [json.loads(raw)]
         while messages and len(messages) < MAX_BATCH:
-            raw = r.lmove(key, inflight, src="RIGHT", dest="LEFT")
-            if raw is None:
+            # Whatever else is queued, up to TAKE messages per round trip (an empty queue answers None).
+            pipe = r.pipeline(transaction=False)
+            for _ in range(min(TAKE, MAX_BATCH - len(messages))):
+                pipe.lmove(key, inflight, src="RIGHT", dest="LEFT")
+            taken = [json.loads(raw) for raw in pipe.execute() if raw is not None]
+            messages.extend(taken)
+            if len(taken) < TAKE:
                 break
-            messages.append(json.loads(raw))
         if messages:
-            _serve_messages(r, loop, messages)
-            r.delete(inflight)
+            _serve_messages(r, loop, messages, inflight)
         loop.housekeeping()
-        close_old_connections()
+        if time.monotonic() - tidied >= 1.0:
+            # The database connection is kept from batch to batch (a pool borrow and its check cost a round
+            # trip each time); once a second it is given back if it broke or the pool wants it renewed.
+            close_old_connections()
+            tidied = time.monotonic()
 
 
-def _serve_messages(r, loop: MatcherLoop, messages: list[dict]) -> None:
+TAKE = 16
+
+
+def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str) -> None:
+    """Run the messages' commands as one batch; then answer each message and empty the in-flight list in
+    one MULTI/EXEC, so a matcher killed before it finds them all in flight again and one killed after finds none."""
     flat = [c for m in messages for c in m["commands"]]
     replies = loop.run(flat)
     i = 0
@@ -389,6 +401,7 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict]) -> None:
         pipe.lpush(m["reply"], json.dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
         pipe.expire(m["reply"], 60)
         i += n
+    pipe.delete(inflight)
     pipe.execute()
 
 
