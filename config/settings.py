@@ -246,7 +246,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "marketplace.authentication.TokenAuthentication",  # DRF's, its lookup one constant statement
         "apikeys.authentication.ApiKeyAuthentication",  # Api-Key / Bearer sl_...; scopes checked per view
         "rest_framework.authentication.SessionAuthentication",
     ],

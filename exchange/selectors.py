@@ -10,6 +10,7 @@ from zlib import crc32
 from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
+from common.db import fetch_models
 from exchange.models import BookState, Order, OrderStatus, Side, Trade
 from marketplace.models import Instrument, MemberRole, Organisation, User
 from marketplace.selectors import NotAMember, acting_organisation, organisation_ids_for_user
@@ -73,7 +74,13 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
 
 
 def _trading_organisations(user: User) -> list[Organisation]:
-    return [m.organisation for m in user.memberships.filter(role__in=TRADING_ROLES).select_related("organisation").order_by("organisation_id")]
+    # Raw SQL: a cache miss per trader and process; through the ORM it cost 2 ms of CPU, most of it compiling.
+    return fetch_models(
+        Organisation,
+        "SELECT {columns} FROM marketplace_organisation o JOIN marketplace_membership m ON m.organisation_id = o.id "
+        "WHERE m.user_id = %s AND m.role IN (%s, %s) ORDER BY o.id",
+        [user.pk, *(str(r.value) for r in TRADING_ROLES)], alias="o",
+    )
 
 
 def caches_clear() -> None:

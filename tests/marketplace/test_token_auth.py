@@ -1,0 +1,55 @@
+"""Account tokens (`Authorization: Token <key>`): marketplace.authentication reads token and user with one
+constant statement; the answers are DRF's."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from rest_framework.authtoken.models import Token
+
+from common.db import fetch_models
+from marketplace.models import Organisation, PlatformRole
+from tests.factories import OrganisationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _as(api, user):
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
+
+def test_a_token_acts_as_its_user_with_that_users_rights(api):
+    _as(api, UserFactory(username="reg", platform_role=PlatformRole.REGULATOR))
+    assert api.get("/api/v1/oversight/trades/").status_code == 200
+    _as(api, UserFactory(username="plain"))
+    assert api.get("/api/v1/oversight/trades/").status_code == 403
+
+
+def test_an_unknown_token_is_refused(api):
+    api.credentials(HTTP_AUTHORIZATION="Token 0123456789abcdef0123456789abcdef01234567")
+    response = api.get("/api/v1/organisations/")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Invalid token."
+
+
+def test_a_deactivated_users_token_is_refused_at_once(api):
+    user = UserFactory(username="leaver")
+    _as(api, user)
+    assert api.get("/api/v1/organisations/").status_code == 200
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    response = api.get("/api/v1/organisations/")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "User inactive or deleted."
+
+
+def test_raw_rows_become_the_same_instances_as_the_orm_reads():
+    """Dates, decimals, booleans and aware datetimes converted as the ORM does (SQLite stores them as text)."""
+    org = OrganisationFactory(name="Moyuan AI", founded_on=dt.date(2019, 5, 4), delivery_ratio=Decimal("0.9375"), is_research_institution=True)
+    (raw,) = fetch_models(Organisation, "SELECT {columns} FROM marketplace_organisation o WHERE o.id = %s", [org.pk], alias="o")
+    orm = Organisation.objects.get(pk=org.pk)
+    for field in Organisation._meta.concrete_fields:
+        assert getattr(raw, field.attname) == getattr(orm, field.attname), field.name
+        assert type(getattr(raw, field.attname)) is type(getattr(orm, field.attname)), field.name
+    assert raw.founded_on == dt.date(2019, 5, 4) and raw.delivery_ratio == Decimal("0.9375") and raw.is_research_institution is True
+    assert raw.created_at.tzinfo is not None and not raw._state.adding
