@@ -36,6 +36,7 @@ from marketplace.models import Instrument
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
+TAKE = 16  # runmatcher: queued messages moved per Redis round trip
 _STOP = object()
 
 
@@ -382,9 +383,6 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
             # trip each time); once a second it is given back if it broke or the pool wants it renewed.
             close_old_connections()
             tidied = time.monotonic()
-
-
-TAKE = 16
 
 
 def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str) -> None:
