@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from common.db import bulk_insert_rows, bulk_update_rows
+from common.db import bulk_insert_rows, bulk_update_rows, pg_array
 from exchange import engine as eng
 from exchange.admission import Admission, Refusal
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
@@ -595,7 +595,7 @@ def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
                 "UPDATE exchange_capacityhold AS c SET sold_lots = c.sold_lots + v.sold, "
                 "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold ELSE c.released_lots END "
                 "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[]) AS v(oid, sold, fin) WHERE c.order_id = v.oid",
-                [ids, [sold.get(pk, 0) for pk in ids], [pk in finished for pk in ids]],
+                [pg_array(ids), pg_array([sold.get(pk, 0) for pk in ids]), pg_array([pk in finished for pk in ids])],
             )
         return
     for pk in ids:
@@ -621,7 +621,8 @@ def events_insert(events: list[tuple], now) -> None:
             "INSERT INTO exchange_orderevent (order_id, kind, quantity, price_fen_per_lot, reason, trade_id, actor_id, created_at) "
             "SELECT o, k, q, p, r, t, a, %s FROM unnest(%s::bigint[], %s::varchar(10)[], %s::integer[], %s::bigint[], "
             "%s::varchar(40)[], %s::bigint[], %s::bigint[]) AS v(o, k, q, p, r, t, a)",
-            [now, [e[0].pk for e in events], [str(e[1]) for e in events], [e[2] for e in events], [e[3] for e in events],
-             [e[4] for e in events], [e[5].pk if e[5] is not None else None for e in events], [e[6] for e in events]],
+            [now, *(pg_array(column) for column in (
+                [e[0].pk for e in events], [str(e[1]) for e in events], [e[2] for e in events], [e[3] for e in events],
+                [e[4] for e in events], [e[5].pk if e[5] is not None else None for e in events], [e[6] for e in events]))],
         )
 

@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from common.db import bulk_update_rows
+from common.db import bulk_update_rows, pg_array
 from common.errors import ServiceError
 from ledger.models import (
     NON_NEGATIVE_KINDS,
@@ -274,9 +274,10 @@ class _PostgresStore(_OrmStore):
                 "SELECT k, d, kd, m, r, rv, cb, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::bigint[], %s::bigint[]) AS v(k, d, kd, m, r, rv, cb) RETURNING idempotency_key, id",
                 [
-                    now, [r.idempotency_key for r in fresh], [r.digest for r in fresh], [str(r.kind) for r in fresh],
-                    [r.memo[:300] for r in fresh], [r.reference[:100] for r in fresh], [r.reverses_id for r in fresh],
-                    [r.created_by_id for r in fresh],
+                    now, *(pg_array(column) for column in (
+                        [r.idempotency_key for r in fresh], [r.digest for r in fresh], [str(r.kind) for r in fresh],
+                        [r.memo[:300] for r in fresh], [r.reference[:100] for r in fresh], [r.reverses_id for r in fresh],
+                        [r.created_by_id for r in fresh])),
                 ],
             )
             return dict(cur.fetchall())
@@ -287,7 +288,7 @@ class _PostgresStore(_OrmStore):
             cur.execute(
                 "INSERT INTO ledger_posting (entry_id, account_id, amount_fen, balance_after_fen) "
                 "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])",
-                [entry_ids, account_ids, amounts, balances],
+                [pg_array(entry_ids), pg_array(account_ids), pg_array(amounts), pg_array(balances)],
             )
 
     def update_balances(self, balances: dict[int, int]) -> None:
@@ -297,7 +298,7 @@ class _PostgresStore(_OrmStore):
             cur.execute(
                 "UPDATE ledger_account AS a SET balance_fen = v.bal "
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, bal) WHERE a.id = v.id",
-                [list(balances), list(balances.values())],
+                [pg_array(list(balances)), pg_array(list(balances.values()))],
             )
 
 
