@@ -391,14 +391,17 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str) -
     flat = [c for m in messages for c in m["commands"]]
     replies = loop.run(flat)
     i = 0
-    pipe = r.pipeline()
+    answers: dict[str, list[str]] = {}  # reply list -> its answers in order (one LPUSH pushes them in that order)
     for m in messages:
         n = len(m["commands"])
         answer = replies[i : i + n]
         # A message with an id shares its process's reply list (websocket order entry): say which it answers.
-        pipe.lpush(m["reply"], json.dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
-        pipe.expire(m["reply"], 60)
+        answers.setdefault(m["reply"], []).append(json.dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
         i += n
+    pipe = r.pipeline()
+    for reply, values in answers.items():
+        pipe.lpush(reply, *values)
+        pipe.expire(reply, 60)
     pipe.delete(inflight)
     pipe.execute()
 
