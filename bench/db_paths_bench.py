@@ -69,7 +69,7 @@ def main() -> None:
     from common.db import pg_array
     from exchange import selectors
     from marketplace.authentication import TokenAuthentication
-    from marketplace.models import Membership, MemberRole, Organisation, User
+    from marketplace.models import MemberRole, Membership, Organisation, User
 
     user, _ = User.objects.get_or_create(username="bench-db-paths")
     org, _ = Organisation.objects.get_or_create(
