@@ -124,34 +124,3 @@ def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str]:
     # own multi-row bulk_create relies on too).
     return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'  # nosec B608 # names from _meta only, values are parameters
 
-
-@functools.cache
-def _select_list(model: type[models.Model], alias: str, vendor: str) -> tuple[str, list[str], list[tuple[int, list, object]]]:
-    fields = model._meta.concrete_fields
-    columns = ", ".join(f'{alias}."{f.column}"' for f in fields)
-    converters = []
-    for i, f in enumerate(fields):
-        col = f.get_col(alias)
-        found = connection.ops.get_db_converters(col) + f.get_db_converters(connection)
-        if found:
-            converters.append((i, found, col))
-    return columns, [f.attname for f in fields], converters
-
-
-def fetch_models(model: type[models.Model], sql: str, params: Sequence, *, alias: str) -> list[models.Model]:
-    """Instances of `model` from raw SQL whose select list is `{columns}` (every concrete column of the
-    model, table alias `alias`), converted as the ORM would. For per-request lookups where compiling the ORM
-    query cost several times what running it did (bench/RESULTS.md: a token lookup 1.1 ms of CPU, 0.3 ms so)."""
-    columns, names, converters = _select_list(model, alias, connection.vendor)
-    with connection.cursor() as cur:
-        cur.execute(sql.format(columns=columns), params)
-        rows = cur.fetchall()
-    out = []
-    for row in rows:
-        if converters:
-            row = list(row)
-            for i, found, col in converters:
-                for convert in found:
-                    row[i] = convert(row[i], col, connection)
-        out.append(model.from_db(connection.alias, names, row))
-    return out

@@ -10,7 +10,6 @@ from zlib import crc32
 from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
-from common.db import fetch_models
 from exchange.models import BookState, Order, OrderStatus, Side, Trade
 from marketplace.models import Instrument, MemberRole, Organisation, User
 from marketplace.selectors import NotAMember, acting_organisation, organisation_ids_for_user
@@ -74,13 +73,12 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
 
 
 def _trading_organisations(user: User) -> list[Organisation]:
-    # Raw SQL: a cache miss per trader and process; through the ORM it cost 2 ms of CPU, most of it compiling.
-    return fetch_models(
-        Organisation,
-        "SELECT {columns} FROM marketplace_organisation o JOIN marketplace_membership m ON m.organisation_id = o.id "
+    # Raw SQL: a cache miss per trader and process; through the ORM it cost 1.6 ms of CPU, most of it compiling.
+    return list(Organisation.objects.raw(
+        "SELECT o.* FROM marketplace_organisation o JOIN marketplace_membership m ON m.organisation_id = o.id "
         "WHERE m.user_id = %s AND m.role IN (%s, %s) ORDER BY o.id",
-        [user.pk, *(str(r.value) for r in TRADING_ROLES)], alias="o",
-    )
+        [user.pk, *(str(r.value) for r in TRADING_ROLES)],
+    ))
 
 
 def caches_clear() -> None:

@@ -1,5 +1,5 @@
 """Account tokens (`Authorization: Token <key>`): marketplace.authentication reads token and user with one
-constant statement; the answers are DRF's."""
+constant statement (raw SQL); the answers are DRF's. The trader's organisations are read the same way."""
 
 import datetime as dt
 from decimal import Decimal
@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from rest_framework.authtoken.models import Token
 
-from common.db import fetch_models
-from marketplace.models import Organisation, PlatformRole
-from tests.factories import OrganisationFactory, UserFactory
+from exchange.selectors import _trading_organisations
+from marketplace.models import MemberRole, Organisation, PlatformRole
+from tests.factories import OrganisationFactory, UserFactory, member
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ def test_a_deactivated_users_token_is_refused_at_once(api):
 def test_raw_rows_become_the_same_instances_as_the_orm_reads():
     """Dates, decimals, booleans and aware datetimes converted as the ORM does (SQLite stores them as text)."""
     org = OrganisationFactory(name="Moyuan AI", founded_on=dt.date(2019, 5, 4), delivery_ratio=Decimal("0.9375"), is_research_institution=True)
-    (raw,) = fetch_models(Organisation, "SELECT {columns} FROM marketplace_organisation o WHERE o.id = %s", [org.pk], alias="o")
+    (raw,) = _trading_organisations(member(org, role=MemberRole.TRADER, username="my-trader"))
     orm = Organisation.objects.get(pk=org.pk)
     for field in Organisation._meta.concrete_fields:
         assert getattr(raw, field.attname) == getattr(orm, field.attname), field.name
