@@ -180,7 +180,7 @@ class Contract(models.Model):
 class CapacityHold(models.Model):
     """Lots of a listing reserved by a seller's order on one instrument; sold lots become contracts."""
 
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="capacity_holds")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="capacity_holds", db_index=False)  # capacityhold_listing_inst leads with it
     order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="capacity_hold")
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
     lots = models.PositiveIntegerField()
@@ -191,6 +191,9 @@ class CapacityHold(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(lots__gte=models.F("sold_lots") + models.F("released_lots")), name="capacity_hold_not_overdrawn"),
         ]
+        # Admission sums a listing's holds on one instrument (exchange.admission.listing_used_lots): without
+        # it, that read went through every hold the listing ever had, on every instrument.
+        indexes = [models.Index(fields=["listing", "instrument"], name="capacityhold_listing_inst")]
 
     def __str__(self) -> str:
         return f"{self.lots} lots of listing {self.listing_id} for order {self.order_id}"
