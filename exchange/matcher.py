@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from common.db import bulk_insert_rows, bulk_update_rows, pg_array
+from common.db import bulk_update_rows, pg_array
 from exchange import engine as eng
 from exchange.admission import Admission, Refusal
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
@@ -29,6 +29,7 @@ from exchange.models import (
     BookState,
     CapacityHold,
     Contract,
+    ContractStatus,
     KillScope,
     KillSwitch,
     Order,
@@ -52,6 +53,29 @@ def shard_of(instrument_id: int, shards: int) -> int:
     return instrument_id % shards
 
 
+@dataclass(slots=True)
+class TradeRow:
+    """A trade (and its contract) as the matcher makes it: plain attributes named as on exchange.Trade, so
+    replies and publications read either. Building Django model instances for each trade and contract was
+    a seventh of the matcher's CPU under load (bench/RESULTS.md); rows are inserted by `trades_insert`."""
+
+    instrument_id: int
+    seq: int
+    maker_order_id: int
+    taker_order_id: int
+    buyer_id: int
+    seller_id: int
+    price_fen_per_lot: int
+    quantity: int
+    value_fen: int
+    taker_side: str
+    buyer_fee_fen: int
+    seller_fee_fen: int
+    created_at: Any
+    listing_id: int | None  # the sell order's listing: the contract's
+    pk: int | None = None
+
+
 @dataclass
 class _Batch:
     """What one batch changes, kept until it is written in one transaction."""
@@ -61,8 +85,7 @@ class _Batch:
     dirty: set[int] = field(default_factory=set)
     # (order, kind, quantity, price, reason, trade, actor id): plain tuples, made into rows at persist time
     events: list[tuple] = field(default_factory=list)
-    trades: list[Trade] = field(default_factory=list)
-    contracts: list[Contract] = field(default_factory=list)
+    trades: list[TradeRow] = field(default_factory=list)  # each with its contract
     # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
     captures: list[tuple] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
@@ -71,7 +94,7 @@ class _Batch:
     states: dict[int, BookState] = field(default_factory=dict)
     publications: list[Publication] = field(default_factory=list)
     hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
-    fills: dict[int, list[Trade]] = field(default_factory=lambda: defaultdict(list))
+    fills: dict[int, list[TradeRow]] = field(default_factory=lambda: defaultdict(list))
     new_switches: list | None = None  # kill switches found by this batch's risk_sync, swept by its command
     swept: list = field(default_factory=list)  # ... and marked swept once the batch commits
 
@@ -320,7 +343,7 @@ class Matcher:
         return state
 
     def _event(self, order: Order, kind: str, batch: _Batch, *, quantity: int = 0, price_fen_per_lot: int | None = None,
-               reason: str = "", trade: Trade | None = None, actor_id: int | None = None) -> None:
+               reason: str = "", trade: TradeRow | None = None, actor_id: int | None = None) -> None:
         batch.events.append((order, kind, quantity, price_fen_per_lot, reason, trade, actor_id))
 
     def _record(self, instrument_id: int, events: list, batch: _Batch, actor_id: int | None = None, cancel_reason: str = "") -> None:
@@ -393,7 +416,7 @@ class Matcher:
         for trade in trades:
             batch.publications.append(Publication.trade(instrument_id, trade))
 
-    def _trade(self, instrument: Instrument, state: BookState, e: tuple, batch: _Batch) -> Trade:
+    def _trade(self, instrument: Instrument, state: BookState, e: tuple, batch: _Batch) -> TradeRow:
         _, maker_id, taker_id, price, qty, taker_side, maker_rem, taker_rem, _, _ = e
         maker, taker = batch.orders[maker_id], batch.orders[taker_id]
         maker.open_quantity, taker.open_quantity = maker_rem, taker_rem
@@ -403,17 +426,12 @@ class Matcher:
         state.last_price_fen_per_lot = price
         buyer_fee = self._fill(buy, value, qty, buy is taker, instrument)
         seller_fee = self._fill(sell, value, qty, sell is taker, instrument)
-        trade = Trade(
-            instrument_id=instrument.pk, seq=state.trade_seq, maker_order=maker, taker_order=taker, buyer_id=buy.organisation_id,
-            seller_id=sell.organisation_id, price_fen_per_lot=price, quantity=qty, value_fen=value,
-            taker_side=SIDE_NAME[taker_side], buyer_fee_fen=buyer_fee, seller_fee_fen=seller_fee, created_at=batch.now,
+        trade = TradeRow(
+            instrument.pk, state.trade_seq, maker.pk, taker.pk, buy.organisation_id, sell.organisation_id, price, qty, value,
+            SIDE_NAME[taker_side], buyer_fee, seller_fee, batch.now, sell.listing_id,
         )
         batch.trades.append(trade)
         batch.sold[sell.pk] += qty
-        batch.contracts.append(Contract(
-            trade=trade, instrument_id=instrument.pk, buyer_id=buy.organisation_id, seller_id=sell.organisation_id,
-            listing_id=sell.listing_id, quantity=qty, price_fen_per_lot=price, value_fen=value,
-        ))
         label = f"{instrument.code} #{trade.seq}"
         batch.captures.append((buy.hold_id, value, ("escrow", buy.organisation_id), EntryKind.CAPTURE,
                                f"trade:{instrument.pk}:{trade.seq}:escrow", f"trade {label} into escrow"))
@@ -457,8 +475,7 @@ class Matcher:
     # --- persistence ------------------------------------------------------------------------------------
 
     def _persist(self, batch: _Batch) -> None:
-        bulk_insert_rows(Trade, batch.trades)
-        bulk_insert_rows(Contract, batch.contracts)
+        trades_insert(batch.trades)
         events_insert(batch.events, timezone.now())
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
         stamp = timezone.now()  # after the batch's inserts: never before an order's created_at
@@ -550,7 +567,7 @@ def _resting_ids(book: eng.Book) -> list[int]:
     return [row[0] for row in book.snapshot()["orders"]]
 
 
-def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
+def order_state(order: Order, fills: list | None = None) -> dict:
     """What the matcher answers about an order: enough for the API to respond without re-reading it."""
     return {
         "id": order.pk,
@@ -580,6 +597,51 @@ def order_state(order: Order, fills: list[Trade] | None = None) -> dict:
             for t in fills or []
         ],
     }
+
+
+def trades_insert(trades: list[TradeRow]) -> None:
+    """The batch's trades and their contracts (open, for the sell order's listing); sets each row's pk. One
+    statement on PostgreSQL: the contracts are inserted from the trades' RETURNING."""
+    if not trades:
+        return
+    if connection.vendor != "postgresql":
+        made = Trade.objects.bulk_create([
+            Trade(**{name: getattr(t, name) for name in _TRADE_COLUMNS}) for t in trades
+        ])
+        for t, m in zip(trades, made, strict=True):
+            t.pk, t.created_at = m.pk, m.created_at  # auto_now_add: the time bulk_create stored
+        Contract.objects.bulk_create([
+            Contract(trade_id=t.pk, instrument_id=t.instrument_id, buyer_id=t.buyer_id, seller_id=t.seller_id, listing_id=t.listing_id,
+                     quantity=t.quantity, price_fen_per_lot=t.price_fen_per_lot, value_fen=t.value_fen, created_at=t.created_at)
+            for t in trades
+        ])
+        return
+    with connection.cursor() as cur:
+        arrays = [pg_array([getattr(t, name) for t in trades]) for name in (*_TRADE_COLUMNS, "listing_id")]
+        cur.execute(_TRADES_SQL, [*arrays, ContractStatus.OPEN.value])
+        ids = {(iid, seq): pk for pk, iid, seq in cur.fetchall()}
+    for t in trades:
+        t.pk = ids[(t.instrument_id, t.seq)]
+
+
+_TRADE_COLUMNS = (
+    "instrument_id", "seq", "maker_order_id", "taker_order_id", "buyer_id", "seller_id", "price_fen_per_lot", "quantity",
+    "value_fen", "taker_side", "buyer_fee_fen", "seller_fee_fen", "created_at",
+)
+_TRADES_SQL = (
+    "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::integer[], %s::bigint[], %s::varchar(4)[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::bigint[]) "
+    "AS v(instrument_id, seq, maker, taker, buyer, seller, price, qty, value, taker_side, buyer_fee, seller_fee, at, listing)), "
+    "t AS (INSERT INTO exchange_trade (instrument_id, seq, maker_order_id, taker_order_id, buyer_id, seller_id, price_fen_per_lot, "
+    "quantity, value_fen, taker_side, buyer_fee_fen, seller_fee_fen, created_at) "
+    "SELECT instrument_id, seq, maker, taker, buyer, seller, price, qty, value, taker_side, buyer_fee, seller_fee, at FROM v "
+    "RETURNING id, instrument_id, seq), "
+    "c AS (INSERT INTO exchange_contract (trade_id, instrument_id, buyer_id, seller_id, listing_id, quantity, price_fen_per_lot, "
+    "value_fen, status, created_at) "
+    "SELECT t.id, v.instrument_id, v.buyer, v.seller, v.listing, v.qty, v.price, v.value, %s, v.at "
+    "FROM t JOIN v ON v.instrument_id = t.instrument_id AND v.seq = t.seq) "
+    "SELECT id, instrument_id, seq FROM t"
+)
 
 
 def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
@@ -612,7 +674,7 @@ def events_insert(events: list[tuple], now) -> None:
         return
     if connection.vendor != "postgresql":
         OrderEvent.objects.bulk_create([
-            OrderEvent(order=o, kind=k, quantity=q, price_fen_per_lot=p, reason=r, trade=t, actor_id=a, created_at=now)
+            OrderEvent(order=o, kind=k, quantity=q, price_fen_per_lot=p, reason=r, trade_id=t.pk if t is not None else None, actor_id=a, created_at=now)
             for o, k, q, p, r, t, a in events
         ])
         return
