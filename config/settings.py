@@ -202,12 +202,17 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "common.cache.RedisCache",
             "LOCATION": REDIS_URL,
-            # One pool per process (Django builds one per backend object, i.e. per ASGI request): common/cache.py
+            # One pool per process (Django builds one per backend object, i.e. per ASGI request) and one client
+            # per pool (Django builds one per call): common/cache.py
             "OPTIONS": {"pool_class": "common.cache.SharedConnectionPool"},
         }
     }
+
+# Seconds an API token's user is kept in the cache (marketplace.authentication; 0: read per request). Token and
+# user changes through the ORM are forgotten at once; changes made outside it show within this time.
+AUTH_TOKEN_CACHE_SECONDS = env_int("AUTH_TOKEN_CACHE_SECONDS", 60)
 
 # Tests only (tests/conftest.py sets it, and the servers and workers tests start inherit it): a password
 # costs 0.3 s of PBKDF2 here, and the suite creates thousands of users. Refused in production.

@@ -73,21 +73,12 @@ def _account_of(request) -> int | None:
         return None
 
 
-_redis_clients: dict[str, object] = {}
-
-
 def _count(key: str, ttl: int) -> int:
     """Increment a counter that expires after `ttl` seconds; one round trip on Redis."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        # Django's get_client builds a client object on every call, and the backend itself is per ASGI request:
-        # keep one client per server URL (its pool is the process's shared one, common/cache.py).
-        server = backend._cache._servers[0]
-        client = _redis_clients.get(server)
-        if client is None:
-            client = _redis_clients[server] = backend._cache.get_client(raw, write=True)
-        pipe = client.pipeline()
+        pipe = backend._cache.get_client(raw, write=True).pipeline()  # one client per process (common/cache.py)
         pipe.incr(raw)
         pipe.expire(raw, ttl)
         return pipe.execute()[0]

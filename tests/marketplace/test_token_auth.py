@@ -53,3 +53,45 @@ def test_raw_rows_become_the_same_instances_as_the_orm_reads():
         assert type(getattr(raw, field.attname)) is type(getattr(orm, field.attname)), field.name
     assert raw.founded_on == dt.date(2019, 5, 4) and raw.delivery_ratio == Decimal("0.9375") and raw.is_research_institution is True
     assert raw.created_at.tzinfo is not None and not raw._state.adding
+
+
+def test_a_known_token_is_read_from_the_cache_after_its_first_use(django_assert_num_queries):
+    from marketplace.authentication import TokenAuthentication
+
+    user = UserFactory(username="quant")
+    key = Token.objects.create(user=user).key
+    auth = TokenAuthentication()
+    with django_assert_num_queries(1):
+        assert auth.authenticate_credentials(key)[0].pk == user.pk
+    with django_assert_num_queries(0):
+        cached, token = auth.authenticate_credentials(key)
+    assert (cached.pk, cached.username, token.key) == (user.pk, "quant", key)
+
+
+def test_without_the_cache_every_request_reads_the_token(settings, django_assert_num_queries):
+    from marketplace.authentication import TokenAuthentication
+
+    settings.AUTH_TOKEN_CACHE_SECONDS = 0
+    key = Token.objects.create(user=UserFactory(username="uncached")).key
+    for _ in range(2):
+        with django_assert_num_queries(1):
+            TokenAuthentication().authenticate_credentials(key)
+
+
+def test_a_deleted_token_is_refused_at_once_though_it_was_cached(api):
+    token = Token.objects.create(user=UserFactory(username="rotated"))
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert api.get("/api/v1/organisations/").status_code == 200
+    token.delete()
+    response = api.get("/api/v1/organisations/")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Invalid token."
+
+
+def test_a_cached_user_sees_changes_saved_to_it(api):
+    user = UserFactory(username="promoted", platform_role=PlatformRole.REGULATOR)
+    _as(api, user)
+    assert api.get("/api/v1/oversight/trades/").status_code == 200
+    user.platform_role = ""
+    user.save()
+    assert api.get("/api/v1/oversight/trades/").status_code == 403
