@@ -201,15 +201,25 @@ class RedisClient:
     def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
         by_shard = _by_shard(commands)
         replies: list[dict | None] = [None] * len(commands)
+        if not by_shard:
+            return []
         keys = []
+        deadline = time.monotonic() + timeout
+        # The pushes and the wait for the first answer in one round trip (Redis runs a pipeline's commands
+        # in order, so BLPOP blocks only once the commands are queued).
+        pipe = self.redis.pipeline(transaction=False)
         for shard, items in by_shard.items():
             key = f"suanli:reply:{uuid.uuid4().hex}"
             keys.append((key, items))
-            self.redis.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
-        deadline = time.monotonic() + timeout
-        for key, items in keys:
-            left = deadline - time.monotonic()
-            got = self.redis.blpop([key], timeout=max(left, 0.01)) if left > 0 else None
+            pipe.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
+        pipe.blpop([keys[0][0]], timeout=max(timeout, 0.01))
+        first = pipe.execute()[-1]
+        for n, (key, items) in enumerate(keys):
+            if n == 0:
+                got = first
+            else:
+                left = deadline - time.monotonic()
+                got = self.redis.blpop([key], timeout=max(left, 0.01)) if left > 0 else None
             if got is None:
                 return None
             for (i, _), reply in zip(items, json.loads(got[1]), strict=True):
