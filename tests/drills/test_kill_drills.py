@@ -199,11 +199,20 @@ def test_sigkill_matcher_worker_and_web_server_mid_stream(drill_market, own_redi
         # end (whether a run succeeds is the job's business: on a crowded shared PostgreSQL one may fail).
         log = procs["worker"].log
 
-        def rerun(job: str, text: str) -> bool:
-            again = text.split(f"[{job}] received")
-            return len(again) >= 3 and (f"[{job}] succeeded" in again[-1] or f"[{job}] raised" in again[-1])
+        def held(job: str) -> bool:  # still in the broker: unacknowledged, or queued again
+            raws = [*broker.hvals("unacked"), *broker.lrange("celery", 0, -1)]
+            return any(job in (raw.decode() if isinstance(raw, bytes) else raw) for raw in raws)
 
-        harness.wait_for("the killed worker's jobs to run again", lambda: all(rerun(job, log.read_text()) for job in killed_jobs), 30, interval=0.2)
+        def settled(job: str, text: str) -> bool:
+            """Received again and run to an end; or (the kill came the instant after the job was seen taken)
+            it ended and was acknowledged before the kill, so nothing is owed."""
+            again = text.split(f"[{job}] received")
+            ended = f"[{job}] succeeded" in again[-1] or f"[{job}] raised" in again[-1]
+            return ended and (len(again) >= 3 or not held(job))
+
+        harness.wait_for("the killed worker's jobs to run again", lambda: all(settled(job, log.read_text()) for job in killed_jobs), 30, interval=0.2)
+        # Reported: 0 only when the one job seen taken was acknowledged in the instant before the kill.
+        redelivered = [job for job in set(killed_jobs) if len(log.read_text().split(f"[{job}] received")) >= 3]
     finally:
         for p in procs.values():
             p.stop()
@@ -245,7 +254,7 @@ def test_sigkill_matcher_worker_and_web_server_mid_stream(drill_market, own_redi
     with capsys.disabled():
         kills = {n: p.kills for n, p in procs.items()}
         retried = sum(1 for *_, a in acks["orders"] if a > 1) + sum(1 for *_, a in acks["batches"] if a > 1)
-        print("\nkill drill:", json.dumps({"seed": SEED, "jobs_redelivered": len(set(killed_jobs)), "steps": len(steps), "seconds": round(streamed, 1), "kills": kills,
+        print("\nkill drill:", json.dumps({"seed": SEED, "jobs_redelivered": len(redelivered), "steps": len(steps), "seconds": round(streamed, 1), "kills": kills,
                                           "retried_requests": retried, "client_attempts": seller.attempts + buyer.attempts + hooks.attempts,
                                           "longest_outage_s": round(max(seller.longest_outage, buyer.longest_outage, hooks.longest_outage), 2),
                                           "trades": len(crashed["trades"])}))
