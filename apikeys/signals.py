@@ -1,4 +1,4 @@
-"""Credentials that stop being valid close the user's open websockets (exchange.ws_auth).
+"""Credentials that stop being valid close the user's open websockets (exchange.ws_auth), signing out included.
 
 The message only tells the user's sockets to re-check their credential now; the same re-check also runs
 on a timer in each socket (WS_AUTH_RECHECK_SECONDS), which covers changes made outside the ORM."""
@@ -6,6 +6,7 @@ on a timer in each socket (WS_AUTH_RECHECK_SECONDS), which covers changes made o
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_out
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from rest_framework.authtoken.models import Token
@@ -44,3 +45,11 @@ def _user_saved(sender, instance, created: bool, **kwargs) -> None:
 @receiver(post_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="apikeys.user_deleted")
 def _user_deleted(sender, instance, **kwargs) -> None:
     _recheck(instance.pk)
+
+
+@receiver(user_logged_out, dispatch_uid="apikeys.user_logged_out")
+def _user_logged_out(sender, request, user, **kwargs) -> None:
+    # The signed-out session's sockets fail the re-check (the session is gone); the user's other sessions,
+    # tokens and keys pass it and stay open.
+    if user is not None:
+        _recheck(user.pk)

@@ -172,6 +172,24 @@ def test_signing_out_closes_the_portal_pages_socket(market_setup, settings):  # 
     async_to_sync(body)()
 
 
+def test_signing_out_closes_that_sessions_socket_at_once_and_not_the_users_others(market_setup, settings):  # noqa: F811
+    settings.WS_AUTH_RECHECK_SECONDS = 600  # so only the sign-out's message can close it in time
+    leaving, staying = Client(), Client()
+    for client in (leaving, staying):
+        client.force_login(market_setup["buyer_user"])
+
+    async def body():
+        gone, _ = await user_socket(headers=[(b"cookie", f"sessionid={leaving.cookies['sessionid'].value}".encode())])
+        kept, _ = await user_socket(headers=[(b"cookie", f"sessionid={staying.cookies['sessionid'].value}".encode())])
+        assert await gone.receive_nothing(0.3)
+        await database_sync_to_async(leaving.logout)()
+        assert await gone.receive_output(TIMEOUT) == CLOSED_4401
+        assert await kept.receive_nothing(1.0)  # another browser's session of the same user is still signed in
+        await kept.disconnect()
+
+    async_to_sync(body)()
+
+
 # --- whose stream --------------------------------------------------------------------------------------------
 
 def test_a_user_gets_only_their_own_organisations_stream_whatever_the_query_asks(api, market_setup):  # noqa: F811
