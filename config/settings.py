@@ -121,14 +121,6 @@ if DATABASE_URL:
         "max_size": env_int("DATABASE_POOL_MAX", 20),
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 30),
     }
-    # Server-side parameters and prepared statements: a statement run DATABASE_PREPARE_THRESHOLD times on a
-    # connection is prepared once and then only executed. With Django's default client-side binding every
-    # statement is parsed and planned again; planning was 80% of the token lookup's server time and a fifth
-    # of PostgreSQL's CPU per order (bench/RESULTS.md). 0 turns it off (e.g. behind PgBouncer in
-    # transaction mode, which cannot keep prepared statements).
-    if env_int("DATABASE_PREPARE_THRESHOLD", 2) > 0:
-        DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
-        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = env_int("DATABASE_PREPARE_THRESHOLD", 2)
 else:
     DATABASES = {
         "default": {
