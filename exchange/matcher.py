@@ -18,12 +18,11 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from common.db import bulk_update_rows, pg_array
 from exchange import engine as eng
-from exchange.admission import Admission, Refusal, buyer_hold_fen
+from exchange.admission import Admission, Refusal
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
     FINAL_STATUSES,
@@ -90,7 +89,6 @@ class _Batch:
     # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
     captures: list[tuple] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
-    amended: set[int] = field(default_factory=set)  # open orders amended (or refused an amend): holds trimmed
     sold: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # sell order id -> lots sold now
     unsold_released: set[int] = field(default_factory=set)  # finished sell orders: release what is unsold
     states: dict[int, BookState] = field(default_factory=dict)
@@ -232,7 +230,6 @@ class Matcher:
             order = batch.orders.get(command["order"])
             if order is None or order.status != OrderStatus.OPEN:
                 return {"op": op, "order": command["order"], "rejected": "not_open"}
-            batch.amended.add(order.pk)  # applied or refused, its hold ends the batch at what it then needs
             self.risk.ensure()
             refused = self.risk.amend_refusal(order, command.get("price"), command.get("quantity"))
             if refused is not None:
@@ -488,7 +485,7 @@ class Matcher:
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
         ])
-        capacity_settle(sold=batch.sold, finished=batch.unsold_released, kept=self._capacity_kept(batch))
+        capacity_settle(sold=batch.sold, finished=batch.unsold_released)
         for state in batch.states.values():
             state.updated_at = stamp
             with connection.cursor() as cur:
@@ -504,35 +501,10 @@ class Matcher:
             else:
                 self.resting.pop(order.pk, None)
 
-    def _amended_open(self, batch: _Batch, side: str) -> list[Order]:
-        orders = (batch.orders[pk] for pk in sorted(batch.amended))
-        return [o for o in orders if o.side == side and o.status == OrderStatus.OPEN]
-
-    def _capacity_kept(self, batch: _Batch) -> dict[int, int]:
-        """Sell orders amended in the batch and still open: their capacity hold keeps just their open lots
-        (an amend down, or an amend up that the web reserved for and the matcher refused, gives the rest back)."""
-        return {o.pk: o.open_quantity for o in self._amended_open(batch, Side.SELL)}
-
-    def _trims(self, batch: _Batch) -> list[ledger.HoldMovement]:
-        """Buy orders amended in the batch and still open: their hold keeps what the open part needs (the
-        placement's formula: from a partly filled order's running fee totals, each role's further fees stay
-        within their own share rounded up, so the two within the maximum fee), the rest goes back to
-        available. Keyed by the batch's time, so a later amend trims again."""
-        stamp = to_ns(batch.now)
-        return [
-            ledger.HoldMovement(
-                hold_id=o.hold_id, amount_fen=None, idempotency_key=f"order:{o.pk}:trim:{stamp}", memo=f"hold of order {o.pk} trimmed after an amend",
-                keep_fen=buyer_hold_fen(price_fen_per_lot=o.price_fen_per_lot, open_lots=o.open_quantity, instrument=self.instruments[o.instrument_id]),
-            )
-            for o in self._amended_open(batch, Side.BUY) if o.hold_id
-        ]
-
     def _settle_holds(self, batch: _Batch) -> None:
-        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left (and the
-        trims of amended ones), in ONE ledger call: every account is locked in one statement, so a batch never
-        deadlocks with a placement."""
-        trims = self._trims(batch) if batch.amended else []
-        if not batch.captures and not batch.releases and not trims:
+        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left, in ONE
+        ledger call: every account is locked in one statement, so a batch never deadlocks with a placement."""
+        if not batch.captures and not batch.releases:
             if batch.hold_entries:
                 ledger.entries_post(batch.hold_entries, savepoint=False)
             return
@@ -549,7 +521,6 @@ class Matcher:
             for hold, amount, dest, kind, key, memo in batch.captures
         ]
         movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
-        movements += trims
         # No savepoints: the batch's transaction is all or nothing (MatcherLoop retries its commands one by one).
         ledger.holds_move(movements, entries=batch.hold_entries, savepoint=False, account_ids=self.account_ids)
 
@@ -673,32 +644,26 @@ _TRADES_SQL = (
 )
 
 
-def capacity_settle(*, sold: dict[int, int], finished: set[int], kept: dict[int, int] | None = None) -> None:
+def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
     """Sell orders' capacity holds: add the lots sold in this batch, and for the orders that finished give
     back whatever is neither sold nor released (from the row's current `lots`, which an amend may have
-    raised meanwhile); orders in `kept` (order id -> open lots) give back all but those. One statement on
-    PostgreSQL."""
-    kept = kept or {}
-    ids = sorted(set(sold) | finished | set(kept))
+    raised meanwhile). One statement on PostgreSQL."""
+    ids = sorted(set(sold) | finished)
     if not ids:
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(
                 "UPDATE exchange_capacityhold AS c SET sold_lots = c.sold_lots + v.sold, "
-                "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold "
-                "WHEN v.keep IS NOT NULL THEN GREATEST(c.released_lots, c.lots - c.sold_lots - v.sold - v.keep) ELSE c.released_lots END "
-                "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[], %s::integer[]) AS v(oid, sold, fin, keep) WHERE c.order_id = v.oid",
-                [pg_array(ids), pg_array([sold.get(pk, 0) for pk in ids]), pg_array([pk in finished for pk in ids]),
-                 pg_array([kept.get(pk) for pk in ids])],
+                "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold ELSE c.released_lots END "
+                "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[]) AS v(oid, sold, fin) WHERE c.order_id = v.oid",
+                [pg_array(ids), pg_array([sold.get(pk, 0) for pk in ids]), pg_array([pk in finished for pk in ids])],
             )
         return
     for pk in ids:
         update = {"sold_lots": F("sold_lots") + sold.get(pk, 0)}
         if pk in finished:
             update["released_lots"] = F("lots") - F("sold_lots") - sold.get(pk, 0)
-        elif pk in kept:
-            update["released_lots"] = Greatest(F("released_lots"), F("lots") - F("sold_lots") - sold.get(pk, 0) - kept[pk])
         CapacityHold.objects.filter(order_id=pk).update(**update)
 
 

@@ -481,8 +481,7 @@ def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: 
 @dataclass(frozen=True)
 class HoldMovement:
     """Capture part of a hold into `destination_id`, or release it back to available when that is None.
-    A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures, less
-    `keep_fen` (an order amended down, or whose amend was refused, keeps what its open part needs)."""
+    A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures."""
 
     hold_id: int
     amount_fen: int | None
@@ -490,7 +489,6 @@ class HoldMovement:
     destination_id: int | None = None
     kind: str = EntryKind.CAPTURE
     memo: str = ""
-    keep_fen: int = 0
 
 
 def holds_move(
@@ -544,9 +542,9 @@ def holds_move(
             if amount is None:
                 if m.destination_id is not None:
                     raise InvalidEntry("Only a release may take whatever is left.", field="amount")
-                if left <= m.keep_fen or hold.status != HoldStatus.OPEN:
+                if left == 0 or hold.status != HoldStatus.OPEN:
                     continue
-                amount = left - m.keep_fen
+                amount = left
             if amount < 0:
                 raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
             if hold.status != HoldStatus.OPEN or amount > left:

@@ -162,49 +162,6 @@ def test_amend_down_keeps_priority_and_amend_up_extends_the_hold(api, market_set
     assert ledger_verify().ok
 
 
-def test_an_amend_down_gives_back_the_funds_and_capacity_the_order_no_longer_needs(api, market_setup):
-    m = market_setup
-    inst = m["instrument"]
-    buy = place(api, m["buyer_user"], inst, price="14.00", quantity=10, client_order_id="big").json()["id"]
-    assert balances_get(organisation=m["buyer"])["held"] == 14_015  # 140.00 + max fee 0.15
-    api.force_authenticate(m["buyer_user"])
-    assert api.patch(f"/api/v1/orders/{buy}/", {"quantity": 4}, format="json").status_code == 200
-    # 4 x 14.00 = 56.00 plus the maximum fee ceil(0.056) + 0.01 = 0.07: the other 84.08 is available again.
-    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 5_607, "held": 5_607, "escrow": 0, "receivable": 0}
-    assert api.patch(f"/api/v1/orders/{buy}/", {"price": "13.50"}, format="json").status_code == 200
-    assert balances_get(organisation=m["buyer"])["held"] == 5_400 + 7  # 4 x 13.50 + 0.07
-
-    sell = place(api, m["seller_user"], inst, side="sell", price="16.00", quantity=8, client_order_id="s").json()["id"]
-    api.force_authenticate(m["seller_user"])
-    assert api.patch(f"/api/v1/orders/{sell}/", {"quantity": 3}, format="json").status_code == 200
-    assert CapacityHold.objects.get(order_id=sell).open_lots == 3
-    # A partial fill then a cancel settle from the trimmed hold: 2 lots sold, the last one released.
-    place(api, m["buyer_user"], inst, price="16.00", quantity=2, client_order_id="lift")
-    api.force_authenticate(m["seller_user"])
-    assert api.delete(f"/api/v1/orders/{sell}/").status_code == 200
-    cap = CapacityHold.objects.get(order_id=sell)
-    assert (cap.lots, cap.sold_lots, cap.open_lots) == (8, 2, 0)
-    assert ledger_verify().ok
-
-
-def test_an_amend_up_the_matcher_refuses_gives_back_what_it_reserved(api, market_setup):
-    from exchange import transport
-    from exchange.models import RiskLimit
-
-    m = market_setup
-    RiskLimit.objects.create(organisation=m["buyer"], max_open_notional_fen=10_000)  # 100.00 CNY open at most
-    transport.broadcast({"op": "risk_sync"})
-    buy = place(api, m["buyer_user"], m["instrument"], price="14.00", quantity=5, client_order_id="a").json()["id"]
-    held = balances_get(organisation=m["buyer"])["held"]
-    assert held == 7_008  # 70.00 + ceil(0.07) + 0.01
-    api.force_authenticate(m["buyer_user"])
-    refused = api.patch(f"/api/v1/orders/{buy}/", {"quantity": 9}, format="json")  # 126.00 open: over the limit
-    assert refused.status_code == 400, refused.json()
-    assert Order.objects.get(pk=buy).quantity == 5
-    assert balances_get(organisation=m["buyer"])["held"] == held  # the web's reservation for 9 lots came back
-    assert ledger_verify().ok
-
-
 def test_cancel_all_and_fills_list(api, market_setup):
     m = market_setup
     inst = m["instrument"]
