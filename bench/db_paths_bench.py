@@ -2,7 +2,8 @@
 PostgreSQL array literals (common.db). Client CPU per call, in this process, on PostgreSQL.
 
 1. Account-token lookup: DRF's `Token.objects.select_related("user").get(key=...)` against
-   marketplace.authentication's one constant statement (`User.objects.raw`).
+   marketplace.authentication's one constant statement (`User.objects.raw`, its cache off), and against
+   its cache (`token_cached_us`: the default cache, Redis when REDIS_URL is set).
 2. A trader's organisations: the ORM query exchange.selectors used before, against its constant statement now.
 3. One `unnest` of 9 arrays x 3 rows (the shape of the matcher's inserts): Python lists, adapted by psycopg
    element by element, against common.db.pg_array literals.
@@ -62,6 +63,7 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.db import connection
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
@@ -78,6 +80,12 @@ def main() -> None:
     Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": MemberRole.TRADER})
     key = Token.objects.get_or_create(user=user)[0].key
     auth = TokenAuthentication()
+
+    def token(seconds: int):
+        def lookup():
+            settings.AUTH_TOKEN_CACHE_SECONDS = seconds
+            auth.authenticate_credentials(key)
+        return lookup
 
     now = timezone.now()
     columns = [[1, 2, 3], ["accepted", "filled", "filled"], [5, 3, 2], [1500, 1500, 1500], ["", "", "x"],
@@ -98,7 +106,8 @@ def main() -> None:
     paths = {
         "select_1_us": ping,
         "token_orm_us": lambda: Token.objects.select_related("user").get(key=key),
-        "token_sql_us": lambda: auth.authenticate_credentials(key),
+        "token_sql_us": token(0),
+        "token_cached_us": token(60),
         "trading_orgs_orm_us": lambda: [m.organisation for m in user.memberships.filter(role__in=selectors.TRADING_ROLES).select_related("organisation").order_by("organisation_id")],
         "trading_orgs_sql_us": lambda: selectors._trading_organisations(user),
         "unnest_lists_us": lambda: unnest(list),
