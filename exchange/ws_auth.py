@@ -55,12 +55,12 @@ def _credential_scope(key: str) -> dict:
         if api_key is None:
             return {"user": AnonymousUser(), "auth": "api_key"}
         return {"user": api_key.user, "auth": "api_key", "api_key_id": api_key.pk, "api_key_scopes": list(api_key.scopes)}
-    from rest_framework.authtoken.models import Token
+    from marketplace.authentication import token_user
 
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
+    user = token_user(key)  # REST's lookup and cache (forgotten at once on ORM changes); re-checked below
+    if user is None or not user.is_active:
         return {"user": AnonymousUser(), "auth": "token"}
-    return {"user": token.user, "auth": "token", "auth_token": key}
+    return {"user": user, "auth": "token", "auth_token": key}
 
 
 class TokenAuthMiddleware:
