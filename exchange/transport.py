@@ -213,11 +213,9 @@ class RedisClient:
             keys.append((key, items))
             pipe.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
         pipe.blpop([keys[0][0]], timeout=max(timeout, 0.01))
-        first = pipe.execute()[-1]
+        got = pipe.execute()[-1]
         for n, (key, items) in enumerate(keys):
-            if n == 0:
-                got = first
-            else:
+            if n:  # the other shards' answers, within what is left of the timeout
                 left = deadline - time.monotonic()
                 got = self.redis.blpop([key], timeout=max(left, 0.01)) if left > 0 else None
             if got is None:
