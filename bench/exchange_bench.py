@@ -928,54 +928,15 @@ def profiler(outdir: str, web: Service, matchers: list[Service]):
     """A callback for load_phase: py-spy samples the web workers and the matchers over the window."""
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
 
+    def record(pid: int, out: str, seconds: float, *extra: str) -> subprocess.Popen:
+        argv = [pyspy, "record", "--nonblocking", "--gil", "--format", "raw", "-r", "100", "-d", str(int(seconds)),
+                "-p", str(pid), *extra, "-o", os.path.join(outdir, out)]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def start(seconds: float):
         os.makedirs(outdir, exist_ok=True)
-        procs = [
-            subprocess.Popen(
-                [
-                    pyspy,
-                    "record",
-                    "--nonblocking",
-                    "--gil",
-                    "--format",
-                    "raw",
-                    "-r",
-                    "100",
-                    "-d",
-                    str(int(seconds)),
-                    "-p",
-                    str(web.proc.pid),
-                    "--subprocesses",
-                    "-o",
-                    os.path.join(outdir, "web.txt"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        ]
-        for m in matchers:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        pyspy,
-                        "record",
-                        "--nonblocking",
-                        "--gil",
-                        "--format",
-                        "raw",
-                        "-r",
-                        "100",
-                        "-d",
-                        str(int(seconds)),
-                        "-p",
-                        str(m.proc.pid),
-                        "-o",
-                        os.path.join(outdir, f"{m.name}.txt"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        procs = [record(web.proc.pid, "web.txt", seconds, "--subprocesses")]
+        procs += [record(m.proc.pid, f"{m.name}.txt", seconds) for m in matchers]
 
         def finish():
             for p in procs:
