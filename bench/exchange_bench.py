@@ -41,7 +41,8 @@ window. After the rounds (and a barrier command through each matcher): no order 
 timeout or broken connection: stored or not, the client cannot tell), trades = contracts, lots bought = lots sold = lots
 traded, and no hold is left on a finished order. ``--settings`` runs the order server and the matchers
 under another settings module (what-if experiments with patched code). ``--profile DIR`` adds one unmeasured order-entry phase
-sampled with py-spy (web workers and matcher; raw collapsed stacks in DIR).
+sampled with py-spy (web workers and matcher; raw collapsed stacks in DIR; the websocket case's files start
+with ``ws-``).
 
 Case ``ws``: one uvicorn process (``--ws websockets``) serves bench.echo_asgi: config.asgi's application
 plus /ws/echo/, a trivial AsyncWebsocketConsumer that sends each frame back. The matchers are the same
@@ -792,7 +793,7 @@ def _ws_client_main(
 
 def ws_load_phase(
     *, port: int, path: str, spec: dict, sockets: int, inflight: int, procs: int, seconds: float, tag: str,
-    meter: CpuMeter, client_pids: list[int],
+    meter: CpuMeter, client_pids: list[int], on_window=None,
 ) -> dict[str, Any]:
     """Like load_phase, over websockets; `rps` counts answers (acks or echoes) inside the window."""
     ctx = mp.get_context("spawn")
@@ -815,8 +816,11 @@ def ws_load_phase(
             go.put((t_begin, t0, t1))
         time.sleep(max(t0 - time.monotonic(), 0))
         meter.start()
+        extra = on_window(seconds) if on_window else None
         time.sleep(max(t1 - time.monotonic(), 0))
         cpu = meter.stop()
+        if extra:
+            extra()
         parts = [results.get(timeout=120) for _ in workers]
     finally:
         for w in workers:
@@ -924,8 +928,8 @@ def run_checks(
 # --- Profiling ---------------------------------------------------------------------------------------------
 
 
-def profiler(outdir: str, web: Service, matchers: list[Service]):
-    """A callback for load_phase: py-spy samples the web workers and the matchers over the window."""
+def profiler(outdir: str, web: Service, matchers: list[Service], prefix: str = ""):
+    """A callback for load_phase: py-spy samples the web server's processes and the matchers over the window."""
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
 
     def record(pid: int, out: str, seconds: float, *extra: str) -> subprocess.Popen:
@@ -935,8 +939,8 @@ def profiler(outdir: str, web: Service, matchers: list[Service]):
 
     def start(seconds: float):
         os.makedirs(outdir, exist_ok=True)
-        procs = [record(web.proc.pid, "web.txt", seconds, "--subprocesses")]
-        procs += [record(m.proc.pid, f"{m.name}.txt", seconds) for m in matchers]
+        procs = [record(web.proc.pid, f"{prefix}web.txt", seconds, "--subprocesses")]
+        procs += [record(m.proc.pid, f"{prefix}{m.name}.txt", seconds) for m in matchers]
 
         def finish():
             for p in procs:
@@ -1071,6 +1075,7 @@ def main() -> None:
                 out = ws_load_phase(
                     port=port, path=path, spec=spec, sockets=args.ws_sockets, inflight=args.ws_inflight,
                     procs=args.client_procs, seconds=seconds, tag=tag, meter=meter(server), client_pids=client_pids,
+                    on_window=on_window,
                 )
             else:
                 out = load_phase(
@@ -1123,6 +1128,9 @@ def main() -> None:
                 row = {"round": r, "echo": e, "ws": o, "ratio": o["rps"] / e["rps"] if e["rps"] else 0.0, "load": load}
                 ws_rounds.append(row)
                 _print_ws_round(row)
+            if args.profile:
+                phase(uv, ws_port, WS_PATH, args.seconds, on_window=profiler(args.profile, uv, matchers, "ws-"))
+                print(f"profile: py-spy raw stacks in {args.profile}")
         connection.close()
         checks = run_checks(spec["instruments"], tags, created, unconfirmed, unanswered)
     finally:
