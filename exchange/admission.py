@@ -70,12 +70,6 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
     return notional + max_fee_fen(notional_fen=notional, instrument=instrument)
 
 
-def listing_capacity_lots(listing: Listing, instrument: Instrument) -> int:
-    """Whole lots of the instrument's product that the listing can deliver in its window."""
-    units = listing.units_per_hour * instrument.window_hours
-    return int((units / instrument.lot_size).to_integral_value(rounding=ROUND_FLOOR))
-
-
 def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, int]:
     """Lots of each listing held for the instrument (sold or still offered)."""
     if not listing_ids:
@@ -84,6 +78,31 @@ def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, i
         "SELECT listing_id, SUM(lots - released_lots) FROM exchange_capacityhold WHERE listing_id IN ({}) AND instrument_id = %s GROUP BY listing_id",
         sorted(listing_ids), extra=[instrument_id],
     ))
+
+
+def _capacity_lots(listing: _ListingRow, inst: Instrument) -> int:
+    """Whole lots of the instrument's product that a listing (a locked row) can deliver in its window, from one
+    device's rating (fixed per model and product)."""
+    key = (listing.device_model_id, inst.product_id)
+    rate = _DEVICE_RATES.get(key)
+    if rate is None:
+        rate = _DEVICE_RATES[key] = DeviceModel.objects.get(pk=listing.device_model_id).pflops(inst.product.unit)
+    units = listing.device_count * rate * inst.window_hours
+    return int((units / inst.lot_size).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def listing_free_lots_locked(listing_id: int, inst: Instrument) -> int:
+    """Lots of the listing still free for the instrument, its row locked until the transaction ends (so a
+    placement or amend on another shard waits): the matcher's check before it raises a capacity hold."""
+    rows = _rows(
+        f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE id IN ({{}})"  # nosec B608 # table name from _meta, values are parameters
+        + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
+        [listing_id],
+    )
+    if not rows:
+        return 0
+    listing = _ListingRow(*rows[0])
+    return _capacity_lots(listing, inst) - listing_used_lots([listing_id], inst.pk).get(listing_id, 0)
 
 
 def _rows(sql: str, *lists: list, extra: list | None = None) -> list[tuple]:
@@ -260,7 +279,7 @@ class Admission:
                 )
             ]
             used = listing_used_lots([x.pk for x in listings], inst_id)
-            free = {x.pk: self._capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
+            free = {x.pk: _capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
             by_org: dict[int, list[_ListingRow]] = {}
             for listing in listings:
                 by_org.setdefault(listing.supplier_id, []).append(listing)
@@ -282,15 +301,6 @@ class Admission:
                 free[fit.pk] -= c["quantity"]
                 chosen[i] = fit.pk
         return chosen
-
-    def _capacity_lots(self, listing: _ListingRow, inst: Instrument) -> int:
-        """listing_capacity_lots from the locked row and one device's rating (fixed per model and product)."""
-        key = (listing.device_model_id, inst.product_id)
-        rate = _DEVICE_RATES.get(key)
-        if rate is None:
-            rate = _DEVICE_RATES[key] = DeviceModel.objects.get(pk=listing.device_model_id).pflops(inst.product.unit)
-        units = listing.device_count * rate * inst.window_hours
-        return int((units / inst.lot_size).to_integral_value(rounding=ROUND_FLOOR))
 
     # --- writes --------------------------------------------------------------------------------------
 

@@ -18,11 +18,12 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from common.db import bulk_update_rows, pg_array
 from exchange import engine as eng
-from exchange.admission import Admission, Refusal
+from exchange.admission import Admission, Refusal, buyer_hold_fen, listing_free_lots_locked
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
     FINAL_STATUSES,
@@ -40,9 +41,9 @@ from exchange.models import (
     Trade,
 )
 from exchange.publish import Publication, publish
-from exchange.risk import KILL_REASON, RiskBook
+from exchange.risk import KILL_REASON, RiskBook, cny
 from ledger import services as ledger
-from ledger.models import Account, AccountKind, EntryKind
+from ledger.models import Account, AccountKind, EntryKind, Hold
 from marketplace.models import Instrument, InstrumentStatus
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ class _Batch:
     # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
     captures: list[tuple] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
+    amended: set[int] = field(default_factory=set)  # open orders amended (or refused an amend): holds trimmed
+    hold_raised: dict[int, int] = field(default_factory=dict)  # hold id -> fen added for amends (entries in hold_entries)
+    capacity_raised: dict[int, int] = field(default_factory=dict)  # sell order id -> lots added to its capacity hold
+    listing_raised: dict[int, int] = field(default_factory=dict)  # listing id -> lots added to its holds in this batch
     sold: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # sell order id -> lots sold now
     unsold_released: set[int] = field(default_factory=set)  # finished sell orders: release what is unsold
     states: dict[int, BookState] = field(default_factory=dict)
@@ -230,14 +235,23 @@ class Matcher:
             order = batch.orders.get(command["order"])
             if order is None or order.status != OrderStatus.OPEN:
                 return {"op": op, "order": command["order"], "rejected": "not_open"}
+            batch.amended.add(order.pk)  # applied or refused, its hold ends the batch at what it then needs
             self.risk.ensure()
-            refused = self.risk.amend_refusal(order, command.get("price"), command.get("quantity"))
+            price, quantity = command.get("price"), command.get("quantity")
+            refused = self.risk.amend_refusal(order, price, quantity)
             if refused is not None:
                 return {"op": op, "order": order.pk, "rejected": refused}
             book = self._book(order.instrument_id)
-            events = book.amend(order.pk, now, command.get("price"), command.get("quantity")) if book is not None else []
+            reservation = self._amend_reservation(order, price, quantity, batch)
+            if isinstance(reservation, Refusal):
+                code = "insufficient_funds" if order.side == Side.BUY else "insufficient_capacity"
+                return {"op": op, "order": order.pk, "rejected": code, "field": reservation.field, "message": reservation.message}
+            events = book.amend(order.pk, now, price, quantity) if book is not None else []
+            rejected = _rejection(events)
+            if rejected is None and events:
+                reservation()
             self._record(order.instrument_id, events, batch, actor_id=command.get("actor"))
-            return {"op": op, "order": order.pk, "rejected": _rejection(events)}
+            return {"op": op, "order": order.pk, "rejected": rejected}
         if op == "cancel_all":
             instrument_ids = [command["instrument"]] if command.get("instrument") else sorted(
                 set(Order.objects.filter(organisation_id=command["organisation"], status=OrderStatus.OPEN).values_list("instrument_id", flat=True))
@@ -269,6 +283,57 @@ class Matcher:
                 self._record(command["instrument"], events, batch)
             return {"op": op}
         raise ValueError(f"unknown matcher command {op!r}")
+
+    def _amend_reservation(self, order: Order, price: int | None, open_qty: int | None, batch: _Batch):
+        """What an amend needs reserved beyond what its order holds: a buyer's funds (the placement's formula
+        for the new price and open lots) or a seller's capacity (more open lots). The matcher makes these
+        reservations itself, in the batch that applies the amend, because it is the only writer of a resting
+        order's hold: it also trims holds after amends (_trims, _capacity_kept), and a reservation made
+        elsewhere against the hold's remaining as read then could be undone by a trim queued before it.
+        Returns a Refusal (short of funds or capacity), or a callable that books the reservation, to be
+        called once the book has taken the amend."""
+        inst = self.instruments[order.instrument_id]
+        new_open = open_qty if open_qty is not None else order.open_quantity
+        asked = "quantity" if open_qty is not None else "price"  # the field a refusal names
+        if order.side == Side.BUY and order.hold_id:
+            need = buyer_hold_fen(price_fen_per_lot=price if price is not None else order.price_fen_per_lot, open_lots=new_open, instrument=inst)
+            with connection.cursor() as cur:
+                cur.execute("SELECT amount_fen - captured_fen - released_fen, reference FROM ledger_hold WHERE id = %s", [order.hold_id])
+                left, reference = cur.fetchone()
+            # This batch's captures from the hold and raises of it are written at its end: count them here.
+            left += batch.hold_raised.get(order.hold_id, 0) - sum(c[1] for c in batch.captures if c[0] == order.hold_id)
+            short = need - left
+            if short <= 0:
+                return lambda: None
+            org = order.organisation_id
+            with connection.cursor() as cur:
+                cur.execute("SELECT id, balance_fen FROM ledger_account WHERE organisation_id = %s AND kind = %s", [org, AccountKind.AVAILABLE.value])
+                available_id, balance = cur.fetchone()
+            # Not locked, as in admission: the batch's one ledger call locks every account and refuses the
+            # batch if a concurrent debit left this one short (the loop then retries command by command).
+            balance += sum(amount for entry in batch.hold_entries for account, amount in entry.postings if account == available_id and amount < 0)
+            if balance < short:
+                return Refusal(400, asked, f"Insufficient funds in available for the amend: short by {cny(short - balance)} CNY (balance {cny(balance)} CNY).")
+
+            def reserve() -> None:
+                held_id = Account.objects.only("pk").get(organisation_id=org, kind=AccountKind.HELD).pk
+                batch.hold_entries.append(ledger.EntryRequest(
+                    idempotency_key=f"order:{order.pk}:raise:{to_ns(batch.now)}:{len(batch.hold_entries)}", kind=EntryKind.HOLD,
+                    reference=reference, postings=[(available_id, -short), (held_id, short)], memo=f"hold of order {order.pk} raised for an amend",
+                ))
+                batch.hold_raised[order.hold_id] = batch.hold_raised.get(order.hold_id, 0) + short
+            return reserve
+        if order.side == Side.SELL and order.listing_id and new_open > order.open_quantity:
+            extra = new_open - order.open_quantity
+            free = listing_free_lots_locked(order.listing_id, inst) - batch.listing_raised.get(order.listing_id, 0)
+            if free < extra:
+                return Refusal(400, "quantity", f"Not enough listed capacity for the larger quantity: {max(free, 0)} more lots free on the order's listing.")
+
+            def reserve() -> None:
+                batch.capacity_raised[order.pk] = batch.capacity_raised.get(order.pk, 0) + extra
+                batch.listing_raised[order.listing_id] = batch.listing_raised.get(order.listing_id, 0) + extra
+            return reserve
+        return lambda: None
 
     def _close(self, instrument_id: int, batch: _Batch, now: int) -> dict:
         """Gate closure: every resting order expires and its hold is released; the book is dropped."""
@@ -485,7 +550,9 @@ class Matcher:
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
         ])
-        capacity_settle(sold=batch.sold, finished=batch.unsold_released)
+        if batch.hold_raised or batch.capacity_raised:
+            _raises_apply(batch.hold_raised, batch.capacity_raised)
+        capacity_settle(sold=batch.sold, finished=batch.unsold_released, kept=self._capacity_kept(batch))
         for state in batch.states.values():
             state.updated_at = stamp
             with connection.cursor() as cur:
@@ -501,10 +568,35 @@ class Matcher:
             else:
                 self.resting.pop(order.pk, None)
 
+    def _amended_open(self, batch: _Batch, side: str) -> list[Order]:
+        orders = (batch.orders[pk] for pk in sorted(batch.amended))
+        return [o for o in orders if o.side == side and o.status == OrderStatus.OPEN]
+
+    def _capacity_kept(self, batch: _Batch) -> dict[int, int]:
+        """Sell orders amended in the batch and still open: their capacity hold keeps just their open lots (an
+        amend down gives the rest back)."""
+        return {o.pk: o.open_quantity for o in self._amended_open(batch, Side.SELL)}
+
+    def _trims(self, batch: _Batch) -> list[ledger.HoldMovement]:
+        """Buy orders amended in the batch and still open: their hold keeps what the open part needs (the
+        placement's formula: from a partly filled order's running fee totals, each role's further fees stay
+        within their own share rounded up, so the two within the maximum fee), the rest goes back to
+        available. Keyed by the batch's time, so a later amend trims again."""
+        stamp = to_ns(batch.now)
+        return [
+            ledger.HoldMovement(
+                hold_id=o.hold_id, amount_fen=None, idempotency_key=f"order:{o.pk}:trim:{stamp}", memo=f"hold of order {o.pk} trimmed after an amend",
+                keep_fen=buyer_hold_fen(price_fen_per_lot=o.price_fen_per_lot, open_lots=o.open_quantity, instrument=self.instruments[o.instrument_id]),
+            )
+            for o in self._amended_open(batch, Side.BUY) if o.hold_id
+        ]
+
     def _settle_holds(self, batch: _Batch) -> None:
-        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left, in ONE
-        ledger call: every account is locked in one statement, so a batch never deadlocks with a placement."""
-        if not batch.captures and not batch.releases:
+        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left (and the
+        trims of amended ones), in ONE ledger call: every account is locked in one statement, so a batch never
+        deadlocks with a placement."""
+        trims = self._trims(batch) if batch.amended else []
+        if not batch.captures and not batch.releases and not trims:
             if batch.hold_entries:
                 ledger.entries_post(batch.hold_entries, savepoint=False)
             return
@@ -521,6 +613,7 @@ class Matcher:
             for hold, amount, dest, kind, key, memo in batch.captures
         ]
         movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
+        movements += trims
         # No savepoints: the batch's transaction is all or nothing (MatcherLoop retries its commands one by one).
         ledger.holds_move(movements, entries=batch.hold_entries, savepoint=False, account_ids=self.account_ids)
 
@@ -644,26 +737,41 @@ _TRADES_SQL = (
 )
 
 
-def capacity_settle(*, sold: dict[int, int], finished: set[int]) -> None:
+def _raises_apply(holds: dict[int, int], capacity: dict[int, int]) -> None:
+    """Amends' reservations (Matcher._amend_reservation): holds' amounts (their journal entries are posted
+    with the batch's other hold entries) and capacity holds' lots. Amends are few: a statement each."""
+    for hold_id, fen in sorted(holds.items()):
+        Hold.objects.filter(pk=hold_id).update(amount_fen=F("amount_fen") + fen)
+    for order_id, lots in sorted(capacity.items()):
+        CapacityHold.objects.filter(order_id=order_id).update(lots=F("lots") + lots)
+
+
+def capacity_settle(*, sold: dict[int, int], finished: set[int], kept: dict[int, int] | None = None) -> None:
     """Sell orders' capacity holds: add the lots sold in this batch, and for the orders that finished give
     back whatever is neither sold nor released (from the row's current `lots`, which an amend may have
-    raised meanwhile). One statement on PostgreSQL."""
-    ids = sorted(set(sold) | finished)
+    raised meanwhile); orders in `kept` (order id -> open lots) give back all but those. One statement on
+    PostgreSQL."""
+    kept = kept or {}
+    ids = sorted(set(sold) | finished | set(kept))
     if not ids:
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(
                 "UPDATE exchange_capacityhold AS c SET sold_lots = c.sold_lots + v.sold, "
-                "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold ELSE c.released_lots END "
-                "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[]) AS v(oid, sold, fin) WHERE c.order_id = v.oid",
-                [pg_array(ids), pg_array([sold.get(pk, 0) for pk in ids]), pg_array([pk in finished for pk in ids])],
+                "released_lots = CASE WHEN v.fin THEN c.lots - c.sold_lots - v.sold "
+                "WHEN v.keep IS NOT NULL THEN GREATEST(c.released_lots, c.lots - c.sold_lots - v.sold - v.keep) ELSE c.released_lots END "
+                "FROM unnest(%s::bigint[], %s::integer[], %s::boolean[], %s::integer[]) AS v(oid, sold, fin, keep) WHERE c.order_id = v.oid",
+                [pg_array(ids), pg_array([sold.get(pk, 0) for pk in ids]), pg_array([pk in finished for pk in ids]),
+                 pg_array([kept.get(pk) for pk in ids])],
             )
         return
     for pk in ids:
         update = {"sold_lots": F("sold_lots") + sold.get(pk, 0)}
         if pk in finished:
             update["released_lots"] = F("lots") - F("sold_lots") - sold.get(pk, 0)
+        elif pk in kept:
+            update["released_lots"] = Greatest(F("released_lots"), F("lots") - F("sold_lots") - sold.get(pk, 0) - kept[pk])
         CapacityHold.objects.filter(order_id=pk).update(**update)
 
 

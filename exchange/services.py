@@ -9,16 +9,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from common.errors import ServiceError
 from exchange import risk
-from exchange.admission import buyer_hold_fen, listing_capacity_lots, listing_used_lots
 from exchange.books import band_fen_per_lot
 from exchange.models import (
     FINAL_STATUSES,
-    CapacityHold,
     Order,
     OrderStatus,
     OrderType,
@@ -27,7 +24,6 @@ from exchange.models import (
     Side,
     TimeInForce,
 )
-from ledger import services as ledger
 from marketplace.models import Instrument, InstrumentStatus, Listing, MemberRole, Organisation, User
 
 TRADING_ROLES = (MemberRole.ADMIN, MemberRole.TRADER)
@@ -56,10 +52,6 @@ class OrderRequest:
     min_quantity: int = 0
     stp: str = SelfTradePrevention.CANCEL_NEWEST
     listing: Listing | None = None
-
-
-def listing_free_lots(listing: Listing, instrument: Instrument) -> int:
-    return listing_capacity_lots(listing, instrument) - listing_used_lots([listing.pk], instrument.pk).get(listing.pk, 0)
 
 
 def _require_trader(user: User, organisation: Organisation) -> None:
@@ -182,54 +174,47 @@ def order_cancel_request(*, user: User, order: Order, now: dt.datetime | None = 
 
 
 def order_amend_prepare(*, user: User, order: Order, price: Decimal | None = None, quantity: int | None = None, now: dt.datetime | None = None) -> tuple[Order, int | None, int | None]:
-    """Validate an amend and extend the hold it needs. Returns (order, new price in fen per lot or None,
-    new open quantity or None) for the matcher. `quantity` is the new total quantity, filled part included."""
+    """Validate an amend. Returns (order, new price in fen per lot or None, new open quantity or None) for
+    the matcher, which makes whatever reservation the amend needs (more funds held, more capacity) in the
+    batch that applies it, and refuses it if they are short (`amend_refused`). `quantity` is the new total
+    quantity, filled part included."""
     now = now or timezone.now()
     _require_trader(user, order.organisation)
-    with transaction.atomic():
-        order = Order.objects.select_for_update(of=("self",)).select_related("instrument", "hold").get(pk=order.pk)
-        inst = order.instrument
-        if order.status != OrderStatus.OPEN or order.cancel_requested_at:
-            raise OrderError(f"Only open orders can be amended; order {order.pk} is {order.status}.", field="status")
-        if order.type != OrderType.LIMIT:
-            raise OrderError("Only limit orders rest and can be amended.", field="type")
-        if price is None and quantity is None:
-            raise OrderError("Give a new price, a new quantity, or both.", field="non_field_errors")
-        switch = risk.kill_switch_for(order.organisation_id, order.instrument_id)
-        if switch is not None:  # the matcher refuses it too; here before any hold grows
-            raise ServiceError(risk.kill_message(switch.scope, switch.reason, inst.code), status_code=403)
-        new_price = None
-        if price is not None:
-            req = OrderRequest(instrument=inst, side=order.side, quantity=order.quantity, client_order_id="-", price=price)
-            new_price = _validate(req, order.organisation, now)
-        new_open = None
-        if quantity is not None:
-            if quantity <= order.filled_quantity:
-                raise OrderError(f"The new quantity must exceed the {order.filled_quantity} lots already filled.", field="quantity")
-            if quantity > inst.max_order_lots:
-                raise OrderError(f"Quantity must be at most {inst.max_order_lots} lots.", field="quantity")
-            new_open = quantity - order.filled_quantity
-        open_lots = new_open if new_open is not None else order.open_quantity
-        most = risk.limits_of(RiskLimit.objects.filter(organisation_id=order.organisation_id).first(), risk.default_limits()).max_order_notional_fen
-        notional = (new_price or order.price_fen_per_lot) * (order.filled_quantity + open_lots)
-        if most is not None and notional > most:
-            raise OrderError(f"Order notional limit of {risk.cny(most)} CNY exceeded (this order {risk.cny(notional)} CNY).", field="quantity")
-        if order.side == Side.BUY:
-            need = buyer_hold_fen(price_fen_per_lot=new_price or order.price_fen_per_lot, open_lots=open_lots, instrument=inst)
-            short = need - order.hold.remaining_fen
-            if short > 0:
-                # Keyed by the hold's size before the increase, so a retried amend does not reserve twice.
-                key = f"order:{order.pk}:increase:{order.hold.amount_fen}:{short}"
-                ledger.hold_increase(hold=order.hold, amount_fen=short, idempotency_key=key)
-        elif new_open is not None:
-            cap = CapacityHold.objects.select_for_update().get(order=order)
-            extra = new_open - cap.open_lots
-            if extra > 0:
-                listing = Listing.objects.select_for_update().get(pk=cap.listing_id)
-                if listing_free_lots(listing, inst) < extra:
-                    raise OrderError("Not enough listed capacity for the larger quantity.", field="quantity")
-                CapacityHold.objects.filter(pk=cap.pk).update(lots=F("lots") + extra)
+    order = Order.objects.select_related("instrument").get(pk=order.pk)
+    inst = order.instrument
+    if order.status != OrderStatus.OPEN or order.cancel_requested_at:
+        raise OrderError(f"Only open orders can be amended; order {order.pk} is {order.status}.", field="status")
+    if order.type != OrderType.LIMIT:
+        raise OrderError("Only limit orders rest and can be amended.", field="type")
+    if price is None and quantity is None:
+        raise OrderError("Give a new price, a new quantity, or both.", field="non_field_errors")
+    switch = risk.kill_switch_for(order.organisation_id, order.instrument_id)
+    if switch is not None:  # the matcher refuses it too; this says why
+        raise ServiceError(risk.kill_message(switch.scope, switch.reason, inst.code), status_code=403)
+    new_price = None
+    if price is not None:
+        req = OrderRequest(instrument=inst, side=order.side, quantity=order.quantity, client_order_id="-", price=price)
+        new_price = _validate(req, order.organisation, now)
+    new_open = None
+    if quantity is not None:
+        if quantity <= order.filled_quantity:
+            raise OrderError(f"The new quantity must exceed the {order.filled_quantity} lots already filled.", field="quantity")
+        if quantity > inst.max_order_lots:
+            raise OrderError(f"Quantity must be at most {inst.max_order_lots} lots.", field="quantity")
+        new_open = quantity - order.filled_quantity
+    open_lots = new_open if new_open is not None else order.open_quantity
+    most = risk.limits_of(RiskLimit.objects.filter(organisation_id=order.organisation_id).first(), risk.default_limits()).max_order_notional_fen
+    notional = (new_price or order.price_fen_per_lot) * (order.filled_quantity + open_lots)
+    if most is not None and notional > most:
+        raise OrderError(f"Order notional limit of {risk.cny(most)} CNY exceeded (this order {risk.cny(notional)} CNY).", field="quantity")
     return order, new_price, new_open
+
+
+def amend_refused(reply: dict) -> OrderError:
+    """The matcher's refusal of an amend (its reply's `rejected`), as the field-level error the API answers."""
+    if reply.get("message"):
+        return OrderError(reply["message"], field=reply.get("field") or "non_field_errors")
+    return OrderError(f"The book refused the amend: {reply['rejected']}.", field="non_field_errors")
 
 
 def orders_open_for(*, organisation: Organisation, instrument: Instrument | None = None):

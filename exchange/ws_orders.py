@@ -218,7 +218,7 @@ def order_amend_command(user, message: dict) -> dict:
     order, price, open_qty = services.order_amend_prepare(user=user, order=order, **serializer.validated_data)
     replies = transport.send([{"op": "amend", "order": order.pk, "instrument": order.instrument_id, "price": price, "quantity": open_qty, "actor": user.pk}])
     if replies and replies[0].get("rejected"):
-        raise drf_exceptions.ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
+        raise services.amend_refused(replies[0])
     return {"order": _order_data(order.pk), "confirmed": replies is not None}
 
 

@@ -481,7 +481,8 @@ def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: 
 @dataclass(frozen=True)
 class HoldMovement:
     """Capture part of a hold into `destination_id`, or release it back to available when that is None.
-    A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures."""
+    A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures, less
+    `keep_fen` (an order amended down, or whose amend was refused, keeps what its open part needs)."""
 
     hold_id: int
     amount_fen: int | None
@@ -489,6 +490,7 @@ class HoldMovement:
     destination_id: int | None = None
     kind: str = EntryKind.CAPTURE
     memo: str = ""
+    keep_fen: int = 0
 
 
 def holds_move(
@@ -542,9 +544,9 @@ def holds_move(
             if amount is None:
                 if m.destination_id is not None:
                     raise InvalidEntry("Only a release may take whatever is left.", field="amount")
-                if left == 0 or hold.status != HoldStatus.OPEN:
+                if left <= m.keep_fen or hold.status != HoldStatus.OPEN:
                     continue
-                amount = left
+                amount = left - m.keep_fen
             if amount < 0:
                 raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
             if hold.status != HoldStatus.OPEN or amount > left:
@@ -574,24 +576,6 @@ def holds_move(
             hold.updated_at = timezone.now()
             changed.append(hold)
         bulk_update_rows(Hold, changed, ["captured_fen", "released_fen", "status", "updated_at"])
-
-
-@transaction.atomic
-def hold_increase(*, hold: Hold, amount_fen: int, idempotency_key: str) -> Hold:
-    """Reserve more for an existing purpose (an order amended up): available -> held."""
-    hold = _hold_locked(hold)
-    if JournalEntry.objects.filter(idempotency_key=idempotency_key).exists():
-        return hold
-    if hold.status != HoldStatus.OPEN:
-        raise InvalidEntry(f"Hold {hold.reference} is closed.", field="hold")
-    accounts = accounts_open(organisation=hold.organisation)
-    transfer(
-        source=accounts[AccountKind.AVAILABLE], destination=accounts[AccountKind.HELD], amount_fen=amount_fen,
-        idempotency_key=idempotency_key, kind=EntryKind.HOLD, memo=f"hold increase for {hold.reference}", reference=hold.reference,
-    )
-    Hold.objects.filter(pk=hold.pk).update(amount_fen=F("amount_fen") + amount_fen)
-    hold.refresh_from_db()
-    return hold
 
 
 def _raw(sql: str, values: list, *, extra: list | None = None) -> list[tuple]:

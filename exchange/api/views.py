@@ -161,7 +161,7 @@ class OrderDetail(APIView):
         order, price, open_qty = services.order_amend_prepare(user=request.user, order=order, **data.validated_data)
         replies = transport.send([{"op": "amend", "order": order.pk, "instrument": order.instrument_id, "price": price, "quantity": open_qty, "actor": request.user.pk}])
         if replies and replies[0].get("rejected"):
-            raise ValidationError({"non_field_errors": [f"The book refused the amend: {replies[0]['rejected']}."]})
+            raise services.amend_refused(replies[0])
         if replies is None:
             return Response({"detail": "The matcher did not answer in time; the amend may still apply. Check the order."}, status=status.HTTP_504_GATEWAY_TIMEOUT)
         return Response(s.OrderSerializer(_refresh(order)).data)

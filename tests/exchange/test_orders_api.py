@@ -162,6 +162,117 @@ def test_amend_down_keeps_priority_and_amend_up_extends_the_hold(api, market_set
     assert ledger_verify().ok
 
 
+def test_an_amend_down_gives_back_the_funds_and_capacity_the_order_no_longer_needs(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    buy = place(api, m["buyer_user"], inst, price="14.00", quantity=10, client_order_id="big").json()["id"]
+    assert balances_get(organisation=m["buyer"])["held"] == 14_015  # 140.00 + max fee 0.15
+    api.force_authenticate(m["buyer_user"])
+    assert api.patch(f"/api/v1/orders/{buy}/", {"quantity": 4}, format="json").status_code == 200
+    # 4 x 14.00 = 56.00 plus the maximum fee ceil(0.056) + 0.01 = 0.07: the other 84.08 is available again.
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 5_607, "held": 5_607, "escrow": 0, "receivable": 0}
+    assert api.patch(f"/api/v1/orders/{buy}/", {"price": "13.50"}, format="json").status_code == 200
+    assert balances_get(organisation=m["buyer"])["held"] == 5_400 + 7  # 4 x 13.50 + 0.07
+
+    sell = place(api, m["seller_user"], inst, side="sell", price="16.00", quantity=8, client_order_id="s").json()["id"]
+    api.force_authenticate(m["seller_user"])
+    assert api.patch(f"/api/v1/orders/{sell}/", {"quantity": 3}, format="json").status_code == 200
+    assert CapacityHold.objects.get(order_id=sell).open_lots == 3
+    # A partial fill then a cancel settle from the trimmed hold: 2 lots sold, the last one released.
+    place(api, m["buyer_user"], inst, price="16.00", quantity=2, client_order_id="lift")
+    api.force_authenticate(m["seller_user"])
+    assert api.delete(f"/api/v1/orders/{sell}/").status_code == 200
+    cap = CapacityHold.objects.get(order_id=sell)
+    assert (cap.lots, cap.sold_lots, cap.open_lots) == (8, 2, 0)
+    assert ledger_verify().ok
+
+
+def test_an_amend_up_the_matcher_refuses_gives_back_what_it_reserved(api, market_setup):
+    from exchange import transport
+    from exchange.models import RiskLimit
+
+    m = market_setup
+    RiskLimit.objects.create(organisation=m["buyer"], max_open_notional_fen=10_000)  # 100.00 CNY open at most
+    transport.broadcast({"op": "risk_sync"})
+    buy = place(api, m["buyer_user"], m["instrument"], price="14.00", quantity=5, client_order_id="a").json()["id"]
+    held = balances_get(organisation=m["buyer"])["held"]
+    assert held == 7_008  # 70.00 + ceil(0.07) + 0.01
+    api.force_authenticate(m["buyer_user"])
+    refused = api.patch(f"/api/v1/orders/{buy}/", {"quantity": 9}, format="json")  # 126.00 open: over the limit
+    assert refused.status_code == 400, refused.json()
+    assert Order.objects.get(pk=buy).quantity == 5
+    assert balances_get(organisation=m["buyer"])["held"] == held  # nothing reserved for the refused 9 lots
+    assert ledger_verify().ok
+
+
+def test_an_amend_up_beyond_the_funds_or_the_capacity_is_refused_and_changes_nothing(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["buyer_user"], inst, price="14.00", quantity=600, client_order_id="big")  # 8,400.00 + 8.41 held
+    small = place(api, m["buyer_user"], inst, price="14.00", quantity=50, client_order_id="small").json()["id"]
+    before = balances_get(organisation=m["buyer"])
+    assert before["available"] == 1_000_000 - 840_841 - 70_071
+    api.force_authenticate(m["buyer_user"])
+    refused = api.patch(f"/api/v1/orders/{small}/", {"quantity": 200}, format="json")  # 2,800.00: 1,000 more than is free
+    assert refused.status_code == 400
+    assert "Insufficient funds in available for the amend: short by" in refused.json()["quantity"][0]
+    refused = api.patch(f"/api/v1/orders/{small}/", {"price": "16.00"}, format="json")  # 800.00 + 0.81: fits
+    assert refused.status_code == 200, refused.json()
+    assert balances_get(organisation=m["buyer"])["held"] == before["held"] + 10_010
+    assert (Order.objects.get(pk=small).quantity, Order.objects.get(pk=small).price_fen_per_lot) == (50, 1600)
+
+    sell = place(api, m["seller_user"], inst, side="sell", price="16.50", quantity=200, client_order_id="s").json()["id"]
+    api.force_authenticate(m["seller_user"])
+    refused = api.patch(f"/api/v1/orders/{sell}/", {"quantity": 238}, format="json")  # the listing has 237 lots
+    assert refused.status_code == 400
+    assert refused.json()["quantity"] == ["Not enough listed capacity for the larger quantity: 37 more lots free on the order's listing."]
+    assert CapacityHold.objects.get(order_id=sell).open_lots == 200
+    assert api.patch(f"/api/v1/orders/{sell}/", {"quantity": 237}, format="json").status_code == 200
+    assert CapacityHold.objects.get(order_id=sell).open_lots == 237
+    assert Order.objects.get(pk=sell).quantity == 237
+    assert ledger_verify().ok
+
+
+def test_an_amend_up_that_crosses_trades_from_the_raised_hold(api, market_setup):
+    m = market_setup
+    inst = m["instrument"]
+    place(api, m["seller_user"], inst, side="sell", price="16.00", quantity=5, client_order_id="s")
+    buy = place(api, m["buyer_user"], inst, price="14.00", quantity=2, client_order_id="b").json()["id"]
+    assert balances_get(organisation=m["buyer"])["held"] == 2_804  # 28.00 + ceil(0.028) + 0.01
+    api.force_authenticate(m["buyer_user"])
+    response = api.patch(f"/api/v1/orders/{buy}/", {"price": "16.00", "quantity": 5}, format="json")
+    assert response.status_code == 200, response.json()
+    assert (response.json()["status"], response.json()["filled_quantity"]) == ("filled", 5)
+    # Raised to 80.00 + 0.09 in the batch that traded: 80.00 to escrow, the 10 bps taker fee 0.08, 0.01 back.
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 8_000 - 8, "held": 0, "escrow": 8_000, "receivable": 0}
+    assert ledger_verify().ok
+
+
+def test_amends_queued_in_one_batch_reserve_and_trim_in_order(api, market_setup):
+    """An amend down then an amend up of the same order in one matcher batch (two clients, or one client
+    pipelining over a websocket): the matcher owns the hold, so the later price is reserved against what the
+    earlier amend left, and a sell that fills the order at the later price settles from the hold."""
+    from exchange import transport
+
+    m = market_setup
+    inst = m["instrument"]
+    buy = place(api, m["buyer_user"], inst, price="14.00", quantity=10, client_order_id="b").json()["id"]
+    assert balances_get(organisation=m["buyer"])["held"] == 14_015
+    replies = transport.send([
+        {"op": "amend", "order": buy, "instrument": inst.pk, "price": 1350, "quantity": None, "actor": m["buyer_user"].pk},
+        {"op": "amend", "order": buy, "instrument": inst.pk, "price": 1620, "quantity": 4, "actor": m["buyer_user"].pk},
+    ])
+    assert [r.get("rejected") for r in replies] == [None, None]
+    # 4 x 16.20 = 64.80 + the maximum fee ceil(0.0648) + 0.01 = 0.08: raised from 13,515 after the first amend, trimmed to 6,488.
+    assert balances_get(organisation=m["buyer"])["held"] == 6_488
+    sold = place(api, m["seller_user"], inst, side="sell", price="16.20", quantity=4, client_order_id="s")
+    assert sold.json()["status"] == "filled", sold.json()
+    assert Order.objects.get(pk=buy).status == "filled"
+    # The buyer rested, so paid the 5 bps maker fee: 64.80 x 0.0005 = 0.03.
+    assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 6_480 - 3, "held": 0, "escrow": 6_480, "receivable": 0}
+    assert ledger_verify().ok
+
+
 def test_cancel_all_and_fills_list(api, market_setup):
     m = market_setup
     inst = m["instrument"]
