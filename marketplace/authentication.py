@@ -73,6 +73,9 @@ def _token_changed(sender, instance: Token, **kwargs) -> None:
 
 
 @receiver(post_save, sender=User, dispatch_uid="marketplace.token_cache_user_saved")
-def _user_changed(sender, instance: User, created: bool, **kwargs) -> None:
-    if not created:  # deleting a user deletes its token first: _token_changed
-        token_cache_forget(Token.objects.filter(user_id=instance.pk).values_list("key", flat=True))
+def _user_changed(sender, instance: User, created: bool, update_fields=None, **kwargs) -> None:
+    if created:  # deleting a user deletes its token first: _token_changed
+        return
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # a sign-in (django.contrib.auth's update_last_login): nothing a token's answer depends on
+    token_cache_forget(Token.objects.filter(user_id=instance.pk).values_list("key", flat=True))

@@ -95,3 +95,19 @@ def test_a_cached_user_sees_changes_saved_to_it(api):
     user.platform_role = ""
     user.save()
     assert api.get("/api/v1/oversight/trades/").status_code == 403
+
+
+def test_signing_in_keeps_the_cached_token(django_assert_num_queries):
+    """A sign-in saves only last_login: the token's cached answer stays (no token read on each login), and
+    the next API request still needs no query."""
+    from django.contrib.auth.models import update_last_login
+
+    from marketplace.authentication import TokenAuthentication
+
+    user = UserFactory(username="morning")
+    key = Token.objects.create(user=user).key
+    TokenAuthentication().authenticate_credentials(key)
+    with django_assert_num_queries(1):  # the UPDATE of last_login, nothing else
+        update_last_login(None, user)
+    with django_assert_num_queries(0):
+        TokenAuthentication().authenticate_credentials(key)
