@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/exchange_bench.py [--case rest|ws|all] [--ws-sockets 32] [--ws-inflight 8] [--workers 8] [--clients 16] [--seconds 10]
+    .venv/bin/python bench/exchange_bench.py [--case rest|ws|all] [--ws-sockets 32] [--ws-inflight 8] [--ws-impl websockets-sansio] [--workers 8] [--clients 16] [--seconds 10]
         [--rounds 3] [--shards 1] [--buyers 100] [--sellers 20] [--fresh] [--profile DIR] [--settings MODULE]
 
 DATABASE_URL names the bench database (default postgres://postgres@127.0.0.1:5432/suanli_xbench; created if
@@ -44,7 +44,7 @@ under another settings module (what-if experiments with patched code). ``--profi
 sampled with py-spy (web workers and matcher; raw collapsed stacks in DIR; the websocket case's files start
 with ``ws-``).
 
-Case ``ws``: one uvicorn process (``--ws websockets``) serves bench.echo_asgi: config.asgi's application
+Case ``ws``: one uvicorn process (``--ws websockets-sansio`` as README says, or ``--ws-impl``) serves bench.echo_asgi: config.asgi's application
 plus /ws/echo/, a trivial AsyncWebsocketConsumer that sends each frame back. The matchers are the same
 ``runmatcher`` processes over Redis (MATCHER_TRANSPORT=redis; the embedded thread matcher would also do
 with one uvicorn process, but redis is the production shape and keeps the matcher's CPU out of the web
@@ -667,11 +667,11 @@ ECHO_PATH = "/ws/echo/"
 GOAL_WS_RPS, GOAL_WS_RATIO = 3000.0, 0.6
 
 
-def uvicorn_start(name: str, port: int, env: dict[str, str], logdir: str) -> Service:
+def uvicorn_start(name: str, port: int, env: dict[str, str], logdir: str, ws_impl: str = "websockets-sansio") -> Service:
     """One uvicorn worker (the process itself) serving the project plus the echo route."""
     argv = [
         sys.executable, "-m", "uvicorn", "bench.echo_asgi:application", "--host", "127.0.0.1", "--port", str(port),
-        "--ws", "websockets", "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "3",
+        "--ws", ws_impl, "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "3",
     ]
     svc = Service(name, argv, env, logdir)
     deadline = time.monotonic() + 60
@@ -964,6 +964,7 @@ def main() -> None:
     )
     parser.add_argument("--ws-sockets", type=int, default=32, help="case ws: websockets in all (one trader each)")
     parser.add_argument("--ws-inflight", type=int, default=8, help="case ws: frames outstanding per socket (pipelined)")
+    parser.add_argument("--ws-impl", default="websockets-sansio", help="case ws: uvicorn --ws implementation (README's is websockets-sansio)")
     parser.add_argument("--workers", type=int, default=8, help="W: gunicorn workers (each server)")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync: no keep-alive)")
     parser.add_argument(
@@ -1050,7 +1051,7 @@ def main() -> None:
             )
         if do_ws:
             ws_port = _free_port()
-            uv = uvicorn_start("uvicorn", ws_port, menv, logdir)
+            uv = uvicorn_start("uvicorn", ws_port, menv, logdir, args.ws_impl)
             services.append(uv)
             print(
                 f"matcher x{args.shards}, uvicorn x1 (bench.echo_asgi, MATCHER_TRANSPORT=redis) on :{ws_port}: "
@@ -1266,7 +1267,7 @@ def _summarise_ws(rounds: list[dict[str, Any]], args) -> dict[str, Any]:
         "ws_rounds": len(rounds),
         "ws_sockets": args.ws_sockets,
         "ws_inflight": args.ws_inflight,
-        "ws_transport": "redis (runmatcher), 1 uvicorn worker",
+        "ws_transport": f"redis (runmatcher), 1 uvicorn worker, --ws {args.ws_impl}",
     }
     out["ws_goals"] = {"ws_orders_per_s_ge_3000": out["ws_orders_per_s"] >= GOAL_WS_RPS, "ws_ratio_ge_0_6": out["ws_ratio"] >= GOAL_WS_RATIO}
     return out
