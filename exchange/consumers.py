@@ -293,6 +293,48 @@ def _direct_protocol(send):
     return None
 
 
+class DirectWrites:
+    """ASGI middleware, outermost (before the session middleware wraps `send`): uvicorn's websockets-sansio
+    connection, when that is the server, goes into the scope as `ws_direct` for UserConsumer's frame buffer."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        proto = _direct_protocol(send)
+        if proto is not None:
+            scope = {**scope, "ws_direct": proto}
+        return await self.inner(scope, receive, send)
+
+
+class _FrameBuffer:
+    """A user socket's text frames under websockets-sansio: framed here and written to the transport together
+    once per turn of the event loop, so an order's ack, the events held for it and the other acks of the same
+    matcher batch leave in one write (one system call) instead of one ASGI send each. A client that reads
+    slowly holds the writer back as ASGI's send would (the transport's high-water mark)."""
+
+    def __init__(self, proto) -> None:
+        self.proto = proto
+        self.frames: list[bytes] = []
+        self.loop = asyncio.get_running_loop()
+
+    async def write(self, text: str) -> None:
+        proto = self.proto
+        if not proto.writable.is_set():
+            self.flush()
+            await proto.writable.wait()
+        if proto.close_sent or proto.disconnected:
+            return  # as ASGI send: nothing goes out after the close (its disconnect is on its way)
+        if not self.frames:
+            self.loop.call_soon(self.flush)
+        self.frames.append(_frame(text.encode()))
+
+    def flush(self) -> None:
+        frames, self.frames = self.frames, []
+        if frames and not (self.proto.close_sent or self.proto.disconnected):
+            self.proto.transport.write(b"".join(frames))
+
+
 def _parsed(message: dict) -> dict:
     """A relayed book message's payload, parsed once per process (only sockets that conflate need it)."""
     payload = message.get("parsed")
@@ -573,11 +615,14 @@ class UserConsumer(AsyncWebsocketConsumer):
     heartbeat_task: asyncio.Task | None = None
     recheck_task: asyncio.Task | None = None
     cancel_on_disconnect = False
+    frames: _FrameBuffer | None = None  # under websockets-sansio (DirectWrites), else text goes through ASGI send
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
         user = self.scope.get("user")
         await self.accept()
+        if self.scope.get("ws_direct") is not None:
+            self.frames = _FrameBuffer(self.scope["ws_direct"])
         if user is None or not user.is_authenticated or not socket_has_scope(self.scope, "read"):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -710,6 +755,20 @@ class UserConsumer(AsyncWebsocketConsumer):
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
+
+    async def send(self, text_data=None, bytes_data=None, close=False) -> None:
+        """Text frames through the frame buffer when there is one; anything else after what it holds."""
+        if self.frames is not None:
+            if text_data is not None and bytes_data is None and not close:
+                await self.frames.write(text_data)
+                return
+            self.frames.flush()
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+
+    async def close(self, code=None, reason=None) -> None:
+        if self.frames is not None:
+            self.frames.flush()  # what was sent before the close goes out before it
+        await super().close(code=code, reason=reason)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -183,7 +183,9 @@ def websocket_application(routes, *, public: list = ()):
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
         allowed = ["localhost", "127.0.0.1", "[::1]"]
-    inner = AuthMiddlewareStack(URLRouter(routes) if isinstance(routes, list | tuple) else routes)
+    from exchange.consumers import DirectWrites
+
+    inner = DirectWrites(AuthMiddlewareStack(URLRouter(routes) if isinstance(routes, list | tuple) else routes))
     if public:
         inner = PublicRoutes(list(public), inner)
     return ApiClientOriginValidator(inner, allowed)
