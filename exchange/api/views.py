@@ -74,14 +74,16 @@ def _account_of(request) -> int | None:
 
 
 def _count(key: str, ttl: int) -> int:
-    """Increment a counter that expires after `ttl` seconds; one round trip on Redis."""
+    """Increment a counter that expires after `ttl` seconds. On Redis one INCR, and an EXPIRE after the first
+    of each window's keys (if that EXPIRE were lost, the key would only linger: its window never comes back)."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        pipe = backend._cache.get_client(raw, write=True).pipeline()  # one client per process (common/cache.py)
-        pipe.incr(raw)
-        pipe.expire(raw, ttl)
-        return pipe.execute()[0]
+        client = backend._cache.get_client(raw, write=True)  # one client per process (common/cache.py)
+        n = client.incr(raw)
+        if n == 1:
+            client.expire(raw, ttl)
+        return n
     backend.add(key, 0, ttl)
     return backend.incr(key)
 

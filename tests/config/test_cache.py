@@ -52,3 +52,13 @@ def test_a_hundred_throttled_requests_do_not_leave_a_hundred_redis_connections()
     counts = _in_new_threads(lambda i: _count(key, 60), 100)
     assert counts == list(range(1, 101))  # one counter, shared by every backend
     assert _clients() - before <= 3, f"Redis clients grew from {before} to {_clients()}"
+
+
+def test_a_throttle_counter_expires_with_its_window():
+    key = f"throttle:test:{uuid.uuid4().hex}"
+    assert [_count(key, 61) for _ in range(3)] == [1, 2, 3]
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        assert 0 < r.ttl(caches["default"].make_and_validate_key(key)) <= 61
+    finally:
+        r.close()
