@@ -101,15 +101,31 @@ def order_place_command(user, message: dict) -> dict:
     return place_answer(command, instrument, transport.send([command]))
 
 
+def place_prepare_many(user, messages: list[dict]) -> list[tuple[dict, object] | Exception]:
+    """place_prepare for several frames of one socket in one trip to a worker thread: per frame the command
+    and instrument, or the exception that refuses it (answered as that frame's error)."""
+    out: list[tuple[dict, object] | Exception] = []
+    for message in messages:
+        try:
+            out.append(place_prepare(user, message))
+        except Exception as exc:
+            if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                log.exception("websocket place failed before the matcher")
+            out.append(exc)
+    return out
+
+
 MAX_PLACES_IN_FLIGHT = 64
 
 
 class PlacePipeline:
-    """A socket's placements in flight. Each is validated and queued for the matcher in the order the socket
-    sent it; the socket does not wait for the matcher before reading its next frame, so placements from
-    one socket share the matcher's batches (acks come back as the batches commit, each with its
-    request_id). Any other command first waits for the placements before it, so a cancel can never
-    overtake the order it cancels. At most MAX_PLACES_IN_FLIGHT per socket: beyond that reading waits."""
+    """A socket's placements in flight. Frames are queued as they are read; one task per socket validates
+    what has queued meanwhile in one trip to a worker thread and hands the commands to the matcher in one
+    message, in the order the socket sent them. The socket does not wait for the matcher before reading its
+    next frame, so placements from one socket share the matcher's batches (acks come back as the batches
+    commit, each with its request_id). Any other command first waits for the placements before it, so a
+    cancel can never overtake the order it cancels. At most MAX_PLACES_IN_FLIGHT per socket: beyond that
+    reading waits."""
 
     def __init__(self, send, placed: set[int], send_event=None) -> None:
         self.send = send  # async (text) -> None
@@ -117,6 +133,10 @@ class PlacePipeline:
         self.placed = placed  # order ids placed on this socket (cancel-on-disconnect)
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
+        self.queue: list[dict] = []  # frames read, not yet handed to the matcher
+        self.worker: asyncio.Task | None = None
+        self.outstanding = 0  # frames read and not yet answered
+        self.room = asyncio.Event()
         # Placements sent to the matcher and not answered yet, by (organisation, client_order_id): how many
         # (a client may repeat a key in flight) and the events of that order held until the ack has gone out
         # (docs/websockets.md: the ack comes first).
@@ -133,39 +153,78 @@ class PlacePipeline:
         return True
 
     async def place(self, user, message: dict) -> None:
-        request_id = message.get("request_id")
-        key = None
-        try:
-            command, instrument = await database_sync_to_async(place_prepare)(user, message)
-            key = (command["organisation"], command["client_order_id"])
-            self.in_flight[key] += 1
-            self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
-            pending = await transport.submit_async([command])
-        except Exception as exc:
-            await self._send(error_frame(request_id, exc))
-            if key is not None:
-                await self._release(key)
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(request_id, command, instrument, pending))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        if len(self.tasks) >= MAX_PLACES_IN_FLIGHT:
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+        self.queue.append(message)
+        self.outstanding += 1
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._submit_queued(user))
+        while self.outstanding >= MAX_PLACES_IN_FLIGHT:
+            self.room.clear()
+            await self.room.wait()
 
-    async def _answer(self, request_id, command: dict, instrument, pending) -> None:
+    def _answered(self, n: int = 1) -> None:
+        self.outstanding -= n
+        if self.outstanding < MAX_PLACES_IN_FLIGHT:
+            self.room.set()
+
+    async def _submit_queued(self, user) -> None:
         try:
-            try:
-                result = place_answer(command, instrument, await pending)
-            except Exception as exc:
-                if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
-                    log.exception("websocket place failed")
-                await self._send(error_frame(request_id, exc))
-                return
-            if result["order"].get("id") is not None:
-                self.placed.add(result["order"]["id"])
-            await self._send({"type": "ack", "request_id": request_id, **result})
+            while self.queue:
+                messages, self.queue = self.queue, []
+                try:
+                    prepared = await database_sync_to_async(place_prepare_many)(user, messages)
+                except Exception as exc:  # the thread hand-off itself failed
+                    prepared = [exc] * len(messages)
+                batch = []
+                for message, result in zip(messages, prepared, strict=True):
+                    if isinstance(result, Exception):
+                        await self._send(error_frame(message.get("request_id"), result))
+                        self._answered()
+                        continue
+                    command, instrument = result
+                    key = (command["organisation"], command["client_order_id"])
+                    self.in_flight[key] += 1
+                    self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
+                    batch.append((message.get("request_id"), command, instrument))
+                if not batch:
+                    continue
+                try:
+                    pending = await transport.submit_async([command for _, command, _ in batch])
+                except Exception as exc:
+                    log.exception("websocket place: handing %d orders to the matcher failed", len(batch))
+                    for request_id, command, _ in batch:
+                        await self._send(error_frame(request_id, exc))
+                        await self._release((command["organisation"], command["client_order_id"]))
+                    self._answered(len(batch))
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(batch, pending))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         finally:
-            await self._release((command["organisation"], command["client_order_id"]))
+            self.worker = None
+
+    async def _answer(self, batch: list[tuple], pending) -> None:
+        try:
+            replies = await pending
+        except Exception as exc:
+            log.exception("websocket place: waiting for the matcher failed")
+            replies = exc
+        for i, (request_id, command, instrument) in enumerate(batch):
+            try:
+                try:
+                    if isinstance(replies, Exception):
+                        raise replies
+                    result = place_answer(command, instrument, None if replies is None else [replies[i]])
+                except Exception as exc:
+                    if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                        log.exception("websocket place failed")
+                    await self._send(error_frame(request_id, exc))
+                    continue
+                if result["order"].get("id") is not None:
+                    self.placed.add(result["order"]["id"])
+                await self._send({"type": "ack", "request_id": request_id, **result})
+            finally:
+                self._answered()
+                await self._release((command["organisation"], command["client_order_id"]))
 
     async def _release(self, key: tuple[int, str]) -> None:
         """After the answer: the events held for that placement, in the order they came."""
@@ -186,8 +245,9 @@ class PlacePipeline:
             del self.unanswered[key]
 
     async def drain(self) -> None:
-        if self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        """Until every frame read so far is answered (handed to the matcher and its ack or error sent)."""
+        while self.worker is not None or self.tasks:
+            await asyncio.gather(*[t for t in (self.worker, *self.tasks) if t is not None], return_exceptions=True)
 
     async def _send(self, frame: dict) -> None:
         if self.closed:

@@ -288,6 +288,9 @@ def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_th
         for i in range(6):
             await comm.send_json_to({"type": "place", "request_id": f"p{i}", "instrument": inst.pk, "side": "buy",
                                      "price": f"14.{i:02d}", "quantity": 1, "client_order_id": f"pipe-{i}"})
+            if i == 2:  # refused among the others: its own error, theirs go on
+                await comm.send_json_to({"type": "place", "request_id": "bad", "instrument": inst.pk, "side": "buy",
+                                         "price": "14.005", "quantity": 1, "client_order_id": "pipe-bad"})
         await comm.send_json_to({"type": "cancel", "request_id": "c", "client_order_id": "pipe-5"})
         acks, events, order = {}, [], []
         while "c" not in acks or len(events) < 7:  # six placements and the cancel: one event each
@@ -308,6 +311,7 @@ def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_th
     assert [acks[f"p{i}"]["order"]["status"] for i in range(6)] == ["open"] * 6
     assert all(acks[f"p{i}"]["confirmed"] and acks[f"p{i}"]["created"] for i in range(6))
     assert acks["c"]["type"] == "ack" and acks["c"]["order"]["client_order_id"] == "pipe-5"
+    assert (acks["bad"]["type"], acks["bad"]["status"], list(acks["bad"]["fields"])) == ("error", 400, ["price"])
     # Each order's ack comes before its events (the socket holds them back), and seq counts what was sent.
     ack_at = {f["order"]["id"]: i for i, f in enumerate(frames) if f.get("request_id", "").startswith("p")}
     assert all(ack_at[f["id"]] < frames.index(f) for f in events), [(f.get("type"), f.get("request_id") or f.get("id")) for f in frames]
