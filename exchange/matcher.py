@@ -598,7 +598,7 @@ class Matcher:
         trims = self._trims(batch) if batch.amended else []
         if not batch.captures and not batch.releases and not trims:
             if batch.hold_entries:
-                ledger.entries_post(batch.hold_entries, savepoint=False)
+                ledger.entries_post(batch.hold_entries, savepoint=False, returning=False)
             return
         escrow = self.escrow_accounts
         missing = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"} - set(escrow)

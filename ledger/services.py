@@ -109,16 +109,17 @@ def _validate(request: EntryRequest) -> None:
         raise InvalidEntry("An account appears twice in one entry.")
 
 
-def entries_post(requests: Sequence[EntryRequest], *, savepoint: bool = True) -> list[JournalEntry]:
+def entries_post(requests: Sequence[EntryRequest], *, savepoint: bool = True, returning: bool = True) -> list[JournalEntry]:
     """Post several entries in one transaction (all or nothing). Returns the entries in request order;
     a replayed request returns the entry stored under its key. Locks every account involved, by id.
 
     savepoint=False, inside a transaction that is itself all or nothing (the matcher's batch): no savepoint
-    and no retry; a key stored concurrently between check and insert fails the caller's transaction."""
-    return _entries_post(requests, savepoint=savepoint)
+    and no retry; a key stored concurrently between check and insert fails the caller's transaction.
+    returning=False: returns [] (a caller that does not use the entries saves building a model per entry)."""
+    return _entries_post(requests, savepoint=savepoint, returning=returning)
 
 
-def _entries_post(requests: Sequence[EntryRequest], *, savepoint: bool, existing: dict | None = None) -> list[JournalEntry]:
+def _entries_post(requests: Sequence[EntryRequest], *, savepoint: bool, existing: dict | None = None, returning: bool = True) -> list[JournalEntry]:
     for request in requests:
         _validate(request)
     keys = [r.idempotency_key for r in requests]
@@ -126,11 +127,11 @@ def _entries_post(requests: Sequence[EntryRequest], *, savepoint: bool, existing
         raise IdempotencyConflict("The same idempotency key appears twice in one batch.")
     if not savepoint:
         with transaction.atomic(savepoint=False):
-            return _post_locked(requests, existing)
+            return _post_locked(requests, existing, returning)
     for attempt in range(2):
         try:
             with transaction.atomic():
-                return _post_locked(requests, existing if not attempt else None)
+                return _post_locked(requests, existing if not attempt else None, returning)
         except IntegrityError:
             # A concurrent poster stored one of these keys between our check and our insert; on the retry
             # the key is found and answered as a replay or a conflict.
@@ -143,7 +144,7 @@ def _store() -> _OrmStore:
     return _PostgresStore() if connection.vendor == "postgresql" else _OrmStore()
 
 
-def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int, str]] | None = None) -> list[JournalEntry]:
+def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int, str]] | None = None, returning: bool = True) -> list[JournalEntry]:
     """`existing`: what the caller already read of these keys in this transaction ({key: (id, digest)})."""
     store = _store()
     account_ids = sorted({account_id for r in requests for account_id, _ in r.postings})
@@ -181,7 +182,7 @@ def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int
                 f"(balance {old // 100}.{old % 100:02d} CNY)."
             )
     if not fresh:
-        return store.load_entries([existing[r.idempotency_key][0] for r in requests])
+        return store.load_entries([existing[r.idempotency_key][0] for r in requests]) if returning else []
 
     now = timezone.now()
     ids = store.insert_entries(fresh, now)  # {key: id}
@@ -193,6 +194,8 @@ def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int
         ]
     )
     store.update_balances({pk: bal for pk, bal in balances.items() if bal != accounts[pk][1]})
+    if not returning:
+        return []
     by_key = {r.idempotency_key: r for r in fresh}
     out = []
     for request in requests:
@@ -508,7 +511,7 @@ def holds_move(
     movements = [m for m in movements if m.amount_fen != 0]
     if not movements:
         if entries:
-            entries_post(entries, savepoint=savepoint)
+            entries_post(entries, savepoint=savepoint, returning=False)
         return
     with transaction.atomic(savepoint=savepoint):
         # Raw statements: this runs once per matcher batch, and building them through the ORM cost more CPU
@@ -565,7 +568,7 @@ def holds_move(
             )
         if not requests and not entries:
             return
-        _entries_post([*entries, *requests], savepoint=savepoint, existing=existing)
+        _entries_post([*entries, *requests], savepoint=savepoint, existing=existing, returning=False)
         changed = []
         for pk in set(captured) | set(released):
             hold = holds[pk]

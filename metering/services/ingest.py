@@ -467,7 +467,7 @@ def _deliveries_update(touched: dict[int, ContractDelivery], contracts: dict[int
     contracts_status_sync(started)
     requests.extend(funding.requests_for(moves))
     if requests:
-        ledger.entries_post(requests)
+        ledger.entries_post(requests, returning=False)
 
 
 def contracts_status_sync(deliveries: Sequence[ContractDelivery]) -> None:

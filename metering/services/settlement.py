@@ -78,7 +78,7 @@ def delivery_settle(*, contract_id: int, now: dt.datetime | None = None) -> Cont
         d.pk, d.value_fen, d.released_fen, released, refund, parties.buyer_escrow, parties.buyer_available, f"delivery:{d.pk}:settle", final=True,
     )]))
     if requests:
-        ledger.entries_post(requests)
+        ledger.entries_post(requests, returning=False)
     d.released_fen, d.fee_fen, d.refunded_fen = released, fee, refund
     d.status = DeliveryStatus.SETTLED
     d.delivery_ratio = (Decimal(d.delivered_micro) / Decimal(d.quantity_micro)).quantize(_RATIO, ROUND_DOWN) if d.quantity_micro else Decimal(1)
