@@ -31,12 +31,11 @@ class _ThrottleRequest:
         self.META: dict = {}
 
 
-def _throttle(user, organisation=None) -> None:
+def _throttle_many(user, messages: list[dict]) -> list[float | None]:
+    """The order rate for several frames at once: per frame None, or the seconds to wait (429)."""
     from exchange.api.views import OrderRateThrottle
 
-    throttle = OrderRateThrottle()
-    if not throttle.allow_request(_ThrottleRequest(user, organisation), None):
-        raise drf_exceptions.Throttled(throttle.wait())
+    return OrderRateThrottle().allow_many(user, [_ThrottleRequest(user, m.get("organisation")) for m in messages])
 
 
 def _fields(message: dict, *drop: str) -> dict:
@@ -72,11 +71,17 @@ def _find_order(user, message: dict) -> Order:
 
 def place_prepare(user, message: dict) -> tuple[dict, object]:
     """{"type": "place", ...the REST POST /orders/ body, with the order type as `order_type`}: validated
-    and turned into the matcher's command (and the instrument, to render the answer)."""
+    and turned into the matcher's command (and the instrument, to render the answer). Counted against the
+    order rate first (place_prepare_many)."""
+    [result] = place_prepare_many(user, [message])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _place_validate(user, message: dict) -> tuple[dict, object]:
     from exchange.api.serializers import OrderInSerializer
 
-    _not_regulator(user)
-    _throttle(user, message.get("organisation"))
     data = _fields(message, "order_type")
     if "order_type" in message:
         data["type"] = message["order_type"]
@@ -104,10 +109,17 @@ def order_place_command(user, message: dict) -> dict:
 def place_prepare_many(user, messages: list[dict]) -> list[tuple[dict, object] | Exception]:
     """place_prepare for several frames of one socket in one trip to a worker thread: per frame the command
     and instrument, or the exception that refuses it (answered as that frame's error)."""
+    try:
+        _not_regulator(user)
+    except ServiceError as exc:
+        return [exc] * len(messages)
     out: list[tuple[dict, object] | Exception] = []
-    for message in messages:
+    for message, wait in zip(messages, _throttle_many(user, messages), strict=True):
+        if wait is not None:
+            out.append(drf_exceptions.Throttled(wait))
+            continue
         try:
-            out.append(place_prepare(user, message))
+            out.append(_place_validate(user, message))
         except Exception as exc:
             if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
                 log.exception("websocket place failed before the matcher")

@@ -45,19 +45,40 @@ class OrderRateThrottle(UserRateThrottle):
     def allow_request(self, request, view) -> bool:
         if not request.user or not request.user.is_authenticated:
             return True
-        organisation = _account_of(request)
+        window = self._window(request.user, _account_of(request))
+        if window is None:
+            return True
+        key, self.num_requests, self.duration, self.wait_seconds = window
+        return _count(key, int(self.duration) + 1) <= self.num_requests
+
+    def allow_many(self, user, requests: list) -> list[float | None]:
+        """Several orders at once (a websocket's pipelined frames; `requests` as allow_request reads them):
+        per order None within the rate, else the seconds to wait. One INCRBY per account, counted in order."""
+        waits: list[float | None] = [None] * len(requests)
+        groups: dict[str, tuple[tuple, list[int]]] = {}
+        for i, request in enumerate(requests):
+            window = self._window(user, _account_of(request))
+            if window is not None:
+                groups.setdefault(window[0], (window, []))[1].append(i)
+        for key, ((_, allowed, duration, wait), indexes) in groups.items():
+            first = _count(key, int(duration) + 1, len(indexes)) - len(indexes) + 1
+            for n, i in enumerate(indexes, start=first):
+                if n > allowed:
+                    waits[i] = max(wait, 1)
+        return waits
+
+    def _window(self, user, organisation: int | None) -> tuple[str, int, float, float] | None:
+        """(counter key, orders allowed, window seconds, seconds left in it) for an order, or None: no limit."""
         if organisation is not None:
             rate, who = risk.order_rate_for(organisation), f"org:{organisation}"
         else:
-            rate, who = self.rate, str(request.user.pk)
+            rate, who = self.rate, str(user.pk)
         if rate is None:
-            return True
-        self.num_requests, self.duration = self.parse_rate(rate)
+            return None
+        allowed, duration = self.parse_rate(rate)
         now = self.timer()
-        window = int(now // self.duration)
-        self.wait_seconds = (window + 1) * self.duration - now
-        key = f"throttle:{self.scope}:{who}:{window}"
-        return _count(key, int(self.duration) + 1) <= self.num_requests
+        window = int(now // duration)
+        return f"throttle:{self.scope}:{who}:{window}", allowed, duration, (window + 1) * duration - now
 
     def wait(self) -> float:
         return max(self.wait_seconds, 1)
@@ -73,19 +94,20 @@ def _account_of(request) -> int | None:
         return None
 
 
-def _count(key: str, ttl: int) -> int:
-    """Increment a counter that expires after `ttl` seconds. On Redis one INCR, and an EXPIRE after the first
-    of each window's keys (if that EXPIRE were lost, the key would only linger: its window never comes back)."""
+def _count(key: str, ttl: int, n: int = 1) -> int:
+    """Add `n` to a counter that expires after `ttl` seconds; returns the new count. On Redis one INCRBY, and
+    an EXPIRE after the window's first (were that EXPIRE lost, the key would only linger: its window never
+    comes back)."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
         client = backend._cache.get_client(raw, write=True)  # one client per process (common/cache.py)
-        n = client.incr(raw)
-        if n == 1:
+        count = client.incrby(raw, n)
+        if count == n:
             client.expire(raw, ttl)
-        return n
+        return count
     backend.add(key, 0, ttl)
-    return backend.incr(key)
+    return backend.incr(key, n)
 
 
 class OrderFilter(django_filters.FilterSet):

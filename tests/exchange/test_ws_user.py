@@ -319,3 +319,33 @@ def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_th
     assert sorted(Order.objects.filter(client_order_id__startswith="pipe-").values_list("client_order_id", "status")) == [
         *((f"pipe-{i}", "open") for i in range(5)), ("pipe-5", "cancelled")]
     transport._client = None
+
+
+def test_pipelined_placements_beyond_the_order_rate_get_429_error_frames(api, market_setup, settings):
+    """Frames read together are counted together (one increment per account) but answered one by one, in
+    order: the account's budget goes to the first, the rest get 429 with the seconds to wait."""
+    from django.core.cache import cache
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"orders": "3/min"}}
+    cache.clear()
+    m = market_setup
+    key = token(m["buyer_user"])
+
+    async def body():
+        comm, _ = await user_socket(key)
+        for i in range(5):
+            await comm.send_json_to({"type": "place", "request_id": f"p{i}", "instrument": m["instrument"].pk, "side": "buy",
+                                     "price": "14.00", "quantity": 1, "client_order_id": f"rate-{i}"})
+        answers = {}
+        while len(answers) < 5:
+            frame = await comm.receive_json_from(TIMEOUT)
+            if frame.get("type") in ("ack", "error"):
+                answers[frame["request_id"]] = frame
+        await comm.disconnect()
+        return answers
+
+    answers = async_to_sync(body)()
+    assert [answers[f"p{i}"]["type"] for i in range(5)] == ["ack", "ack", "ack", "error", "error"]
+    assert {(answers[f"p{i}"]["status"], answers[f"p{i}"]["code"]) for i in (3, 4)} == {(429, "throttled")}
+    assert "Expected available in" in answers["p3"]["message"]
+    assert sorted(Order.objects.values_list("client_order_id", flat=True)) == ["rate-0", "rate-1", "rate-2"]
