@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 
+import orjson
 from channels.db import database_sync_to_async
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
@@ -125,6 +125,16 @@ def place_prepare_many(user, messages: list[dict]) -> list[tuple[dict, object] |
                 log.exception("websocket place failed before the matcher")
             out.append(exc)
     return out
+
+
+_ENCODER = JSONEncoder()
+_FRAME_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME  # datetimes as DRF renders them (UTC as "Z"), through its encoder
+
+
+def frame_text(frame: dict) -> str:
+    """A frame as compact JSON: orjson, with DRF's encoder for what it does not know (Decimal, lazy strings,
+    datetimes), so the text is what json.dumps with DRF's encoder would give, at a fraction of the CPU."""
+    return orjson.dumps(frame, default=_ENCODER.default, option=_FRAME_OPTIONS).decode()
 
 
 MAX_PLACES_IN_FLIGHT = 64
@@ -265,7 +275,7 @@ class PlacePipeline:
         if self.closed:
             return
         try:
-            await self.send(json.dumps(frame, cls=JSONEncoder, separators=(",", ":")))
+            await self.send(frame_text(frame))
         except Exception:  # the socket closed meanwhile: the order stands, the client asks by client_order_id
             self.closed = True
 
