@@ -5,7 +5,8 @@ import re
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from common.api import ReusedFieldsMixin, StrictFieldsMixin
 from exchange.models import Order, OrderType, SelfTradePrevention, Side, TimeInForce, Trade
@@ -161,26 +162,35 @@ class PublicTradeSerializer(serializers.ModelSerializer):
 _DATETIME = serializers.DateTimeField()
 
 
-def _iso(value: str | None) -> str | None:
-    """An ISO timestamp from the matcher, rendered as DRF renders datetimes (current time zone)."""
-    return None if value is None else _DATETIME.to_representation(dt.datetime.fromisoformat(value))
+def _iso(value: str | None, tz=None) -> str | None:
+    """An ISO timestamp from the matcher, rendered as DRF renders datetimes: in `tz` (the current time zone,
+    read once per payload by the caller: DRF reads it per field, through an asgiref Local), ISO 8601 with UTC
+    as "Z". Another DATETIME_FORMAT goes through DRF's field."""
+    if value is None:
+        return None
+    fmt = api_settings.DATETIME_FORMAT
+    if tz is None or not isinstance(fmt, str) or fmt.lower() != ISO_8601:
+        return _DATETIME.to_representation(dt.datetime.fromisoformat(value))
+    text = dt.datetime.fromisoformat(value).astimezone(tz).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def order_payload(state: dict, instrument: Instrument) -> dict:
     """An order as OrderSerializer renders it, built from the matcher's reply without touching the database
     (order entry's hot path; tests/exchange check it equals a GET of the same order)."""
     price = instrument.fen_per_lot_to_price
+    tz = _DATETIME.default_timezone()
     return {
         "id": state["id"], "client_order_id": state["client_order_id"], "instrument": state["instrument"],
         "instrument_code": instrument.code, "organisation": state["organisation"], "side": state["side"],
         "type": state["type"], "price": None if state["price_fen_per_lot"] is None else str(price(state["price_fen_per_lot"])),
-        "quantity": state["quantity"], "time_in_force": state["time_in_force"], "expires_at": _iso(state["expires_at"]),
+        "quantity": state["quantity"], "time_in_force": state["time_in_force"], "expires_at": _iso(state["expires_at"], tz),
         "post_only": state["post_only"], "min_quantity": state["min_quantity"], "stp": state["stp"], "status": state["status"],
         "filled_quantity": state["filled_quantity"], "open_quantity": state["open_quantity"], "reason": state["reason"],
-        "fee_fen": state["fee_fen"], "listing": state["listing"], "created_at": _iso(state["created_at"]),
-        "updated_at": _iso(state["updated_at"]),
+        "fee_fen": state["fee_fen"], "listing": state["listing"], "created_at": _iso(state["created_at"], tz),
+        "updated_at": _iso(state["updated_at"], tz),
         "fills": [
-            {"trade": f["trade"], "seq": f["seq"], "price": str(price(f["price_fen_per_lot"])), "quantity": f["quantity"], "created_at": _iso(f["created_at"])}
+            {"trade": f["trade"], "seq": f["seq"], "price": str(price(f["price_fen_per_lot"])), "quantity": f["quantity"], "created_at": _iso(f["created_at"], tz)}
             for f in state["fills"]
         ],
     }
