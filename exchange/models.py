@@ -49,8 +49,10 @@ FINAL_STATUSES = (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.EXPIRED
 class Order(models.Model):
     """Prices are fen per lot (the engine's unit); the API speaks CNY per unit."""
 
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders")
+    # No single-column indexes: (instrument, status), (organisation, status) and the client id's unique
+    # constraint lead with these (a redundant index is one more write per order stored).
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders", db_index=False)
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="orders")
     client_order_id = models.CharField(max_length=64)
     side = models.CharField(max_length=4, choices=Side.choices)
@@ -124,7 +126,7 @@ class OrderEvent(models.Model):
 
 
 class Trade(models.Model):
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades", db_index=False)  # trade_seq_unique leads with it
     seq = models.PositiveBigIntegerField(help_text="Per-instrument trade sequence, from 1")
     maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
     taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
