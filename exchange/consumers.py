@@ -324,7 +324,7 @@ class _FrameBuffer:
             self.flush()
             await proto.writable.wait()
         if proto.close_sent or proto.disconnected:
-            return  # as ASGI send: nothing goes out after the close (its disconnect is on its way)
+            return  # the socket is closing: dropped (its disconnect is on its way; ASGI send would raise)
         if not self.frames:
             self.loop.call_soon(self.flush)
         self.frames.append(_frame(text.encode()))
