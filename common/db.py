@@ -28,11 +28,19 @@ def _column(field: models.Field, objs: Sequence[models.Model]) -> str | list:
     return pg_array([field.get_db_prep_save(getattr(o, name), connection) for o in objs])
 
 
+_INTS = {int, type(None)}
+
+
 def pg_array(values: Sequence) -> str | list:
     """The values as a PostgreSQL array literal ('{1,NULL,"a \\"b\\""}'), for a parameter cast to an array type
     in the SQL (`%s::bigint[]`). psycopg adapts a list element by element in Python, quoting each on the way:
     a quarter of the matcher's CPU went there (bench/RESULTS.md). Integers, booleans, strings, decimals,
     dates and aware datetimes; given anything else, the list itself for psycopg to adapt."""
+    kinds = set(map(type, values))
+    if kinds <= _INTS:  # ids, counts, prices in fen (with NULLs): the common case, joined in C
+        return "{" + ",".join(["NULL" if v is None else str(v) for v in values] if type(None) in kinds else map(str, values)) + "}"
+    if kinds == {str}:
+        return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
     parts = []
     for v in values:
         if v is None:
@@ -91,8 +99,9 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
     if connection.vendor != "postgresql":
         model.objects.bulk_create(objs)
         return
-    for o in objs:  # foreign keys given as objects saved since (a contract's trade): copy their ids
-        o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
+    for o in objs:  # foreign keys given as objects (saved since they were set): copy their ids
+        if o._state.fields_cache:  # none given (the matcher's rows carry ids): nothing to copy
+            o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
     fields, sql = _insert_sql(model)
     now = None
     arrays = []
