@@ -15,19 +15,20 @@ MEMBER = ["/orders/", "/wallet/", "/vouchers/"]
 SUPPLIER = ["/supplier/"]
 REVIEW = ["/vouchers/review/"]
 REGULATOR = ["/regulator/", "/regulator/metrics/", "/regulator/audit/"]
+DEMANDS = ["/demands/"]  # members (their organisation's) and regulators (all); not the voucher authority
 # role -> the page groups it may open (others: 403, or the sign-in page when signed out)
 ROLES = {
     None: set(),
-    "my-trader": {"member"},
-    "qp-trader": {"member", "supplier"},
-    "reg": {"review", "regulator"},
+    "my-trader": {"member", "demands"},
+    "qp-trader": {"member", "supplier", "demands"},
+    "reg": {"review", "regulator", "demands"},
     "authority": {"review"},
 }
 
 
 def test_every_page_for_every_role(portal_traded, browser):
     w, server = portal_traded
-    groups = {"member": MEMBER, "supplier": SUPPLIER, "review": REVIEW, "regulator": REGULATOR}
+    groups = {"member": MEMBER, "supplier": SUPPLIER, "review": REVIEW, "regulator": REGULATOR, "demands": DEMANDS}
     instrument = f"/instruments/{w['instrument'].pk}/"
     visited = 0
     for username, allowed in ROLES.items():
@@ -56,5 +57,5 @@ def test_every_page_for_every_role(portal_traded, browser):
                     expect(page.locator("h1")).to_have_text("Not allowed")
         assert script_errors == [], (username, script_errors)
         context.close()
-    assert visited == 5 * (len(PUBLIC) + 1 + 8)
+    assert visited == 5 * (len(PUBLIC) + 1 + sum(map(len, groups.values())))
     assert "Internal Server Error" not in server.log(), server.log()[-4000:]
