@@ -80,6 +80,19 @@ def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, i
     ))
 
 
+def trading_accounts(organisation_ids: list[int]) -> tuple[dict[tuple[int, str], int], dict[int, int]]:
+    """The organisations' available and held accounts: ({(organisation id, kind): account id}, {account id:
+    balance}). Read, not locked: the ledger call that posts a matcher batch's entries (Matcher._settle_holds)
+    locks every account of the batch at once, in id order, and refuses the whole batch if a concurrent debit
+    (a payout, another shard) left one short; the loop then retries the batch's commands one by one, so only
+    that order is refused. Locking here as well would take two lock phases: a deadlock risk."""
+    rows = _rows(
+        f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
+        organisation_ids, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
+    )
+    return {(org, kind): pk for pk, org, kind, _ in rows}, {pk: bal for pk, _, _, bal in rows}
+
+
 def _capacity_lots(listing: _ListingRow, inst: Instrument) -> int:
     """Whole lots of the instrument's product that a listing (a locked row) can deliver in its window, from one
     device's rating (fixed per model and product)."""
@@ -226,16 +239,7 @@ class Admission:
         if not buys:
             return {}
         orgs = sorted({c["organisation"] for _, c, _ in buys})
-        # Read, not locked: the ledger call that posts the batch's entries (Matcher._settle_holds) locks every
-        # account of the batch at once, in id order, and refuses the whole batch if a concurrent debit (a
-        # payout, another shard) left one short; the loop then retries the batch's commands one by one, so
-        # only that order is refused. Locking here as well would take two lock phases: a deadlock risk.
-        rows = _rows(
-            f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
-            orgs, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
-        )
-        accounts = {(org, kind): pk for pk, org, kind, _ in rows}
-        balance = {pk: bal for pk, _, _, bal in rows}
+        accounts, balance = trading_accounts(orgs)
         for org in orgs:
             if (org, AccountKind.AVAILABLE) not in accounts or (org, AccountKind.HELD) not in accounts:
                 from marketplace.models import Organisation

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from common.db import bulk_update_rows, pg_array
 from exchange import engine as eng
-from exchange.admission import Admission, Refusal, buyer_hold_fen, listing_free_lots_locked
+from exchange.admission import Admission, Refusal, buyer_hold_fen, listing_free_lots_locked, trading_accounts
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
     FINAL_STATUSES,
@@ -305,18 +305,17 @@ class Matcher:
             short = need - left
             if short <= 0:
                 return lambda: None
-            org = order.organisation_id
-            with connection.cursor() as cur:
-                cur.execute("SELECT id, balance_fen FROM ledger_account WHERE organisation_id = %s AND kind = %s", [org, AccountKind.AVAILABLE.value])
-                available_id, balance = cur.fetchone()
-            # Not locked, as in admission: the batch's one ledger call locks every account and refuses the
-            # batch if a concurrent debit left this one short (the loop then retries command by command).
-            balance += sum(amount for entry in batch.hold_entries for account, amount in entry.postings if account == available_id and amount < 0)
+            accounts, balances = trading_accounts([order.organisation_id])  # not locked: as in admission
+            available_id = accounts[(order.organisation_id, AccountKind.AVAILABLE)]
+            held_id = accounts[(order.organisation_id, AccountKind.HELD)]
+            # Less what this batch already takes from it (its new holds and earlier raises), posted at its end.
+            balance = balances[available_id] + sum(
+                amount for entry in batch.hold_entries for account, amount in entry.postings if account == available_id and amount < 0
+            )
             if balance < short:
                 return Refusal(400, asked, f"Insufficient funds in available for the amend: short by {cny(short - balance)} CNY (balance {cny(balance)} CNY).")
 
             def reserve() -> None:
-                held_id = Account.objects.only("pk").get(organisation_id=org, kind=AccountKind.HELD).pk
                 batch.hold_entries.append(ledger.EntryRequest(
                     idempotency_key=f"order:{order.pk}:raise:{to_ns(batch.now)}:{len(batch.hold_entries)}", kind=EntryKind.HOLD,
                     reference=reference, postings=[(available_id, -short), (held_id, short)], memo=f"hold of order {order.pk} raised for an amend",
