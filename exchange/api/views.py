@@ -45,11 +45,9 @@ class OrderRateThrottle(UserRateThrottle):
     def allow_request(self, request, view) -> bool:
         if not request.user or not request.user.is_authenticated:
             return True
-        window = self._window(request.user, _account_of(request))
-        if window is None:
-            return True
-        key, self.num_requests, self.duration, self.wait_seconds = window
-        return _count(key, int(self.duration) + 1) <= self.num_requests
+        [wait] = self.allow_many(request.user, [request])
+        self.wait_seconds = wait or 0.0
+        return wait is None
 
     def allow_many(self, user, requests: list) -> list[float | None]:
         """Several orders at once (a websocket's pipelined frames; `requests` as allow_request reads them):
