@@ -448,17 +448,37 @@ def _pg_backends(db_name: str) -> list[int]:
 class CpuMeter:
     """CPU seconds used by each group of processes between start() and stop()."""
 
-    def __init__(self, groups) -> None:
+    def __init__(self, groups, load_keys: tuple[object, list[str]] | None = None) -> None:
         self.groups = groups  # name -> callable returning pids
+        self.load_keys = load_keys  # (redis client, the matchers' load hashes): read at the window's ends too
+        self.load: dict[str, float] = {}
 
     def _sample(self) -> tuple[dict[str, dict[int, float]], float]:
         return {name: {pid: _cpu_s(pid) for pid in pids()} for name, pids in self.groups.items()}, _machine_busy_s()
 
+    def _load(self) -> tuple[float, dict[str, int]]:
+        r, keys = self.load_keys
+        totals = {"batches": 0, "commands": 0, "busy_us": 0}
+        for key in keys:
+            h = r.hgetall(key)
+            for k in totals:
+                totals[k] += int(h.get(k.encode(), 0))
+        return time.monotonic(), totals
+
     def start(self) -> None:
+        self.load_before = self._load() if self.load_keys else None
         self.before = self._sample()
 
     def stop(self) -> dict[str, float]:
         after, busy = self._sample()
+        if self.load_before:
+            (t0, a), (t1, b) = self.load_before, self._load()
+            batches = b["batches"] - a["batches"]
+            shards = len(self.load_keys[1])
+            # The matchers' own figures (exchange.transport.LoadFigures): commands per batch, share of the
+            # window each shard's writer was busy (averaged over shards).
+            self.load = {"batches": batches, "mean_batch": round((b["commands"] - a["commands"]) / batches, 2) if batches else 0.0,
+                         "busy": round((b["busy_us"] - a["busy_us"]) / 1e6 / (t1 - t0) / shards, 3)}
         out = {}
         for name, pids in after.items():
             out[name] = sum(cpu - self.before[0][name].get(pid, 0.0) for pid, cpu in pids.items())
@@ -928,12 +948,13 @@ def run_checks(
 # --- Profiling ---------------------------------------------------------------------------------------------
 
 
-def profiler(outdir: str, web: Service, matchers: list[Service], prefix: str = ""):
-    """A callback for load_phase: py-spy samples the web server's processes and the matchers over the window."""
+def profiler(outdir: str, web: Service, matchers: list[Service], prefix: str = "", wall: bool = False):
+    """A callback for load_phase: py-spy samples the web server's processes and the matchers over the window
+    (CPU: stacks holding the GIL; wall: every stack, idle ones included, to see where a request waits)."""
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
 
     def record(pid: int, out: str, seconds: float, *extra: str) -> subprocess.Popen:
-        argv = [pyspy, "record", "--nonblocking", "--gil", "--format", "raw", "-r", "100", "-d", str(int(seconds)),
+        argv = [pyspy, "record", "--nonblocking", "--idle" if wall else "--gil", "--format", "raw", "-r", "100", "-d", str(int(seconds)),
                 "-p", str(pid), *extra, "-o", os.path.join(outdir, out)]
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -988,6 +1009,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", metavar="DIR", help="after the rounds, one unmeasured order phase sampled by py-spy"
+    )
+    parser.add_argument(
+        "--profile-wall", action="store_true", help="with --profile: sample every stack (waits included), not only those on CPU"
     )
     args = parser.parse_args()
 
@@ -1058,6 +1082,8 @@ def main() -> None:
                 f"{args.ws_sockets} sockets x {args.ws_inflight} in flight in {args.client_procs} processes, logs in {logdir}"
             )
 
+        load_keys = (redis.Redis.from_url(redis_url), [f"suanli:matcher:{k}:load" for k in range(args.shards)])
+
         def meter(server: Service) -> CpuMeter:
             return CpuMeter(
                 {
@@ -1066,16 +1092,18 @@ def main() -> None:
                     "postgres": lambda: _pg_backends(db_name),
                     "redis": _redis_server,
                     "client": lambda: list(client_pids),
-                }
+                },
+                load_keys,
             )
 
         def phase(server: Service, port: int, path: str, seconds: float, on_window=None) -> dict[str, Any]:
             nonlocal created, unconfirmed, unanswered
             tag = f"x{secrets.token_hex(3)}"
+            window = meter(server)
             if path in (WS_PATH, ECHO_PATH):
                 out = ws_load_phase(
                     port=port, path=path, spec=spec, sockets=args.ws_sockets, inflight=args.ws_inflight,
-                    procs=args.client_procs, seconds=seconds, tag=tag, meter=meter(server), client_pids=client_pids,
+                    procs=args.client_procs, seconds=seconds, tag=tag, meter=window, client_pids=client_pids,
                     on_window=on_window,
                 )
             else:
@@ -1087,10 +1115,11 @@ def main() -> None:
                     procs=args.client_procs,
                     seconds=seconds,
                     tag=tag,
-                    meter=meter(server),
+                    meter=window,
                     client_pids=client_pids,
                     on_window=on_window,
                 )
+            out["matcher_load"] = window.load
             if path in (ORDER_PATH, WS_PATH):
                 tags.append(tag)
                 created += out["created"]
@@ -1116,7 +1145,7 @@ def main() -> None:
                 rounds.append(row)
                 _print_round(row)
             if args.profile:
-                phase(web, web_port, ORDER_PATH, args.seconds, on_window=profiler(args.profile, web, matchers))
+                phase(web, web_port, ORDER_PATH, args.seconds, on_window=profiler(args.profile, web, matchers, wall=args.profile_wall))
                 print(f"profile: py-spy raw stacks in {args.profile}")
         if do_ws:
             if args.warmup:
@@ -1130,7 +1159,7 @@ def main() -> None:
                 ws_rounds.append(row)
                 _print_ws_round(row)
             if args.profile:
-                phase(uv, ws_port, WS_PATH, args.seconds, on_window=profiler(args.profile, uv, matchers, "ws-"))
+                phase(uv, ws_port, WS_PATH, args.seconds, on_window=profiler(args.profile, uv, matchers, "ws-", wall=args.profile_wall))
                 print(f"profile: py-spy raw stacks in {args.profile}")
         connection.close()
         checks = run_checks(spec["instruments"], tags, created, unconfirmed, unanswered)
@@ -1154,6 +1183,13 @@ def _cpu_us(phase: dict[str, Any]) -> dict[str, float]:
     return {k: v * 1e6 / n for k, v in phase["cpu"].items()}
 
 
+def _load_text(phase: dict[str, Any]) -> str:
+    load = phase.get("matcher_load") or {}
+    if not load.get("batches"):
+        return "no batches"
+    return f"{load['batches']} batches, {load['mean_batch']:.1f} orders each, busy {100 * load['busy']:.0f}%"
+
+
 def _print_round(row: dict[str, Any]) -> None:
     b, o = row["baseline"], row["rest"]
     print(
@@ -1161,7 +1197,7 @@ def _print_round(row: dict[str, Any]) -> None:
         f"orders {o['rps']:,.0f}/s p50 {o['p50_ms']:.1f} p90 {o['p90_ms']:.1f} p99 {o['p99_ms']:.1f} max {o['max_ms']:.0f} ms | "
         f"ratio {row['ratio']:.2f}"
     )
-    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  http {o['http']}  errors {o['errors'] or 0}")
+    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  http {o['http']}  errors {o['errors'] or 0}  matcher {_load_text(o)}")
     if b["errors"] or set(b["http"]) - {200}:
         print(f"  baseline http {b['http']} errors {b['errors']} {b['samples'][:2]}")
     if o["samples"]:
@@ -1194,6 +1230,8 @@ def _summarise(rounds: list[dict[str, Any]], checks: dict[str, Any], args) -> di
         "baseline_p99_ms": med([p["p99_ms"] for p in base]),
         "rest_pending_acks": pending,
         "rest_errors": errors,
+        "rest_matcher_mean_batch": med([(p.get("matcher_load") or {}).get("mean_batch", 0.0) for p in rest]),
+        "rest_matcher_busy": med([(p.get("matcher_load") or {}).get("busy", 0.0) for p in rest]),
         "rest_cpu_us_per_order": {
             k: med([_cpu_us(p)[k] for p in rest])
             for k in ("web", "matcher", "postgres", "redis", "client", "other", "machine")
@@ -1235,7 +1273,7 @@ def _print_ws_round(row: dict[str, Any]) -> None:
         f"orders {o['rps']:,.0f}/s p50 {o['p50_ms']:.1f} p90 {o['p90_ms']:.1f} p99 {o['p99_ms']:.1f} max {o['max_ms']:.0f} ms | "
         f"ratio {row['ratio']:.3f}"
     )
-    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  errors {o['errors'] or 0}  echo errors {e['errors'] or 0}")
+    print(f"  order acks: {dict(sorted(o['statuses'].items()))}  errors {o['errors'] or 0}  echo errors {e['errors'] or 0}  matcher {_load_text(o)}")
     if o["samples"] or e["samples"]:
         print(f"  samples: {(o['samples'] + e['samples'])[:3]}")
     for name, p in (("echo frame", e), ("ws order", o)):
@@ -1262,6 +1300,8 @@ def _summarise_ws(rounds: list[dict[str, Any]], args) -> dict[str, Any]:
         "echo_p99_ms": med([p["p99_ms"] for p in echo]),
         "ws_pending_acks": sum(p["statuses"].get("pending", 0) for p in ws),
         "ws_errors": sum(sum(p["errors"].values()) + sum(v for k, v in p["statuses"].items() if k.startswith("error_")) for p in ws),
+        "ws_matcher_mean_batch": med([(p.get("matcher_load") or {}).get("mean_batch", 0.0) for p in ws]),
+        "ws_matcher_busy": med([(p.get("matcher_load") or {}).get("busy", 0.0) for p in ws]),
         "ws_cpu_us_per_order": {k: med([_cpu_us(p)[k] for p in ws]) for k in keys},
         "echo_cpu_us_per_frame": {k: med([_cpu_us(p)[k] for p in echo]) for k in keys},
         "ws_rounds": len(rounds),

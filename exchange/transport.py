@@ -362,8 +362,54 @@ def serve_redis(*, shard: int, shards: int, stop: threading.Event | None = None)
             time.sleep(OUTAGE_PAUSE)
 
 
+class LoadFigures:
+    """How busy a shard's single writer is: commands and batches served and the seconds spent on them (from
+    a batch's first message to its answers), cumulative in a Redis hash `suanli:matcher:K:load` (updated with
+    every batch's answers, in the same round trip), and a log line per MATCHER_LOAD_LOG_SECONDS with the
+    window's batch times. A writer busy most of the time is the venue's limit: add shards (README)."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.key = load_key(shard)
+        self.started = time.time()
+        self.batches = self.commands = 0
+        self.busy_us = 0
+        self.window: list[float] = []  # batch seconds since the last log line
+        self.window_start = time.monotonic()
+        self.window_commands = 0
+
+    def add(self, commands: int, seconds: float) -> None:
+        self.batches += 1
+        self.commands += commands
+        self.busy_us += round(seconds * 1e6)
+        self.window.append(seconds)
+        self.window_commands += commands
+
+    def as_hash(self) -> dict[str, int | float]:
+        return {"batches": self.batches, "commands": self.commands, "busy_us": self.busy_us,
+                "started": round(self.started, 3), "updated": round(time.time(), 3)}
+
+    def log_due(self) -> None:
+        every = settings.MATCHER_LOAD_LOG_SECONDS
+        elapsed = time.monotonic() - self.window_start
+        if not every or elapsed < every:
+            return
+        times = sorted(self.window)
+        if times:
+            def pct(q: float) -> float:
+                return times[min(len(times) - 1, int(q * len(times)))] * 1000
+
+            log.info(
+                "matcher shard %s: %d commands in %d batches over %.0f s (%.1f per batch, %.0f/s), busy %.0f%%, batch p50 %.1f ms p99 %.1f ms max %.1f ms",
+                self.shard, self.window_commands, len(times), elapsed, self.window_commands / len(times), self.window_commands / elapsed,
+                100 * sum(times) / elapsed, pct(0.5), pct(0.99), times[-1] * 1000,
+            )
+        self.window, self.window_commands, self.window_start = [], 0, time.monotonic()
+
+
 def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None) -> None:
     key, inflight = queue_key(shard), inflight_key(shard)
+    figures = LoadFigures(shard)
     recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
     if recovered:
         log.warning("matcher shard %s: re-processing %d messages in flight at the last stop", shard, len(recovered))
@@ -373,6 +419,7 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
     tidied = time.monotonic()
     while stop is None or not stop.is_set():
         raw = r.blmove(key, inflight, timeout=max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), src="RIGHT", dest="LEFT")
+        began = time.monotonic()
         messages = [] if raw is None else [json.loads(raw)]
         while messages and len(messages) < MAX_BATCH:
             # Whatever else is queued, up to TAKE messages per round trip (an empty queue answers None).
@@ -384,8 +431,9 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
             if len(taken) < TAKE:
                 break
         if messages:
-            _serve_messages(r, loop, messages, inflight)
+            _serve_messages(r, loop, messages, inflight, figures, began)
         loop.housekeeping()
+        figures.log_due()
         if time.monotonic() - tidied >= 1.0:
             # The database connection is kept from batch to batch (a pool borrow and its check cost a round
             # trip each time); once a second it is given back if it broke or the pool wants it renewed.
@@ -393,9 +441,10 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
             tidied = time.monotonic()
 
 
-def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str) -> None:
+def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str, figures: LoadFigures | None = None, began: float | None = None) -> None:
     """Run the messages' commands as one batch; then answer each message and empty the in-flight list in
-    one MULTI/EXEC, so a matcher killed before it finds them all in flight again and one killed after finds none."""
+    one MULTI/EXEC, so a matcher killed before it finds them all in flight again and one killed after finds none.
+    The shard's load figures go out in that MULTI too."""
     flat = [c for m in messages for c in m["commands"]]
     replies = loop.run(flat)
     i = 0
@@ -411,6 +460,9 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str) -
         pipe.lpush(reply, *values)
         pipe.expire(reply, 60)
     pipe.delete(inflight)
+    if figures is not None:
+        figures.add(len(flat), time.monotonic() - (began or 0.0))
+        pipe.hset(figures.key, mapping=figures.as_hash())
     pipe.execute()
 
 
@@ -420,6 +472,10 @@ def queue_key(shard: int) -> str:
 
 def inflight_key(shard: int) -> str:
     return f"suanli:matcher:{shard}:inflight"
+
+
+def load_key(shard: int) -> str:
+    return f"suanli:matcher:{shard}:load"
 
 
 _client = None

@@ -41,6 +41,12 @@ def test_two_shards_match_their_own_instruments(api, market_setup, settings):
         assert sorted(Trade.objects.values_list("instrument_id", flat=True)) == [i.pk for i in instruments]
         assert not Order.objects.filter(status="pending").exists()
         assert ledger_verify().ok
+        # Each shard's load figures (README, scaling out): its two orders, in at least one batch, some time busy.
+        r = redis.Redis.from_url(os.environ["REDIS_URL"])
+        for k in range(2):
+            load = {key.decode(): float(v) for key, v in r.hgetall(transport.load_key(k)).items()}
+            assert load["commands"] >= 2 and 1 <= load["batches"] <= load["commands"] and load["busy_us"] > 0, (k, load)
+            assert load["updated"] >= load["started"]
     finally:
         for p in procs:
             p.terminate()
