@@ -11,7 +11,8 @@ a `place` command. Here, per batch and in arrival order:
   matcher's memory, no SQL);
 - a buyer's funds (price x quantity + the maximum fee; market orders at the band's edge) must be available,
   debited in arrival order (read here; the ledger call that posts the batch locks the accounts and re-checks);
-- a seller's lots must fit on one of its listings covering the window (listings locked, in id order);
+- a seller's lots must fit on one of its listings covering the window (listings share-locked, see
+  `listing_free_lots_locked`);
 - then holds, their journal entries, orders and capacity holds are inserted, a statement per table.
 
 A refusal is an answer (the REST 400/409 with the field at fault), never a stored order.
@@ -105,11 +106,15 @@ def _capacity_lots(listing: _ListingRow, inst: Instrument) -> int:
 
 
 def listing_free_lots_locked(listing_id: int, inst: Instrument) -> int:
-    """Lots of the listing still free for the instrument, its row locked until the transaction ends (so a
-    placement or amend on another shard waits): the matcher's check before it raises a capacity hold."""
+    """Lots of the listing still free for the instrument: the matcher's check before it raises a capacity
+    hold. The row is share-locked until the transaction ends, as in admission: a withdrawal waits for the
+    batch, and the batch never reads a listing half withdrawn. A share lock, not FOR UPDATE: capacity is
+    counted per instrument, and only the instrument's own shard writes its holds, so the shards whose
+    instruments share the listing need not wait for each other (with FOR UPDATE two shards trading one
+    product's windows took turns, batch by batch, bench/RESULTS.md)."""
     rows = _rows(
         f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE id IN ({{}})"  # nosec B608 # table name from _meta, values are parameters
-        + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
+        + (" FOR SHARE" if connection.features.has_select_for_update else ""),
         [listing_id],
     )
     if not rows:
@@ -272,13 +277,13 @@ class Admission:
             group = [(i, c, inst) for i, c, inst in sells if c["instrument"] == inst_id]
             inst = group[0][2]
             orgs = sorted({c["organisation"] for _, c, _ in group})
-            # Locked (in id order) against a concurrent amend that raises a capacity hold on the same listing.
+            # Share-locked for the batch (see listing_free_lots_locked).
             listings = [
                 _ListingRow(pk, supplier, count, model)
                 for pk, supplier, count, model in _rows(
                     f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE supplier_id IN ({{}}) "  # nosec B608 # table name from _meta, values are parameters
                     "AND product_id = %s AND is_active AND available_from <= %s AND available_until >= %s ORDER BY id"
-                    + (" FOR UPDATE" if connection.features.has_select_for_update else ""),
+                    + (" FOR SHARE" if connection.features.has_select_for_update else ""),
                     orgs, extra=[inst.product_id, *(connection.ops.adapt_datetimefield_value(t) for t in (inst.delivery_start, inst.delivery_end))],
                 )
             ]

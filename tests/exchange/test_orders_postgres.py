@@ -41,3 +41,48 @@ def test_concurrent_retries_of_one_client_order_id_place_one_order(market_setup)
     assert Order.objects.count() == 2 and Hold.objects.count() == 1
     assert balances_get(organisation=m["buyer"])["held"] == 4_506  # 45.00 + max fee (0.045 up to 0.05, +0.01), once
     assert Order.objects.get(side="sell").capacity_hold.lots == 3
+
+
+def test_shards_trading_one_products_windows_do_not_wait_on_a_shared_listing_but_a_withdrawal_waits(market_setup):
+    """Two shards (instruments of one product, the same supplier's listing) read the listing's free lots in
+    their open batches at once; a withdrawal of that listing waits until both batches commit."""
+    import psycopg
+    from django.db import connection, transaction
+
+    from exchange.admission import listing_free_lots_locked
+    from marketplace import services as market
+    from marketplace.models import Instrument
+
+    m = market_setup
+    other = Instrument.objects.filter(product=m["product"], status="open").exclude(pk=m["instrument"].pk).order_by("delivery_start").first()
+    db = connection.settings_dict
+    dsn = f"host={db['HOST']} port={db['PORT'] or 5432} user={db['USER']} dbname={db['NAME']}"
+    started, answers, errors = threading.Event(), [], []
+
+    def other_shard() -> None:
+        started.wait(10)
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cur:
+                    cur.execute("SET LOCAL lock_timeout = '2s'")
+                answers.append(listing_free_lots_locked(m["listing"].pk, other))
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            errors.append(repr(exc))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_shard)
+    with transaction.atomic():  # this shard's batch, still open
+        mine = listing_free_lots_locked(m["listing"].pk, m["instrument"])
+        thread.start()
+        started.set()
+        thread.join(timeout=10)
+        assert errors == [] and answers, errors  # the other shard did not wait for this batch
+        with psycopg.connect(dsn, autocommit=True) as supplier:  # the supplier withdraws meanwhile
+            supplier.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                supplier.execute("UPDATE marketplace_listing SET is_active = false WHERE id = %s", [m["listing"].pk])
+    assert mine == answers[0] > 0  # capacity is counted per window: both see the listing's whole window free
+    market.listing_withdraw(listing=m["listing"])  # once the batches are over, at once
+    m["listing"].refresh_from_db()
+    assert m["listing"].is_active is False
