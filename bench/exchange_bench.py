@@ -525,7 +525,7 @@ def _client_tallies() -> tuple[array, dict[str, int], dict[str, int], list[str],
         uvloop.install()
     except ImportError:
         pass
-    return array("d"), {}, {}, [], {"sent": 0, "answered": 0, "created": 0, "unconfirmed": 0}
+    return array("d"), {}, {}, [], {"sent": 0, "answered": 0, "created": 0, "unconfirmed": 0, "events": 0}
 
 
 def _client_main(
@@ -773,6 +773,8 @@ def _ws_client_main(
                 kind = msg.get("type")
                 rid = msg.get("request_id")
                 if rid is None or (not echo and kind not in ("ack", "error")):
+                    if kind == "order" and t0 <= time.monotonic() <= t1:
+                        totals["events"] += 1  # the user stream's order events (the matcher's publications)
                     continue  # order events, heartbeats
                 start = sent_at.pop(rid, None)
                 if start is None:
@@ -875,6 +877,7 @@ def _merge_parts(parts: list[dict], seconds: float, cpu, *, counters: tuple[str,
         "sent": sum(p["sent"] for p in parts), "answered": sum(p["answered"] for p in parts),
         "created": sum(p["created"] for p in parts),
         "unconfirmed": sum(p["unconfirmed"] for p in parts),
+        "events": sum(p.get("events", 0) for p in parts),
     }
 
 
@@ -1169,6 +1172,11 @@ def main() -> None:
     summary = _summarise(rounds, checks, args) if rounds else {"case": args.case}
     if ws_rounds:
         summary.update(_summarise_ws(ws_rounds, args))
+        # Every placement changes its order, and the order's event goes to its organisation's socket: fewer
+        # events than acks means the matcher's publications are not arriving.
+        checks["ws_events_per_order"] = summary["ws_events_per_order"]
+        if summary["ws_events_per_order"] < 0.9:
+            checks["ok"] = False
     summary["checks_ok"] = bool(checks.get("ok"))
     if rounds:
         _print_summary(summary, checks)
@@ -1274,6 +1282,7 @@ def _print_ws_round(row: dict[str, Any]) -> None:
         f"ratio {row['ratio']:.3f}"
     )
     print(f"  order acks: {dict(sorted(o['statuses'].items()))}  errors {o['errors'] or 0}  echo errors {e['errors'] or 0}  matcher {_load_text(o)}")
+    print(f"  order events received on the user streams: {o['events']:,} ({o['events'] / max(o['done'], 1):.2f} per ack)")
     if o["samples"] or e["samples"]:
         print(f"  samples: {(o['samples'] + e['samples'])[:3]}")
     for name, p in (("echo frame", e), ("ws order", o)):
@@ -1300,6 +1309,7 @@ def _summarise_ws(rounds: list[dict[str, Any]], args) -> dict[str, Any]:
         "echo_p99_ms": med([p["p99_ms"] for p in echo]),
         "ws_pending_acks": sum(p["statuses"].get("pending", 0) for p in ws),
         "ws_errors": sum(sum(p["errors"].values()) + sum(v for k, v in p["statuses"].items() if k.startswith("error_")) for p in ws),
+        "ws_events_per_order": med([p["events"] / max(p["done"], 1) for p in ws]),
         "ws_matcher_mean_batch": med([(p.get("matcher_load") or {}).get("mean_batch", 0.0) for p in ws]),
         "ws_matcher_busy": med([(p.get("matcher_load") or {}).get("busy", 0.0) for p in ws]),
         "ws_cpu_us_per_order": {k: med([_cpu_us(p)[k] for p in ws]) for k in keys},
