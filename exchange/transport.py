@@ -14,6 +14,7 @@ and every matcher re-reads what is pending when it starts and once a second whil
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import json
 import logging
@@ -122,6 +123,7 @@ class ThreadClient:
         self.queue: queue.Queue[tuple[list[dict], Future]] = queue.Queue()
         self.thread = threading.Thread(target=self._serve, name="suanli-matcher", daemon=True)
         self.loop = MatcherLoop(Matcher())
+        self.figures = LoadFigures(0)
         self.thread.start()
 
     def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
@@ -169,7 +171,10 @@ class ThreadClient:
                 items.append(item)
             try:
                 if items:
+                    began = time.monotonic()
                     _answer(self.loop, items)
+                    self.figures.add(sum(len(commands) for commands, _ in items), time.monotonic() - began)
+                self.figures.written = time.time()  # alive
                 self.loop.housekeeping()
             except Exception:
                 log.exception("matcher thread: batch failed")
@@ -371,7 +376,7 @@ class LoadFigures:
     def __init__(self, shard: int) -> None:
         self.shard = shard
         self.key = load_key(shard)
-        self.started = time.time()
+        self.started = self.written = time.time()
         self.batches = self.commands = 0
         self.busy_us = 0
         self.window: list[float] = []  # batch seconds since the last log line
@@ -386,8 +391,11 @@ class LoadFigures:
         self.window_commands += commands
 
     def as_hash(self) -> dict[str, int | float]:
+        """The figures as written (to Redis); `written` is when they last were, or when the embedded matcher's
+        thread last went round its loop."""
+        self.written = time.time()
         return {"batches": self.batches, "commands": self.commands, "busy_us": self.busy_us,
-                "started": round(self.started, 3), "updated": round(time.time(), 3)}
+                "started": round(self.started, 3), "updated": round(self.written, 3)}
 
     def log_due(self) -> None:
         every = settings.MATCHER_LOAD_LOG_SECONDS
@@ -434,6 +442,8 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
             _serve_messages(r, loop, messages, inflight, figures, began)
         loop.housekeeping()
         figures.log_due()
+        if time.time() - figures.written >= 1.0:  # idle or not, once a second: the shard is alive
+            r.hset(figures.key, mapping=figures.as_hash())
         if time.monotonic() - tidied >= 1.0:
             # The database connection is kept from batch to batch (a pool borrow and its check cost a round
             # trip each time); once a second it is given back if it broke or the pool wants it renewed.
@@ -476,6 +486,36 @@ def inflight_key(shard: int) -> str:
 
 def load_key(shard: int) -> str:
     return f"suanli:matcher:{shard}:load"
+
+
+def matcher_load() -> list[dict]:
+    """Each matcher shard's load figures (LoadFigures) as operators read them (/api/v1/risk/matchers/):
+    `serving` is False when a shard has not written them for three seconds (it writes at least once a second)
+    or never has. The embedded matcher answers for itself; the inline one (tests) has none."""
+    now = time.time()
+
+    def row(shard: int, h: dict) -> dict:
+        updated = float(h.get("updated", 0)) or None
+        started = float(h.get("started", 0)) or None
+
+        def iso(t: float | None) -> str | None:
+            return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+
+        return {"shard": shard, "serving": updated is not None and now - updated < 3.0, "started": iso(started), "updated": iso(updated),
+                "batches": int(h.get("batches", 0)), "commands": int(h.get("commands", 0)),
+                "busy_seconds": int(h.get("busy_us", 0)) / 1e6}
+
+    if settings.MATCHER_TRANSPORT == "redis":
+        import redis
+
+        pipe = redis.Redis.from_url(settings.REDIS_URL).pipeline(transaction=False)
+        for k in range(settings.MATCHER_SHARDS):
+            pipe.hgetall(load_key(k))
+        return [row(k, {key.decode(): v.decode() for key, v in h.items()}) for k, h in enumerate(pipe.execute())]
+    if settings.MATCHER_TRANSPORT == "thread":
+        f = client().figures
+        return [row(0, {"batches": f.batches, "commands": f.commands, "busy_us": f.busy_us, "started": f.started, "updated": f.written})]
+    return []
 
 
 _client = None

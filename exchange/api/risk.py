@@ -237,3 +237,29 @@ class RiskLimitDetail(APIView):
         org = get_object_or_404(Organisation, pk=organisation)
         risk.risk_limit_clear(user=request.user, organisation=org)
         return Response(_limits_payload(org.pk, None))
+
+
+# --- Matchers ----------------------------------------------------------------------------------------------
+
+
+_MATCHER_OUT = inline_serializer("MatcherLoad", {
+    "shard": serializers.IntegerField(),
+    "serving": serializers.BooleanField(help_text="the shard wrote its figures within the last 3 seconds (it does once a second)"),
+    "started": serializers.DateTimeField(allow_null=True),
+    "updated": serializers.DateTimeField(allow_null=True),
+    "batches": serializers.IntegerField(help_text="batches served since it started"),
+    "commands": serializers.IntegerField(help_text="commands (orders, cancels, amends) in them"),
+    "busy_seconds": serializers.FloatField(help_text="time spent on them: read twice, the change over the time between is the share busy"),
+}, many=True)
+
+
+class MatcherLoadList(APIView):
+    """Each matcher shard: is it serving, and how busy is it (README, "Scaling out")."""
+
+    permission_classes = [IsOperatorOrRegulatorReading]
+
+    @extend_schema(responses=_MATCHER_OUT)
+    def get(self, request):
+        from exchange.transport import matcher_load
+
+        return Response(matcher_load())

@@ -15,5 +15,6 @@ urlpatterns = [
     path("risk/kill-switches/", risk.KillSwitchListCreate.as_view(), name="risk-kill-switches"),
     path("risk/kill-switches/<int:pk>/", risk.KillSwitchDetail.as_view(), name="risk-kill-switch"),
     path("risk/limits/", risk.RiskLimitList.as_view(), name="risk-limits"),
+    path("risk/matchers/", risk.MatcherLoadList.as_view(), name="risk-matchers"),
     path("risk/limits/<int:organisation>/", risk.RiskLimitDetail.as_view(), name="risk-limit"),
 ]

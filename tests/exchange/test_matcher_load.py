@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 from exchange.transport import LoadFigures
 
 
@@ -48,3 +50,50 @@ def test_an_idle_window_logs_nothing_and_zero_turns_the_log_off(settings, caplog
         figures.window, figures.window_commands = [], 0
         figures.log_due()  # a whole window without batches
     assert caplog.messages == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operators_see_the_embedded_matcher_serving_and_its_load(api, market_setup, settings):
+    from exchange import transport
+    from tests.factories import UserFactory
+
+    settings.MATCHER_TRANSPORT = "thread"
+    transport._client = None
+    m = market_setup
+    try:
+        api.force_authenticate(m["buyer_user"])
+        for i in range(3):
+            placed = api.post("/api/v1/orders/", {"instrument": m["instrument"].pk, "side": "buy", "price": "14.00", "quantity": 1,
+                                                  "client_order_id": f"load-{i}"}, format="json")
+            assert placed.status_code == 201, placed.json()
+        assert api.get("/api/v1/risk/matchers/").status_code == 403  # traders do not see the venue's machinery
+        api.force_authenticate(UserFactory(platform_role="operator"))
+        [shard] = api.get("/api/v1/risk/matchers/").json()
+        assert shard["shard"] == 0 and shard["serving"] is True
+        assert shard["commands"] >= 3 and 1 <= shard["batches"] <= shard["commands"] and shard["busy_seconds"] > 0
+        assert shard["started"] <= shard["updated"]
+    finally:
+        transport.client().stop()
+        transport._client = None
+
+
+@pytest.mark.redis
+def test_a_shard_that_stopped_writing_its_figures_is_not_serving(api, settings, db):
+    """Over Redis, three shards: 0 wrote just now, 1 a minute ago (stopped), 2 never (not started)."""
+    import time
+
+    import redis
+
+    from exchange.transport import load_key
+    from tests.factories import UserFactory
+
+    settings.MATCHER_TRANSPORT, settings.MATCHER_SHARDS = "redis", 3
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    r.delete(*(load_key(k) for k in range(3)))
+    now = time.time()
+    r.hset(load_key(0), mapping={"batches": 4, "commands": 9, "busy_us": 1_500, "started": now - 30, "updated": now})
+    r.hset(load_key(1), mapping={"batches": 2, "commands": 2, "busy_us": 700, "started": now - 90, "updated": now - 60})
+    api.force_authenticate(UserFactory(platform_role="regulator"))  # regulators read too
+    shards = api.get("/api/v1/risk/matchers/").json()
+    assert [(s["shard"], s["serving"], s["commands"], s["busy_seconds"]) for s in shards] == [(0, True, 9, 0.0015), (1, False, 2, 0.0007), (2, False, 0, 0.0)]
+    assert shards[2]["updated"] is None and shards[0]["updated"].endswith("Z")

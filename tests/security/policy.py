@@ -183,6 +183,7 @@ POLICY: dict[str, Row] = {
     "/api/v1/risk/kill-switches/<pk>/": row("(the world has no kill switch: an id that does not exist)", kind="missing",
                                             GET=who(otherwise=DENY, regulator=HIDDEN, operator=HIDDEN), DELETE=who(operator=HIDDEN)),
     "/api/v1/risk/limits/": row("", GET=who(*OVERSEERS)),
+    "/api/v1/risk/matchers/": row("each matcher shard's load", GET=who(*OVERSEERS)),
     "/api/v1/risk/limits/<organisation>/": row("an organisation's limits", kind="organisation", GET=who(*OVERSEERS),
                                                PUT=who("operator"), PATCH=who("operator"), DELETE=who("operator")),
     # --- Portal pages ----------------------------------------------------------------------------------------
