@@ -184,7 +184,7 @@ MATCHER_TRANSPORT = os.environ.get("MATCHER_TRANSPORT", "redis" if REDIS_URL and
 MATCHER_SHARDS = int(os.environ.get("MATCHER_SHARDS", "1"))
 MATCHER_REPLY_TIMEOUT = float(os.environ.get("MATCHER_REPLY_TIMEOUT", "2.0"))  # seconds an API call waits
 MATCHER_HOUSEKEEPING_SECONDS = float(os.environ.get("MATCHER_HOUSEKEEPING_SECONDS", "1.0"))
-# runmatcher logs its load (commands, batches, busy share, batch times) this often; 0: never (README, scaling).
+# Each matcher logs its load (commands, batches, busy share, batch times) this often; 0: never (README, scaling).
 MATCHER_LOAD_LOG_SECONDS = float(os.environ.get("MATCHER_LOAD_LOG_SECONDS", "60"))
 
 # Websockets: heartbeat interval on market sockets; how many frames a slow socket may have queued before

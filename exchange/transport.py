@@ -175,6 +175,7 @@ class ThreadClient:
                     _answer(self.loop, items)
                     self.figures.add(sum(len(commands) for commands, _ in items), time.monotonic() - began)
                 self.figures.written = time.time()  # alive
+                self.figures.log_due()
                 self.loop.housekeeping()
             except Exception:
                 log.exception("matcher thread: batch failed")
