@@ -392,11 +392,15 @@ class LoadFigures:
         self.window_commands += commands
 
     def as_hash(self) -> dict[str, int | float]:
-        """The figures as written (to Redis); `written` is when they last were, or when the embedded matcher's
-        thread last went round its loop."""
-        self.written = time.time()
+        """The figures as matcher_load reads them; `updated` is when they were last written (to Redis), or
+        when the embedded matcher's thread last went round its loop."""
         return {"batches": self.batches, "commands": self.commands, "busy_us": self.busy_us,
                 "started": round(self.started, 3), "updated": round(self.written, 3)}
+
+    def stamped(self) -> dict[str, int | float]:
+        """as_hash, written now."""
+        self.written = time.time()
+        return self.as_hash()
 
     def log_due(self) -> None:
         every = settings.MATCHER_LOAD_LOG_SECONDS
@@ -422,7 +426,7 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
     recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
     if recovered:
         log.warning("matcher shard %s: re-processing %d messages in flight at the last stop", shard, len(recovered))
-        _serve_messages(r, loop, recovered, inflight)
+        _serve_messages(r, loop, recovered, inflight, figures, time.monotonic())
     loop.housekeeping(force=True)
     gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
     tidied = time.monotonic()
@@ -444,7 +448,7 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
         loop.housekeeping()
         figures.log_due()
         if time.time() - figures.written >= 1.0:  # idle or not, once a second: the shard is alive
-            r.hset(figures.key, mapping=figures.as_hash())
+            r.hset(figures.key, mapping=figures.stamped())
         if time.monotonic() - tidied >= 1.0:
             # The database connection is kept from batch to batch (a pool borrow and its check cost a round
             # trip each time); once a second it is given back if it broke or the pool wants it renewed.
@@ -452,7 +456,7 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
             tidied = time.monotonic()
 
 
-def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str, figures: LoadFigures | None = None, began: float | None = None) -> None:
+def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str, figures: LoadFigures, began: float) -> None:
     """Run the messages' commands as one batch; then answer each message and empty the in-flight list in
     one MULTI/EXEC, so a matcher killed before it finds them all in flight again and one killed after finds none.
     The shard's load figures go out in that MULTI too."""
@@ -471,9 +475,8 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str, f
         pipe.lpush(reply, *values)
         pipe.expire(reply, 60)
     pipe.delete(inflight)
-    if figures is not None:
-        figures.add(len(flat), time.monotonic() - (began or 0.0))
-        pipe.hset(figures.key, mapping=figures.as_hash())
+    figures.add(len(flat), time.monotonic() - began)
+    pipe.hset(figures.key, mapping=figures.stamped())
     pipe.execute()
 
 
@@ -495,27 +498,23 @@ def matcher_load() -> list[dict]:
     or never has. The embedded matcher answers for itself; the inline one (tests) has none."""
     now = time.time()
 
+    def at(h: dict, name: str) -> dt.datetime | None:  # rendered by the API as ISO 8601 UTC
+        t = float(h.get(name, 0))
+        return dt.datetime.fromtimestamp(t, dt.UTC) if t else None
+
     def row(shard: int, h: dict) -> dict:
-        updated = float(h.get("updated", 0)) or None
-        started = float(h.get("started", 0)) or None
-
-        def iso(t: float | None) -> str | None:
-            return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
-
-        return {"shard": shard, "serving": updated is not None and now - updated < 3.0, "started": iso(started), "updated": iso(updated),
-                "batches": int(h.get("batches", 0)), "commands": int(h.get("commands", 0)),
+        updated = at(h, "updated")
+        return {"shard": shard, "serving": updated is not None and now - updated.timestamp() < 3.0, "started": at(h, "started"),
+                "updated": updated, "batches": int(h.get("batches", 0)), "commands": int(h.get("commands", 0)),
                 "busy_seconds": int(h.get("busy_us", 0)) / 1e6}
 
     if settings.MATCHER_TRANSPORT == "redis":
-        import redis
-
-        pipe = redis.Redis.from_url(settings.REDIS_URL).pipeline(transaction=False)
+        pipe = client().redis.pipeline(transaction=False)
         for k in range(settings.MATCHER_SHARDS):
             pipe.hgetall(load_key(k))
         return [row(k, {key.decode(): v.decode() for key, v in h.items()}) for k, h in enumerate(pipe.execute())]
     if settings.MATCHER_TRANSPORT == "thread":
-        f = client().figures
-        return [row(0, {"batches": f.batches, "commands": f.commands, "busy_us": f.busy_us, "started": f.started, "updated": f.written})]
+        return [row(0, client().figures.as_hash())]
     return []
 
 
