@@ -1085,7 +1085,9 @@ def main() -> None:
                 f"{args.ws_sockets} sockets x {args.ws_inflight} in flight in {args.client_procs} processes, logs in {logdir}"
             )
 
-        load_keys = (redis.Redis.from_url(redis_url), [f"suanli:matcher:{k}:load" for k in range(args.shards)])
+        from exchange.transport import load_key
+
+        load_keys = (redis.Redis.from_url(redis_url), [load_key(k) for k in range(args.shards)])
 
         def meter(server: Service) -> CpuMeter:
             return CpuMeter(
