@@ -79,7 +79,7 @@ import time
 import urllib.request
 from array import array
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -118,7 +118,7 @@ def _admin_connect(url: str):
 
     u = urlsplit(url)
     return psycopg.connect(
-        host=u.hostname or "127.0.0.1",
+        host=unquote(u.hostname or "127.0.0.1"),  # a Unix socket directory is given %-quoted
         port=u.port or 5432,
         user=u.username or "postgres",
         password=u.password,
