@@ -133,3 +133,36 @@ def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str]:
     # own multi-row bulk_create relies on too).
     return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'  # nosec B608 # names from _meta only, values are parameters
 
+
+
+def fetch_together(statements: Sequence[tuple[str, Sequence] | None]) -> list[list[tuple]]:
+    """Run independent reads and return each one's rows (`[]` for a None statement). On PostgreSQL they go
+    in one round trip (psycopg's pipeline mode: every query is sent before the first result is read);
+    elsewhere one after the other. A round trip costs a hot path ~100-150 us of CPU here and more in wall time
+    (bench/matcher_bench.py), so reads that do not depend on each other should not each pay one."""
+    if connection.vendor != "postgresql":
+        out = []
+        for statement in statements:
+            if statement is None:
+                out.append([])
+                continue
+            with connection.cursor() as cursor:
+                cursor.execute(*statement)
+                out.append(cursor.fetchall())
+        return out
+    connection.ensure_connection()
+    with connection.connection.pipeline():
+        cursors = []
+        try:
+            for statement in statements:
+                if statement is None:
+                    cursors.append(None)
+                    continue
+                cursor = connection.cursor()
+                cursors.append(cursor)
+                cursor.execute(*statement)
+            return [cursor.fetchall() if cursor is not None else [] for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                if cursor is not None:
+                    cursor.close()

@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows
+from common.db import bulk_insert_rows, fetch_together
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
@@ -47,6 +47,16 @@ class _ListingRow:
     supplier_id: int
     device_count: int
     device_model_id: int
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """What Admission._read found for a batch (see there)."""
+
+    traders: set[tuple[int, int]]  # (user, organisation) pairs allowed to trade
+    keys: list[tuple]  # (order id, organisation, client order id) already stored
+    accounts: list[tuple]  # the buyers' (account id, organisation, kind, balance)
+    listings: dict[int, list[tuple]]  # instrument id -> sellers' (listing id, supplier, devices, model, used lots)
 
 
 @dataclass
@@ -71,14 +81,27 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
     return notional + max_fee_fen(notional_fen=notional, instrument=instrument)
 
 
-def listing_used_lots(listing_ids: list[int], instrument_id: int) -> dict[int, int]:
-    """Lots of each listing held for the instrument (sold or still offered)."""
-    if not listing_ids:
-        return {}
-    return dict(_rows(
-        "SELECT listing_id, SUM(lots - released_lots) FROM exchange_capacityhold WHERE listing_id IN ({}) AND instrument_id = %s GROUP BY listing_id",
-        sorted(listing_ids), extra=[instrument_id],
-    ))
+def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> tuple[str, list]:
+    """Listings with the lots each already holds for the instrument (sold or still offered), share-locked
+    (see `listing_free_lots_locked`): (id, supplier, devices, device model, used lots) per row."""
+    return _statement(
+        f"SELECT l.id, l.supplier_id, l.device_count, l.device_model_id, COALESCE((SELECT SUM(c.lots - c.released_lots) "  # nosec B608 # table names from _meta, values are parameters
+        f"FROM {CapacityHold._meta.db_table} c WHERE c.listing_id = l.id AND c.instrument_id = %s), 0) "
+        f"FROM {Listing._meta.db_table} l WHERE {where} ORDER BY l.id"
+        + (" FOR SHARE" if connection.features.has_select_for_update else ""),
+        *lists, first=[instrument_id], extra=extra,
+    )
+
+
+def _accounts_sql(organisation_ids: list[int]) -> tuple[str, list]:
+    return _statement(
+        f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
+        organisation_ids, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
+    )
+
+
+def _accounts(rows: list[tuple]) -> tuple[dict[tuple[int, str], int], dict[int, int]]:
+    return {(org, kind): pk for pk, org, kind, _ in rows}, {pk: bal for pk, _, _, bal in rows}
 
 
 def trading_accounts(organisation_ids: list[int]) -> tuple[dict[tuple[int, str], int], dict[int, int]]:
@@ -87,11 +110,7 @@ def trading_accounts(organisation_ids: list[int]) -> tuple[dict[tuple[int, str],
     locks every account of the batch at once, in id order, and refuses the whole batch if a concurrent debit
     (a payout, another shard) left one short; the loop then retries the batch's commands one by one, so only
     that order is refused. Locking here as well would take two lock phases: a deadlock risk."""
-    rows = _rows(
-        f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
-        organisation_ids, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
-    )
-    return {(org, kind): pk for pk, org, kind, _ in rows}, {pk: bal for pk, _, _, bal in rows}
+    return _accounts(_rows(*_accounts_sql(organisation_ids)))
 
 
 def _capacity_lots(listing: _ListingRow, inst: Instrument) -> int:
@@ -112,27 +131,28 @@ def listing_free_lots_locked(listing_id: int, inst: Instrument) -> int:
     counted per instrument, and only the instrument's own shard writes its holds, so the shards whose
     instruments share the listing need not wait for each other (with FOR UPDATE two shards trading one
     product's windows took turns, batch by batch, bench/RESULTS.md)."""
-    rows = _rows(
-        f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE id IN ({{}})"  # nosec B608 # table name from _meta, values are parameters
-        + (" FOR SHARE" if connection.features.has_select_for_update else ""),
-        [listing_id],
-    )
+    rows = _rows(*_listings_sql("l.id = %s", inst.pk, extra=[listing_id]))
     if not rows:
         return 0
-    listing = _ListingRow(*rows[0])
-    return _capacity_lots(listing, inst) - listing_used_lots([listing_id], inst.pk).get(listing_id, 0)
+    pk, supplier, devices, model, used = rows[0]
+    return _capacity_lots(_ListingRow(pk, supplier, devices, model), inst) - used
 
 
-def _rows(sql: str, *lists: list, extra: list | None = None) -> list[tuple]:
-    """Run a hot-path query with one placeholder per element of each list (`{}` in `sql`): raw SQL, because
-    building it through the ORM cost more CPU than the database spent answering it."""
-    params: list = []
+def _statement(sql: str, *lists: list, first: list | None = None, extra: list | None = None) -> tuple[str, list]:
+    """A hot-path query with one placeholder per element of each list (`{}` in `sql`), `first` the values of
+    placeholders before them: raw SQL, because building it through the ORM cost more CPU than the database
+    spent answering it."""
+    params: list = [*(first or [])]
     slots = []
     for values in lists:
         slots.append(", ".join(["%s"] * len(values)))
         params.extend(values)
+    return sql.format(*slots), [*params, *(extra or [])]
+
+
+def _rows(sql: str, params: list) -> list[tuple]:
     with connection.cursor() as cur:
-        cur.execute(sql.format(*slots), [*params, *(extra or [])])
+        cur.execute(sql, params)
         return cur.fetchall()
 
 
@@ -160,14 +180,14 @@ class Admission:
     def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
         """Returns the outcome per command index and the indexes whose order was created here."""
         outcome: dict[int, Order | Refusal] = {}
-        traders = self._traders(places)
+        reads = self._read(places)
         allowed = []
         for i, c in places:
-            if (c["user"], c["organisation"]) in traders:
+            if (c["user"], c["organisation"]) in reads.traders:
                 allowed.append((i, c))
             else:
                 outcome[i] = Refusal(403, "organisation", "You may not trade for this organisation.")
-        existing = self._existing(allowed)
+        existing = self._existing(allowed, reads.keys)
         seen: dict[tuple[int, str], int] = {}
         repeats: list[tuple[int, int, dict]] = []  # (index, index of the first with its key, command)
         fresh: list[tuple[int, dict, Instrument]] = []
@@ -190,8 +210,8 @@ class Admission:
                 outcome[i] = refusal
                 continue
             fresh.append((i, c, inst))
-        holds = self._funds(fresh, outcome)
-        listings = self._capacity(fresh, outcome)
+        holds = self._funds(fresh, outcome, reads.accounts)
+        listings = self._capacity(fresh, outcome, reads.listings)
         created = self._insert([(i, c, inst) for i, c, inst in fresh if i not in outcome], holds, listings, outcome)
         for i, first, c in repeats:  # a retry inside the batch: the first's answer, or a conflict
             placed = outcome[first]
@@ -201,28 +221,59 @@ class Admission:
                 outcome[i] = Refusal(409, "client_order_id", f"client_order_id {c['client_order_id']!r} is already used by order {placed.pk} with different terms.")
         return outcome, created
 
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def _read(self, places: list[tuple[int, dict]]) -> _Reads:
+        """Everything the checks read, for every place command of the batch, in one round trip: who may trade
+        for whom, the client order ids already used, the buyers' trading accounts and the sellers' listings
+        (share-locked) with the lots they already hold per instrument. Memberships are read here, in the
+        transaction that stores the orders, so a revoked trader cannot slip one in. The reads cover every
+        command, even one that a check will refuse before its turn; only the commands that pass use them.
+        The lots held are summed as the listings are locked: only this instrument's shard writes them."""
+        commands = [c for _, c in places]
+        users = sorted({c["user"] for c in commands})
+        orgs = sorted({c["organisation"] for c in commands})
+        buyers = sorted({c["organisation"] for c in commands if c["side"] == Side.BUY})
+        sellers: dict[int, set[int]] = {}  # instrument id -> selling organisations
+        for c in commands:
+            if c["side"] == Side.SELL:
+                sellers.setdefault(c["instrument"], set()).add(c["organisation"])
+        windows = []  # (instrument, its sellers): open instruments only (the others are refused before)
+        for iid in sorted(sellers):
+            if self.book_for(iid) is not None:
+                windows.append((self.instrument_for(iid), sorted(sellers[iid])))
+        rows = fetch_together([
+            _statement(
+                f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "  # nosec B608 # table names from _meta, values are parameters
+                "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
+                users, orgs, extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
+            ),
+            _statement(
+                "SELECT id, organisation_id, client_order_id FROM exchange_order WHERE organisation_id IN ({}) AND client_order_id IN ({})",
+                orgs, sorted({c["client_order_id"] for c in commands}),
+            ),
+            _accounts_sql(buyers) if buyers else None,
+            *(
+                _listings_sql(
+                    "l.supplier_id IN ({}) AND l.product_id = %s AND l.is_active AND l.available_from <= %s AND l.available_until >= %s",
+                    inst.pk, suppliers,
+                    extra=[inst.product_id, *(connection.ops.adapt_datetimefield_value(t) for t in (inst.delivery_start, inst.delivery_end))],
+                )
+                for inst, suppliers in windows
+            ),
+        ])
+        return _Reads(
+            traders=set(rows[0]), keys=rows[1], accounts=rows[2],
+            listings={inst.pk: rows[3 + n] for n, (inst, _) in enumerate(windows)},
+        )
+
     # --- checks --------------------------------------------------------------------------------------
 
-    def _traders(self, places: list[tuple[int, dict]]) -> set[tuple[int, int]]:
-        """(user, organisation) pairs of the batch that may trade: an admin or trader membership, checked
-        here, in the transaction that stores the order, so a revoked trader cannot slip one in."""
-        return set(_rows(
-            f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "  # nosec B608 # table names from _meta, values are parameters
-            "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
-            sorted({c["user"] for _, c in places}), sorted({c["organisation"] for _, c in places}),
-            extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
-        ))
-
-    def _existing(self, places: list[tuple[int, dict]]) -> dict[tuple[int, str], Order]:
-        if not places:
-            return {}
+    def _existing(self, places: list[tuple[int, dict]], keys: list[tuple]) -> dict[tuple[int, str], Order]:
+        """The stored orders of the places' (organisation, client_order_id), from `keys`: (id, organisation,
+        client order id) rows read for the batch's pairs of them."""
         wanted = {(c["organisation"], c["client_order_id"]) for _, c in places}
-        found = [
-            pk for pk, org, cid in _rows(
-                "SELECT id, organisation_id, client_order_id FROM exchange_order WHERE organisation_id IN ({}) AND client_order_id IN ({})",
-                sorted({org for org, _ in wanted}), sorted({cid for _, cid in wanted}),
-            ) if (org, cid) in wanted
-        ]
+        found = [pk for pk, org, cid in keys if (org, cid) in wanted]
         if not found:  # the usual case: a retry is rare, and only then are whole orders read
             return {}
         return {(o.organisation_id, o.client_order_id): o for o in Order.objects.filter(pk__in=found).select_related("hold")}
@@ -238,13 +289,13 @@ class Admission:
             return Refusal(400, "instrument", f"{inst.code} is not open for trading (status {inst.status}, gate closure {inst.gate_closure:%Y-%m-%d %H:%M %Z})."), None
         return None, inst
 
-    def _funds(self, fresh, outcome) -> dict[int, int]:
+    def _funds(self, fresh, outcome, account_rows: list[tuple]) -> dict[int, int]:
         """Hold amount per command index for the buys that are funded; refuses the others."""
         buys = [(i, c, inst) for i, c, inst in fresh if c["side"] == Side.BUY]
         if not buys:
             return {}
         orgs = sorted({c["organisation"] for _, c, _ in buys})
-        accounts, balance = trading_accounts(orgs)
+        accounts, balance = _accounts(account_rows)
         for org in orgs:
             if (org, AccountKind.AVAILABLE) not in accounts or (org, AccountKind.HELD) not in accounts:
                 from marketplace.models import Organisation
@@ -267,7 +318,7 @@ class Admission:
             amounts[i] = amount
         return amounts
 
-    def _capacity(self, fresh, outcome) -> dict[int, int]:
+    def _capacity(self, fresh, outcome, listing_rows: dict[int, list[tuple]]) -> dict[int, int]:
         """Listing id per command index for the sells that fit; refuses the others."""
         sells = [(i, c, inst) for i, c, inst in fresh if c["side"] == Side.SELL]
         if not sells:
@@ -276,19 +327,9 @@ class Admission:
         for inst_id in sorted({c["instrument"] for _, c, _ in sells}):
             group = [(i, c, inst) for i, c, inst in sells if c["instrument"] == inst_id]
             inst = group[0][2]
-            orgs = sorted({c["organisation"] for _, c, _ in group})
-            # Share-locked for the batch (see listing_free_lots_locked).
-            listings = [
-                _ListingRow(pk, supplier, count, model)
-                for pk, supplier, count, model in _rows(
-                    f"SELECT id, supplier_id, device_count, device_model_id FROM {Listing._meta.db_table} WHERE supplier_id IN ({{}}) "  # nosec B608 # table name from _meta, values are parameters
-                    "AND product_id = %s AND is_active AND available_from <= %s AND available_until >= %s ORDER BY id"
-                    + (" FOR SHARE" if connection.features.has_select_for_update else ""),
-                    orgs, extra=[inst.product_id, *(connection.ops.adapt_datetimefield_value(t) for t in (inst.delivery_start, inst.delivery_end))],
-                )
-            ]
-            used = listing_used_lots([x.pk for x in listings], inst_id)
-            free = {x.pk: _capacity_lots(x, inst) - used.get(x.pk, 0) for x in listings}
+            rows = listing_rows[inst_id]  # share-locked for the batch (see listing_free_lots_locked)
+            listings = [_ListingRow(pk, supplier, count, model) for pk, supplier, count, model, _ in rows]
+            free = {x.pk: _capacity_lots(x, inst) - used for x, (*_, used) in zip(listings, rows, strict=True)}
             by_org: dict[int, list[_ListingRow]] = {}
             for listing in listings:
                 by_org.setdefault(listing.supplier_id, []).append(listing)

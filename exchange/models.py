@@ -193,7 +193,7 @@ class CapacityHold(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(lots__gte=models.F("sold_lots") + models.F("released_lots")), name="capacity_hold_not_overdrawn"),
         ]
-        # Admission sums a listing's holds on one instrument (exchange.admission.listing_used_lots): without
+        # Admission sums a listing's holds on one instrument (exchange.admission._listings_sql): without
         # it, that read went through every hold the listing ever had, on every instrument.
         indexes = [models.Index(fields=["listing", "instrument"], name="capacityhold_listing_inst")]
 
