@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from common.db import bulk_update_rows, pg_array
+from common.db import bulk_update_rows, fetch_together, pg_array
 from common.errors import ServiceError
 from ledger.models import (
     NON_NEGATIVE_KINDS,
@@ -185,14 +185,7 @@ def _post_locked(requests: Sequence[EntryRequest], existing: dict[str, tuple[int
         return store.load_entries([existing[r.idempotency_key][0] for r in requests]) if returning else []
 
     now = timezone.now()
-    ids = store.insert_entries(fresh, now)  # {key: id}
-    store.insert_postings(
-        [
-            (ids[r.idempotency_key], account_id, amount, bal)
-            for r, row in zip(fresh, after, strict=True)
-            for (account_id, amount), bal in zip(r.postings, row, strict=True)
-        ]
-    )
+    ids = store.insert_entries(fresh, after, now, returning=returning)  # {key: id}, the postings with them
     store.update_balances({pk: bal for pk, bal in balances.items() if bal != accounts[pk][1]})
     if not returning:
         return []
@@ -223,6 +216,12 @@ class _OrmStore:
         rows = Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "kind", "balance_fen")
         return {pk: (kind, balance) for pk, kind, balance in rows}
 
+    def lock_holds_find_entries(self, hold_ids: list[int], keys: list[str]) -> tuple[list[tuple], dict[str, tuple[int, str]]]:
+        """The holds' rows, locked in id order (id, organisation, reference, amount, captured, released,
+        status), and find_entries(keys)."""
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        return _raw(f"{_HOLD_ROWS}{lock}", hold_ids), self.find_entries(keys)
+
     def find_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
         rows = JournalEntry.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk", "request_digest")
         return {key: (pk, digest) for key, pk, digest in rows}
@@ -231,7 +230,18 @@ class _OrmStore:
         found = JournalEntry.objects.in_bulk(ids)
         return [found[pk] for pk in ids]
 
-    def insert_entries(self, fresh: list[EntryRequest], now) -> dict[str, int]:
+    def insert_entries(self, fresh: list[EntryRequest], after: list[list[int]], now, *, returning: bool = True) -> dict[str, int]:
+        """The entries and their postings (`after`: each posting's balance after it, per entry). Returns {key:
+        id}, or {} when not `returning` and the backend need not read the ids back."""
+        ids = self._insert_entries(fresh, now)
+        Posting.objects.bulk_create([
+            Posting(entry_id=ids[r.idempotency_key], account_id=account_id, amount_fen=amount, balance_after_fen=bal)
+            for r, row in zip(fresh, after, strict=True)
+            for (account_id, amount), bal in zip(r.postings, row, strict=True)
+        ])
+        return ids
+
+    def _insert_entries(self, fresh: list[EntryRequest], now) -> dict[str, int]:
         created = JournalEntry.objects.bulk_create(
             [
                 JournalEntry(
@@ -245,14 +255,13 @@ class _OrmStore:
             return dict(JournalEntry.objects.filter(idempotency_key__in=[r.idempotency_key for r in fresh]).values_list("idempotency_key", "pk"))
         return {e.idempotency_key: e.pk for e in created}
 
-    def insert_postings(self, rows: list[tuple[int, int, int, int]]) -> None:
-        Posting.objects.bulk_create(
-            [Posting(entry_id=e, account_id=a, amount_fen=amount, balance_after_fen=bal) for e, a, amount, bal in rows]
-        )
-
     def update_balances(self, balances: dict[int, int]) -> None:
         for pk, balance in balances.items():
             Account.objects.filter(pk=pk).update(balance_fen=balance)
+
+
+_HOLD_ROWS = "SELECT id, organisation_id, reference, amount_fen, captured_fen, released_fen, status FROM ledger_hold WHERE id IN ({}) ORDER BY id"
+_FIND_ENTRIES = "SELECT idempotency_key, id, request_digest FROM ledger_journalentry WHERE idempotency_key = ANY(%s)"
 
 
 class _PostgresStore(_OrmStore):
@@ -264,35 +273,46 @@ class _PostgresStore(_OrmStore):
             cur.execute("SELECT id, kind, balance_fen FROM ledger_account WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
             return {pk: (kind, balance) for pk, kind, balance in cur.fetchall()}
 
+    def lock_holds_find_entries(self, hold_ids: list[int], keys: list[str]) -> tuple[list[tuple], dict[str, tuple[int, str]]]:
+        holds, found = fetch_together([
+            (f"{_HOLD_ROWS} FOR UPDATE".format(", ".join(["%s"] * len(hold_ids))), hold_ids),
+            (_FIND_ENTRIES, [keys]),
+        ])
+        return holds, {key: (pk, digest) for key, pk, digest in found}
+
     def find_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
         with connection.cursor() as cur:
-            cur.execute("SELECT idempotency_key, id, request_digest FROM ledger_journalentry WHERE idempotency_key = ANY(%s)", [keys])
+            cur.execute(_FIND_ENTRIES, [keys])
             return {key: (pk, digest) for key, pk, digest in cur.fetchall()}
 
-    def insert_entries(self, fresh: list[EntryRequest], now) -> dict[str, int]:
+    def insert_entries(self, fresh: list[EntryRequest], after: list[list[int]], now, *, returning: bool = True) -> dict[str, int]:
+        """One statement: the entries, and their postings joined to them by key (unique in a batch). Not
+        `returning`, nothing is read back: in the matcher's pipeline (exchange.matcher._pipeline) the
+        statement then waits for no round trip of its own."""
+        postings = [
+            (r.idempotency_key, account_id, amount, bal)
+            for r, row in zip(fresh, after, strict=True)
+            for (account_id, amount), bal in zip(r.postings, row, strict=True)
+        ]
         with connection.cursor() as cur:
             cur.execute(
-                "INSERT INTO ledger_journalentry "
+                "WITH e AS (INSERT INTO ledger_journalentry "
                 "(idempotency_key, request_digest, kind, memo, reference, reverses_id, created_by_id, created_at) "
                 "SELECT k, d, kd, m, r, rv, cb, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::bigint[], %s::bigint[]) AS v(k, d, kd, m, r, rv, cb) RETURNING idempotency_key, id",
+                "%s::text[], %s::bigint[], %s::bigint[]) AS v(k, d, kd, m, r, rv, cb) RETURNING idempotency_key, id), "
+                "p AS (INSERT INTO ledger_posting (entry_id, account_id, amount_fen, balance_after_fen) "
+                "SELECT e.id, v.a, v.amt, v.bal FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+                "WITH ORDINALITY AS v(k, a, amt, bal, n) JOIN e ON e.idempotency_key = v.k ORDER BY v.n) "  # ids in posting order: balances run in it
+                "SELECT idempotency_key, id FROM e",
                 [
                     now, *(pg_array(column) for column in (
                         [r.idempotency_key for r in fresh], [r.digest for r in fresh], [str(r.kind) for r in fresh],
                         [r.memo[:300] for r in fresh], [r.reference[:100] for r in fresh], [r.reverses_id for r in fresh],
                         [r.created_by_id for r in fresh])),
+                    *(pg_array([p[n] for p in postings]) for n in range(4)),
                 ],
             )
-            return dict(cur.fetchall())
-
-    def insert_postings(self, rows: list[tuple[int, int, int, int]]) -> None:
-        entry_ids, account_ids, amounts, balances = (list(col) for col in zip(*rows, strict=True))
-        with connection.cursor() as cur:
-            cur.execute(
-                "INSERT INTO ledger_posting (entry_id, account_id, amount_fen, balance_after_fen) "
-                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])",
-                [pg_array(entry_ids), pg_array(account_ids), pg_array(amounts), pg_array(balances)],
-            )
+            return dict(cur.fetchall()) if returning else {}
 
     def update_balances(self, balances: dict[int, int]) -> None:
         if not balances:
@@ -516,17 +536,17 @@ def holds_move(
     with transaction.atomic(savepoint=savepoint):
         # Raw statements: this runs once per matcher batch, and building them through the ORM cost more CPU
         # than the database spent on them.
-        hold_ids = sorted({m.hold_id for m in movements})
-        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        # The holds locked and, in the same round trip, one read of every key, the new holds' entries
+        # included: entries_post needs no second look.
+        rows, existing = _store().lock_holds_find_entries(
+            sorted({m.hold_id for m in movements}), [m.idempotency_key for m in movements] + [r.idempotency_key for r in entries])
         holds = {
             row[0]: Hold(pk=row[0], organisation_id=row[1], reference=row[2], amount_fen=row[3], captured_fen=row[4], released_fen=row[5], status=row[6])
-            for row in _raw(f"SELECT id, organisation_id, reference, amount_fen, captured_fen, released_fen, status FROM ledger_hold WHERE id IN ({{}}) ORDER BY id{lock}", hold_ids)  # nosec B608 # constant SQL, ids are parameters
+            for row in rows
         }
         for hold in holds.values():
             hold._state.adding = False
             hold._state.db = "default"
-        # One read of every key, the new holds' entries included: entries_post needs no second look.
-        existing = _store().find_entries([m.idempotency_key for m in movements] + [r.idempotency_key for r in entries])
         accounts = account_ids if account_ids is not None else {}
         unknown = sorted({h.organisation_id for h in holds.values()} - {org for org, _ in accounts})
         accounts.update(

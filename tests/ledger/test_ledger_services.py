@@ -1,5 +1,7 @@
 """Posting, holds and fees: exact fen, idempotent, and nothing written when refused."""
 
+import itertools
+
 import pytest
 
 from ledger import services
@@ -105,6 +107,25 @@ def test_a_batch_is_all_or_nothing(buyer):
     assert [e.idempotency_key for e in entries] == ["b1", "b2"]
     assert balances_get(organisation=buyer)["available"] == 50_000
     assert list(Posting.objects.filter(entry__idempotency_key="b2").order_by("id").values_list("balance_after_fen", flat=True)) == [50_000, 50_000]
+
+
+def test_postings_of_one_batch_read_as_a_running_balance_in_id_order(buyer):
+    """An account's statement is its postings in id order, each with the balance after it: a batch of many
+    entries on the same accounts (one statement on PostgreSQL) must number them in the order posted."""
+    seller = OrganisationFactory()
+    src = services.account_for(organisation=buyer, kind="available").pk
+    dst = services.account_for(organisation=seller, kind="available").pk
+    # Mostly buyer to seller, every third entry one fen back: each account's balance goes up and down.
+    services.entries_post([
+        services.EntryRequest(f"run:{n}", "transfer", [(dst, -1), (src, 1)] if n % 3 == 2 else [(src, -(n * 37 % 500 + 1)), (dst, n * 37 % 500 + 1)])
+        for n in range(40)
+    ])
+    for account in (src, dst):
+        rows = list(Posting.objects.filter(account_id=account, entry__idempotency_key__startswith="run:").order_by("id").values_list("amount_fen", "balance_after_fen"))
+        assert len(rows) == 40
+        for (_, before), (amount, after) in itertools.pairwise(rows):
+            assert after == before + amount
+    assert ledger_verify().ok
 
 
 def test_hold_place_capture_release(buyer):
