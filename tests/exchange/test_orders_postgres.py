@@ -86,3 +86,41 @@ def test_shards_trading_one_products_windows_do_not_wait_on_a_shared_listing_but
     market.listing_withdraw(listing=m["listing"])  # once the batches are over, at once
     m["listing"].refresh_from_db()
     assert m["listing"].is_active is False
+
+
+def test_a_write_failing_in_the_batch_pipeline_refuses_only_its_order(market_setup, monkeypatch):
+    """The batch's writes are queued (psycopg pipeline mode) and a failing one is reported at a later read: the
+    whole batch still rolls back, its commands are retried one by one, and only the order whose write fails
+    is refused; nothing of it is stored and the matcher goes on."""
+    from django.db import connection
+
+    from exchange import matcher as matcher_module
+    from exchange.matcher import Matcher
+    from exchange.transport import MatcherLoop
+    from ledger.verify import ledger_verify
+
+    m = market_setup
+    real = matcher_module.events_insert
+
+    def events_insert(events, now):
+        real(events, now)
+        for order, *_ in events:
+            if order.client_order_id == "poison":  # a queued write the database refuses (quantity >= 0)
+                with connection.cursor() as cur:
+                    cur.execute("UPDATE exchange_order SET quantity = -1 WHERE id = %s", [order.pk])
+
+    monkeypatch.setattr(matcher_module, "events_insert", events_insert)
+
+    def command(cid: str) -> dict:
+        return services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
+            instrument=m["instrument"], side="buy", quantity=2, client_order_id=cid, price=m["instrument"].reference_price))
+
+    loop = MatcherLoop(Matcher())
+    good, poison = loop.run([command("good"), command("poison")])
+    assert good["state"]["status"] == "open" and poison == {"op": "place", "error": "internal_error"}
+    assert list(Order.objects.values_list("client_order_id", "status")) == [("good", "open")]
+    assert Hold.objects.count() == 1
+    assert balances_get(organisation=m["buyer"])["held"] == 3_004  # 30.00 + max fee (0.03, +0.01), for "good" only
+    [after] = loop.run([command("after")])
+    assert after["state"]["status"] == "open"
+    assert ledger_verify().ok
