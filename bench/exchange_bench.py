@@ -490,6 +490,15 @@ class CpuMeter:
 # --- Load generator (spawned processes, stdlib asyncio, raw HTTP/1.1) ---------------------------------------
 
 
+def order_terms(rng: random.Random, side: str) -> tuple[int, int, str]:
+    """(price in ticks, lots, time in force) of the next order of `side`: 60% GTC limits resting 1-10 ticks
+    behind the mid (1-10 lots), 40% IOC limits 10 ticks through it (1-20 lots)."""
+    sign = 1 if side == "buy" else -1
+    if rng.random() < 0.6:
+        return MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
+    return MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+
+
 def _order_payloads(rng: random.Random, spec: dict, tag: str):
     """An endless stream of (token, body) for realistic orders: see the module docstring."""
     n = 0
@@ -497,11 +506,7 @@ def _order_payloads(rng: random.Random, spec: dict, tag: str):
     while True:
         n += 1
         side = "buy" if rng.random() < 0.5 else "sell"
-        sign = 1 if side == "buy" else -1
-        if rng.random() < 0.6:
-            ticks, qty, tif = MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
-        else:
-            ticks, qty, tif = MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+        ticks, qty, tif = order_terms(rng, side)
         body = json.dumps(
             {
                 "instrument": rng.choice(instruments),
@@ -710,13 +715,9 @@ def uvicorn_start(name: str, port: int, env: dict[str, str], logdir: str, ws_imp
 def _ws_frames(rng: random.Random, spec: dict, tag: str, side: str):
     """Endless `place` frames for one side, the same mix as _order_payloads (60% resting GTC, 40% IOC)."""
     n = 0
-    sign = 1 if side == "buy" else -1
     while True:
         n += 1
-        if rng.random() < 0.6:
-            ticks, qty, tif = MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
-        else:
-            ticks, qty, tif = MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+        ticks, qty, tif = order_terms(rng, side)
         yield n, {
             "type": "place", "request_id": n, "instrument": rng.choice(spec["instruments"]), "side": side,
             "order_type": "limit", "price": f"{ticks // 100}.{ticks % 100:02d}", "quantity": qty,

@@ -38,7 +38,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.exchange_bench import DEFAULT_REDIS, DEFAULT_URL, MID_TICKS, PREFIX, _django_setup, database_ensure  # noqa: E402
+from bench.exchange_bench import DEFAULT_REDIS, DEFAULT_URL, PREFIX, _django_setup, database_ensure, order_terms  # noqa: E402
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -49,7 +49,7 @@ def _backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
 
 
-def traders(instrument_id: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def traders() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(user id, organisation id) of the bench's buyer and supplier traders."""
     from marketplace.models import Membership
 
@@ -65,11 +65,7 @@ def commands(rng: random.Random, instrument_id: int, buyers, sellers, tag: str):
     while True:
         n += 1
         side = "buy" if rng.random() < 0.5 else "sell"
-        sign = 1 if side == "buy" else -1
-        if rng.random() < 0.6:
-            ticks, qty, tif = MID_TICKS - sign * rng.randint(1, 10), rng.randint(1, 10), "GTC"
-        else:
-            ticks, qty, tif = MID_TICKS + sign * 10, rng.randint(1, 20), "IOC"
+        ticks, qty, tif = order_terms(rng, side)
         user, org = rng.choice(buyers if side == "buy" else sellers)
         yield {
             "op": "place", "instrument": instrument_id, "organisation": org, "user": user, "client_order_id": f"{tag}-{n}",
@@ -126,7 +122,7 @@ def main() -> None:
 
     spec = market_prepare(buyers=100, sellers=20, shards=1)
     instrument = spec["instruments"][0]
-    buyers, sellers = traders(instrument)
+    buyers, sellers = traders()
     rng = random.Random(7)
     stream = commands(rng, instrument, buyers, sellers, f"mb-{time.time_ns()}")
     matcher = Matcher()
