@@ -289,6 +289,25 @@ def test_cancel_all_and_fills_list(api, market_setup):
     assert ledger_verify().ok
 
 
+def test_catching_up_after_a_reconnect_finds_old_orders_that_changed(api, market_setup):
+    """docs/websockets.md "Reconnecting": `updated_since` lists every order changed since the client's last
+    event, one created before it included (`since` counts creation only)."""
+    m = market_setup
+    inst = m["instrument"]
+    old = place(api, m["buyer_user"], inst, price="14.00", quantity=2, client_order_id="old").json()
+    untouched = place(api, m["buyer_user"], inst, price="13.90", quantity=1, client_order_id="untouched").json()
+    last_event = Order.objects.get(pk=untouched["id"]).updated_at.isoformat()
+    place(api, m["seller_user"], inst, side="sell", price="14.00", quantity=2, client_order_id="hit")  # fills "old"
+    api.force_authenticate(m["buyer_user"])
+    changed = api.get("/api/v1/orders/", {"updated_since": last_event}).json()["results"]
+    # Inclusive: the order of the last event seen comes again (others of its batch share its time).
+    assert sorted((o["client_order_id"], o["status"]) for o in changed) == [("old", "filled"), ("untouched", "open")]
+    assert "old" not in [o["client_order_id"] for o in api.get("/api/v1/orders/", {"since": last_event}).json()["results"]]
+    assert old["status"] == "open"
+    bad = api.get("/api/v1/orders/", {"updated_since": "yesterday"})
+    assert bad.status_code == 400 and "updated_since" in bad.json()
+
+
 def test_fractional_lots_are_refused(api, market_setup):
     m = market_setup
     response = place(api, m["buyer_user"], m["instrument"], quantity="1.5")
