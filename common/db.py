@@ -90,10 +90,12 @@ def bulk_update_rows(model: type[models.Model], objs: Sequence[models.Model], fi
         cursor.execute(sql, arrays)
 
 
-def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) -> None:
+def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *, ids: bool = True) -> None:
     """`bulk_create` for hot paths: on PostgreSQL one `INSERT ... SELECT FROM unnest(arrays) RETURNING id`
     (Django builds a placeholder per row and field, most of a batch's CPU); elsewhere the ORM's bulk_create.
-    Sets each object's primary key; auto_now/auto_now_add fields get the time of the call when empty."""
+    Sets each object's primary key (on PostgreSQL not with `ids=False`: the ids are not read back, so in
+    pipeline mode the statement waits for no answer); auto_now/auto_now_add fields get the time of the call
+    when empty."""
     if not objs:
         return
     if connection.vendor != "postgresql":
@@ -102,7 +104,7 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
     for o in objs:  # foreign keys given as objects (saved since they were set): copy their ids
         if o._state.fields_cache:  # none given (the matcher's rows carry ids): nothing to copy
             o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
-    fields, sql = _insert_sql(model)
+    fields, insert, returning = _insert_sql(model)
     now = None
     arrays = []
     for field in fields:
@@ -114,25 +116,30 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model]) ->
                 if getattr(o, field.attname) is None or field.auto_now:
                     setattr(o, field.attname, now)
         arrays.append(_column(field, objs))
+    if not ids:
+        with connection.cursor() as cursor:
+            cursor.execute(insert, arrays)
+        return
     with connection.cursor() as cursor:
-        cursor.execute(sql, arrays)
-        ids = [row[0] for row in cursor.fetchall()]
-    for o, pk in zip(objs, ids, strict=True):
+        cursor.execute(returning, arrays)
+        pks = [row[0] for row in cursor.fetchall()]
+    for o, pk in zip(objs, pks, strict=True):
         o.pk = pk
         o._state.adding = False
         o._state.db = "default"
 
 
 @functools.cache
-def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str]:
+def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str, str]:
+    """The model's fields and its INSERT from arrays, without and with RETURNING the primary key."""
     meta = model._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     columns = ", ".join(f'"{f.column}"' for f in fields)
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
     # RETURNING gives the rows in the order the SELECT produced them, i.e. the arrays' order (what Django's
     # own multi-row bulk_create relies on too).
-    return fields, f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts}) RETURNING "{meta.pk.column}"'  # nosec B608 # names from _meta only, values are parameters
-
+    insert = f'INSERT INTO "{meta.db_table}" ({columns}) SELECT * FROM unnest({casts})'  # nosec B608 # names from _meta only, values are parameters
+    return fields, insert, f'{insert} RETURNING "{meta.pk.column}"'
 
 
 def fetch_together(statements: Sequence[tuple[str, Sequence] | None]) -> list[list[tuple]]:

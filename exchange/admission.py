@@ -391,7 +391,7 @@ class Admission:
             CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
             for o in orders if o.listing_id is not None
         ]
-        bulk_insert_rows(CapacityHold, self.capacity_holds)
+        bulk_insert_rows(CapacityHold, self.capacity_holds, ids=False)  # nothing reads them in this batch
         created = set()
         for (i, _, _), order in zip(admitted, orders, strict=True):
             outcome[i] = order

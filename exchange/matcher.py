@@ -159,7 +159,7 @@ class Matcher:
         now_ns = to_ns(batch.now)
         outcomes = []
         try:
-            with transaction.atomic():
+            with transaction.atomic(), _pipeline():
                 if any(c["op"] == "risk_sync" for c in commands):
                     # Before admission: a switch pulled now refuses every order of this batch in its scope.
                     batch.new_switches = self.risk.sync()
@@ -184,8 +184,7 @@ class Matcher:
                     except Exception:
                         log.exception("matcher: command %r failed", command)
                         raise
-                with _pipeline():
-                    self._persist(batch)
+                self._persist(batch)
         except Exception:
             self._forget(list(self.engine.books))
             self.risk.invalidate()
@@ -651,9 +650,10 @@ class Matcher:
 
 
 def _pipeline():
-    """On PostgreSQL, psycopg's pipeline mode for the batch's writes: a statement whose result is not read
-    (most of them: order events, order updates, capacity, book state, postings, balances, holds) is queued
-    and sent with the next one that is read, instead of waiting for its own round trip. Each round trip costs
+    """On PostgreSQL, psycopg's pipeline mode for the batch: a statement whose result is not read (most of the
+    writes: capacity holds, order events, order updates, capacity, book state, entries and postings,
+    balances, holds) is queued and sent with the next one that is read, instead of waiting for its own round
+    trip; so is BEGIN. Each round trip costs
     the writer ~100-150 us of CPU and several times that in wall time here (bench/matcher_bench.py). An error
     in a queued statement is raised at the next read or when the block ends, inside the batch's
     transaction, which then rolls back as before."""
