@@ -174,7 +174,6 @@ class Admission:
         self.risk_check = risk_check  # (command, instrument, market order price) -> Refusal | None (exchange.risk)
         self.book_for = book_for  # instrument id -> engine Book or None (loads it)
         self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
-        self.capacity_holds: list[CapacityHold] = []  # those created here, for the matcher's batch
         self.entries: list[ledger.EntryRequest] = []  # the new holds' journal entries: posted by the matcher
 
     def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
@@ -387,11 +386,10 @@ class Admission:
         bulk_insert_rows(Order, orders)
         if any(o.pk is None for o in orders):  # PostgreSQL and SQLite >= 3.35 return them
             raise RuntimeError("the database did not return the new orders' ids")
-        self.capacity_holds = [
+        bulk_insert_rows(CapacityHold, [  # their ids are not read: in the batch's pipeline this waits for no answer
             CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
             for o in orders if o.listing_id is not None
-        ]
-        bulk_insert_rows(CapacityHold, self.capacity_holds, ids=False)  # nothing reads them in this batch
+        ], ids=False)
         created = set()
         for (i, _, _), order in zip(admitted, orders, strict=True):
             outcome[i] = order
