@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Sequence
 from decimal import Decimal
 
+import psycopg
 from django.db import connection, models
 
 # Field types whose Python values psycopg adapts as they are: no per-value get_db_prep_save (most of the
@@ -158,7 +160,10 @@ def fetch_together(statements: Sequence[tuple[str, Sequence] | None]) -> list[li
                 out.append(cursor.fetchall())
         return out
     connection.ensure_connection()
-    with connection.connection.pipeline():
+    raw = connection.connection
+    # Inside a pipeline already (the matcher's batch): use it. A nested pipeline would end with a Sync of its
+    # own, one more round trip.
+    with raw.pipeline() if raw.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF else contextlib.nullcontext():
         cursors = []
         try:
             for statement in statements:
