@@ -321,7 +321,7 @@ def test_pipelined_placements_each_get_their_ack_and_a_cancel_never_overtakes_th
     transport._client = None
 
 
-def test_pipelined_placements_beyond_the_order_rate_get_429_error_frames(api, market_setup, settings):
+def test_pipelined_placements_beyond_the_order_rate_get_429_error_frames(api, market_setup, settings, rate_window):
     """Frames read together are counted together (one increment per account) but answered one by one, in
     order: the account's budget goes to the first, the rest get 429 with the seconds to wait."""
     from django.core.cache import cache
