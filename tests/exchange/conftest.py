@@ -44,7 +44,7 @@ def market_setup(db):
 @pytest.fixture
 def rate_window(monkeypatch):
     """Order-rate windows are fixed (a minute for "N/min"): the throttle's clock pinned ten seconds into one, so
-    a test's requests never straddle two windows (one did in a CI run, and the third order of "2/min" passed)."""
+    a test's requests never straddle two windows (one run accepted the third order of "2/min", most likely so)."""
     from exchange.api.views import OrderRateThrottle
 
     at = 60 * 29_933_334 + 10.0  # a whole minute of 2026-11-30, plus ten seconds
