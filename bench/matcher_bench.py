@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -49,37 +50,34 @@ def _backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
 
 
-def traders() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(user id, organisation id) of the bench's buyer and supplier traders."""
+def traders() -> tuple[list[tuple], list[tuple]]:
+    """(user, organisation) of the bench's buyer and supplier traders."""
     from marketplace.models import Membership
 
-    rows = Membership.objects.filter(organisation__name__startswith=f"{PREFIX}-").values_list("user_id", "organisation_id", "organisation__kind")
-    buyers = [(u, o) for u, o, kind in rows if kind == "buyer"]
-    sellers = [(u, o) for u, o, kind in rows if kind == "supplier"]
-    return buyers, sellers
+    rows = [(m.user, m.organisation) for m in Membership.objects.filter(organisation__name__startswith=f"{PREFIX}-").select_related("user", "organisation")]
+    return [r for r in rows if r[1].kind == "buyer"], [r for r in rows if r[1].kind == "supplier"]
 
 
-def commands(rng: random.Random, instrument_id: int, buyers, sellers, tag: str):
-    """Endless `place` commands, the exchange bench's order mix."""
+def commands(rng: random.Random, instrument, buyers, sellers, tag: str):
+    """Endless `place` commands, the exchange bench's order mix, made as the web makes them
+    (exchange.services.order_command)."""
+    from exchange import services
+
     n = 0
     while True:
         n += 1
         side = "buy" if rng.random() < 0.5 else "sell"
         ticks, qty, tif = order_terms(rng, side)
         user, org = rng.choice(buyers if side == "buy" else sellers)
-        yield {
-            "op": "place", "instrument": instrument_id, "organisation": org, "user": user, "client_order_id": f"{tag}-{n}",
-            "side": side, "type": "limit", "time_in_force": tif, "price_fen_per_lot": ticks, "quantity": qty,
-            "min_quantity": 0, "post_only": False, "stp": "cancel_newest", "expires_at": None, "listing": None,
-        }
+        yield services.order_command(user=user, organisation=org, request=services.OrderRequest(
+            instrument=instrument, side=side, quantity=qty, client_order_id=f"{tag}-{n}", price=Decimal(ticks) / 100, time_in_force=tif))
 
 
 def run_size(matcher, stream, size: int, orders: int, backend_pid: int, profile: cProfile.Profile | None = None) -> dict:
-    batches = max(1, orders // size)
+    batches = [[next(stream) for _ in range(size)] for _ in range(max(1, orders // size))]  # made before the clock starts
     cpu0, pg0, wall0 = time.process_time(), _backend_cpu_s(backend_pid), time.perf_counter()
     refused = 0
-    for _ in range(batches):
-        batch = [next(stream) for _ in range(size)]
+    for batch in batches:
         if profile is not None:
             profile.enable()
         replies = matcher.process(batch)
@@ -88,12 +86,13 @@ def run_size(matcher, stream, size: int, orders: int, backend_pid: int, profile:
         refused += sum(1 for r in replies if "error" in r)
     wall = time.perf_counter() - wall0
     cpu, pg = time.process_time() - cpu0, _backend_cpu_s(backend_pid) - pg0
+    n = len(batches)
     if refused:
-        raise SystemExit(f"{refused} of {batches * size} orders refused: the bench market needs funds or capacity (--fresh)")
+        raise SystemExit(f"{refused} of {n * size} orders refused: the bench market needs funds or capacity (--fresh)")
     return {
-        "size": size, "batches": batches,
-        "cpu_us": cpu / batches * 1e6, "pg_us": pg / batches * 1e6, "wall_us": wall / batches * 1e6,
-        "order_wall_us": wall / (batches * size) * 1e6,
+        "size": size, "batches": n,
+        "cpu_us": cpu / n * 1e6, "pg_us": pg / n * 1e6, "wall_us": wall / n * 1e6,
+        "order_wall_us": wall / (n * size) * 1e6,
     }
 
 
@@ -119,9 +118,10 @@ def main() -> None:
 
     from bench.exchange_bench import market_prepare
     from exchange.matcher import Matcher
+    from marketplace.models import Instrument
 
     spec = market_prepare(buyers=100, sellers=20, shards=1)
-    instrument = spec["instruments"][0]
+    instrument = Instrument.objects.select_related("product").get(pk=spec["instruments"][0])
     buyers, sellers = traders()
     rng = random.Random(7)
     stream = commands(rng, instrument, buyers, sellers, f"mb-{time.time_ns()}")
