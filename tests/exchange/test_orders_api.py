@@ -1,6 +1,7 @@
 """Order entry over REST: placement with holds, matching, fills, contracts, cancels, amends, rejections."""
 
 import pytest
+from django.db import IntegrityError, transaction
 
 from exchange.models import CapacityHold, Contract, Order, OrderEvent, Trade
 from ledger.selectors import balances_get
@@ -395,3 +396,18 @@ def test_a_retry_inside_one_batch_answers_with_the_first_order(market_setup):
     assert other["error"]["status"] == 409 and other["error"]["field"] == "client_order_id"
     assert Order.objects.filter(client_order_id="twice").count() == 1
     assert balances_get(organisation=m["buyer"])["held"] == 3_004  # one hold: 30.00 + max fee 0.03 + 0.01
+
+
+def test_each_buy_has_its_own_hold_and_each_sell_its_listing(api, market_setup):
+    """A buy holds funds (no listing), a sell lots on a listing (no hold); the database keeps one order per hold."""
+    m = market_setup
+    inst = m["instrument"]
+    ids = [place(api, m["buyer_user"], inst, price="14.90", client_order_id=f"b{i}").json()["id"] for i in range(2)]
+    ids += [place(api, m["seller_user"], inst, side="sell", price="15.10", client_order_id=f"s{i}").json()["id"] for i in range(2)]
+    b1, b2, s1, s2 = (Order.objects.get(pk=pk) for pk in ids)
+    assert None not in (b1.hold_id, b2.hold_id) and b1.hold_id != b2.hold_id and (b1.listing_id, b2.listing_id) == (None, None)
+    assert (s1.hold_id, s2.hold_id) == (None, None) and s1.listing_id == s2.listing_id == m["listing"].pk
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Order.objects.filter(pk=b2.pk).update(hold_id=b1.hold_id)
+    assert list(Order.objects.filter(listing=m["listing"]).order_by("pk")) == [s1, s2]
+    assert Order.objects.get(hold_id=b2.hold_id) == b2

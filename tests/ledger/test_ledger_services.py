@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+from django.db import IntegrityError, transaction
 
 from ledger import services
 from ledger.models import AccountKind, Hold, JournalEntry, Posting
@@ -186,3 +187,16 @@ def test_ledger_verify_names_a_corrupted_balance(buyer):
     assert "caches 100100 but its postings sum to 100000" in report.problems[0]
     with pytest.raises(CommandError, match="FAILED"):
         call_command("ledger_verify", stdout=open("/dev/null", "w"), stderr=open("/dev/null", "w"))
+
+
+def test_the_database_allows_one_reversal_per_entry_and_one_hold_per_reference(buyer):
+    fees = services.platform_account(kind=AccountKind.FEES)
+    entry = services.fee_charge(organisation=buyer, amount_fen=500, idempotency_key="fee-9")
+    services.entry_reverse(entry=entry, idempotency_key="fee-9:reverse")
+    with pytest.raises(IntegrityError), transaction.atomic():  # past the service's own check
+        JournalEntry.objects.create(idempotency_key="fee-9:again", request_digest="-", kind="reversal", reverses=entry)
+    services.hold_place(organisation=buyer, amount_fen=1_000, reference="order:9")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Hold.objects.create(organisation=buyer, reference="order:9", amount_fen=1)
+    assert JournalEntry.objects.filter(reverses__isnull=True).count() >= 3
+    assert fees.postings.count() == 2 and Hold.objects.filter(reference="order:9").count() == 1
