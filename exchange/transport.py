@@ -197,6 +197,11 @@ def _answer(loop: MatcherLoop, items: list[tuple[list[dict], Future]]) -> None:
         i += len(commands)
 
 
+# The longest one BLPOP blocks: under redis-py's default read timeout (5 s), which would otherwise end a longer
+# wait (MATCHER_REPLY_TIMEOUT, the demo's 30 s) with a TimeoutError instead of "no answer yet".
+BLOCK_SECONDS = 4.0
+
+
 class RedisClient:
     def __init__(self) -> None:
         import redis
@@ -218,14 +223,16 @@ class RedisClient:
             key = f"suanli:reply:{uuid.uuid4().hex}"
             keys.append((key, items))
             pipe.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
-        pipe.blpop([keys[0][0]], timeout=max(timeout, 0.01))
+        pipe.blpop([keys[0][0]], timeout=max(min(timeout, BLOCK_SECONDS), 0.01))
         got = pipe.execute()[-1]
         for n, (key, items) in enumerate(keys):
             if n:  # the other shards' answers, within what is left of the timeout
+                got = None
+            while got is None:  # waits longer than one block: block again until the deadline
                 left = deadline - time.monotonic()
-                got = self.redis.blpop([key], timeout=max(left, 0.01)) if left > 0 else None
-            if got is None:
-                return None
+                if left <= 0:
+                    return None
+                got = self.redis.blpop([key], timeout=max(min(left, BLOCK_SECONDS), 0.01))
             for (i, _), reply in zip(items, json.loads(got[1]), strict=True):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
@@ -431,7 +438,7 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
     gc.freeze()  # the recovered books are long-lived: keep them out of the cyclic collector's scans
     tidied = time.monotonic()
     while stop is None or not stop.is_set():
-        raw = r.blmove(key, inflight, timeout=max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), src="RIGHT", dest="LEFT")
+        raw = r.blmove(key, inflight, timeout=min(max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), BLOCK_SECONDS), src="RIGHT", dest="LEFT")
         began = time.monotonic()
         messages = [] if raw is None else [json.loads(raw)]
         while messages and len(messages) < MAX_BATCH:

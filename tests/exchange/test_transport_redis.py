@@ -1,0 +1,52 @@
+"""The Redis transport's waits: an order request waits MATCHER_REPLY_TIMEOUT (or the caller's timeout) for the
+matcher, however long that is; redis-py's default 5 s read timeout must not end it with an error."""
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+
+from exchange import transport
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def queue(settings):
+    settings.MATCHER_TRANSPORT, settings.MATCHER_SHARDS = "redis", 1
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    r.flushdb()
+    yield r
+    r.flushdb()
+
+
+def answer_after(r, seconds: float) -> threading.Thread:
+    """A stand-in matcher: takes the next message from shard 0's queue and answers it `seconds` later."""
+
+    def run() -> None:
+        _, raw = r.brpop([transport.queue_key(0)], timeout=3)
+        message = json.loads(raw)
+        time.sleep(seconds)
+        r.lpush(message["reply"], json.dumps([{"op": c["op"], "answered": True} for c in message["commands"]]))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_reply_slower_than_redis_pys_read_timeout_is_still_received(queue):
+    matcher = answer_after(queue, 5.5)
+    began = time.monotonic()
+    replies = transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=8)
+    assert replies == [{"op": "place", "answered": True}]
+    assert 5.5 <= time.monotonic() - began < 8
+    matcher.join()
+
+
+def test_no_reply_within_a_long_timeout_is_none_not_an_error(queue):
+    began = time.monotonic()
+    assert transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=5.5) is None
+    assert 5.5 <= time.monotonic() - began < 6.5
+    assert queue.llen(transport.queue_key(0)) == 1  # still queued: a matcher that starts later processes it
