@@ -19,7 +19,8 @@ per round in batches of that size, and the round reports per batch and per order
 - `wall`: elapsed time (the writer's serial chain: its CPU plus PostgreSQL's plus the waits between them).
 
 Medians over rounds are printed; the last line is JSON with `b{size}_cpu_us`, `b{size}_pg_us`,
-`b{size}_wall_us` per batch and `b{size}_order_wall_us` per order. `--profile FILE` writes a cProfile of the
+`b{size}_wall_us` per batch and `b{size}_order_wall_us` per order, and the machine's speed at the start
+(`ref_python_loop_ms`, `ref_select1_cpu_us`: see `machine_reference`), since its figures move with it. `--profile FILE` writes a cProfile of the
 smallest size's batches (cProfile overstates call-heavy code: compare with wall time before acting on it).
 """
 
@@ -71,6 +72,26 @@ def commands(rng: random.Random, instrument, buyers, sellers, tag: str):
         user, org = rng.choice(buyers if side == "buy" else sellers)
         yield services.order_command(user=user, organisation=org, request=services.OrderRequest(
             instrument=instrument, side=side, quantity=qty, client_order_id=f"{tag}-{n}", price=Decimal(ticks) / 100, time_in_force=tif))
+
+
+def machine_reference(connection) -> dict[str, float]:
+    """This machine's speed at the time of the run, to put figures from different hours side by side (here
+    it drifts by a quarter within the hour and by half from day to day): the best of 5 of a fixed pure-Python
+    loop (ms), and of 5 x 200 `SELECT 1` round trips through Django's cursor (writer CPU per trip, us)."""
+    loops, trips = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        loops.append((time.perf_counter() - t) * 1e3)
+        c = time.process_time()
+        with connection.cursor() as cur:
+            for _ in range(200):
+                cur.execute("SELECT 1")
+                cur.fetchall()
+        trips.append((time.process_time() - c) / 200 * 1e6)
+    return {"ref_python_loop_ms": round(min(loops), 1), "ref_select1_cpu_us": round(min(trips), 1)}
 
 
 def run_size(matcher, stream, size: int, orders: int, backend_pid: int, profile: cProfile.Profile | None = None) -> dict:
@@ -128,6 +149,8 @@ def main() -> None:
     matcher = Matcher()
     backend = _pid(connection)
     run_size(matcher, stream, 16, 320, backend)  # warm: books loaded, caches filled
+    reference = machine_reference(connection)
+    print(f"machine now: a 10^6-step Python loop {reference['ref_python_loop_ms']} ms, SELECT 1 {reference['ref_select1_cpu_us']} us of CPU", flush=True)
     profile = cProfile.Profile() if args.profile else None
     rows: dict[int, list[dict]] = {s: [] for s in sizes}
     for r in range(args.rounds):
@@ -139,7 +162,7 @@ def main() -> None:
     if profile is not None:
         profile.dump_stats(args.profile)
         print(f"profile: {args.profile}")
-    summary: dict[str, float] = {}
+    summary: dict[str, float] = dict(reference)
     print("medians:")
     for size in sizes:
         med = {k: statistics.median(x[k] for x in rows[size]) for k in ("cpu_us", "pg_us", "wall_us", "order_wall_us")}
