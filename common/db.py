@@ -66,6 +66,26 @@ def pg_array(values: Sequence) -> str | list:
     return "{" + ",".join(parts) + "}"
 
 
+def in_lists(sql: str, *lists: Sequence, first: Sequence | None = None, extra: Sequence | None = None) -> tuple[str, list]:
+    """A hot-path query and its parameters: each `{}` in `sql` becomes one placeholder per element of the
+    matching list (`IN ({})`), `first` the values of placeholders before them and `extra` of those after.
+    Raw SQL, because building such a query through the ORM cost more CPU than the database spent answering
+    it; for `fetch_together` or `fetch_rows`."""
+    params: list = [*(first or [])]
+    slots = []
+    for values in lists:
+        slots.append(", ".join(["%s"] * len(values)))
+        params.extend(values)
+    return sql.format(*slots), [*params, *(extra or [])]
+
+
+def fetch_rows(sql: str, params: Sequence) -> list[tuple]:
+    """The rows of one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def bulk_update_rows(model: type[models.Model], objs: Sequence[models.Model], fields: Sequence[str]) -> None:
     """`bulk_update` without Django's per-row CASE expressions: on PostgreSQL one
     `UPDATE ... FROM unnest(arrays)` statement (the ORM spends most of a batch's CPU building CASEs, see

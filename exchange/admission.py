@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows, fetch_together
+from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
@@ -84,7 +84,7 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
 def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> tuple[str, list]:
     """Listings with the lots each already holds for the instrument (sold or still offered), share-locked
     (see `listing_free_lots_locked`): (id, supplier, devices, device model, used lots) per row."""
-    return _statement(
+    return in_lists(
         f"SELECT l.id, l.supplier_id, l.device_count, l.device_model_id, COALESCE((SELECT SUM(c.lots - c.released_lots) "  # nosec B608 # table names from _meta, values are parameters
         f"FROM {CapacityHold._meta.db_table} c WHERE c.listing_id = l.id AND c.instrument_id = %s), 0) "
         f"FROM {Listing._meta.db_table} l WHERE {where} ORDER BY l.id"
@@ -94,7 +94,7 @@ def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> 
 
 
 def _accounts_sql(organisation_ids: list[int]) -> tuple[str, list]:
-    return _statement(
+    return in_lists(
         f"SELECT id, organisation_id, kind, balance_fen FROM {Account._meta.db_table} WHERE organisation_id IN ({{}}) AND kind IN (%s, %s)",  # nosec B608 # table name from _meta, values are parameters
         organisation_ids, extra=[AccountKind.AVAILABLE.value, AccountKind.HELD.value],
     )
@@ -110,7 +110,7 @@ def trading_accounts(organisation_ids: list[int]) -> tuple[dict[tuple[int, str],
     locks every account of the batch at once, in id order, and refuses the whole batch if a concurrent debit
     (a payout, another shard) left one short; the loop then retries the batch's commands one by one, so only
     that order is refused. Locking here as well would take two lock phases: a deadlock risk."""
-    return _accounts(_rows(*_accounts_sql(organisation_ids)))
+    return _accounts(fetch_rows(*_accounts_sql(organisation_ids)))
 
 
 def _capacity_lots(listing: _ListingRow, inst: Instrument) -> int:
@@ -131,29 +131,11 @@ def listing_free_lots_locked(listing_id: int, inst: Instrument) -> int:
     counted per instrument, and only the instrument's own shard writes its holds, so the shards whose
     instruments share the listing need not wait for each other (with FOR UPDATE two shards trading one
     product's windows took turns, batch by batch, bench/RESULTS.md)."""
-    rows = _rows(*_listings_sql("l.id = %s", inst.pk, extra=[listing_id]))
+    rows = fetch_rows(*_listings_sql("l.id = %s", inst.pk, extra=[listing_id]))
     if not rows:
         return 0
     pk, supplier, devices, model, used = rows[0]
     return _capacity_lots(_ListingRow(pk, supplier, devices, model), inst) - used
-
-
-def _statement(sql: str, *lists: list, first: list | None = None, extra: list | None = None) -> tuple[str, list]:
-    """A hot-path query with one placeholder per element of each list (`{}` in `sql`), `first` the values of
-    placeholders before them: raw SQL, because building it through the ORM cost more CPU than the database
-    spent answering it."""
-    params: list = [*(first or [])]
-    slots = []
-    for values in lists:
-        slots.append(", ".join(["%s"] * len(values)))
-        params.extend(values)
-    return sql.format(*slots), [*params, *(extra or [])]
-
-
-def _rows(sql: str, params: list) -> list[tuple]:
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
 
 
 def _parse_expiry(value) -> dt.datetime | None:
@@ -242,12 +224,12 @@ class Admission:
             if self.book_for(iid) is not None:
                 windows.append((self.instrument_for(iid), sorted(sellers[iid])))
         rows = fetch_together([
-            _statement(
+            in_lists(
                 f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "  # nosec B608 # table names from _meta, values are parameters
                 "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
                 users, orgs, extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
             ),
-            _statement(
+            in_lists(
                 "SELECT id, organisation_id, client_order_id FROM exchange_order WHERE organisation_id IN ({}) AND client_order_id IN ({})",
                 orgs, sorted({c["client_order_id"] for c in commands}),
             ),

@@ -653,8 +653,8 @@ def _pipeline():
     """On PostgreSQL, psycopg's pipeline mode for the batch: a statement whose result is not read (most of the
     writes: capacity holds, order events, order updates, capacity, book state, entries and postings,
     balances, holds) is queued and sent with the next one that is read, instead of waiting for its own round
-    trip; so is BEGIN. Each round trip costs
-    the writer ~100-150 us of CPU and several times that in wall time here (bench/matcher_bench.py). An error
+    trip; so is BEGIN. Each round trip costs the writer ~100-150 us of CPU and several times that in wall time
+    here (bench/matcher_bench.py). An error
     in a queued statement is raised at the next read or when the block ends, inside the batch's
     transaction, which then rolls back as before."""
     if connection.vendor != "postgresql":

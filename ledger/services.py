@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from common.db import bulk_update_rows, fetch_together, pg_array
+from common.db import bulk_update_rows, fetch_rows, fetch_together, in_lists, pg_array
 from common.errors import ServiceError
 from ledger.models import (
     NON_NEGATIVE_KINDS,
@@ -220,7 +220,7 @@ class _OrmStore:
         """The holds' rows, locked in id order (id, organisation, reference, amount, captured, released,
         status), and find_entries(keys)."""
         lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-        return _raw(f"{_HOLD_ROWS}{lock}", hold_ids), self.find_entries(keys)
+        return fetch_rows(*in_lists(f"{_HOLD_ROWS}{lock}", hold_ids)), self.find_entries(keys)
 
     def find_entries(self, keys: list[str]) -> dict[str, tuple[int, str]]:
         rows = JournalEntry.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", "pk", "request_digest")
@@ -265,8 +265,9 @@ _FIND_ENTRIES = "SELECT idempotency_key, id, request_digest FROM ledger_journale
 
 
 class _PostgresStore(_OrmStore):
-    """The same statements as array-parameter SQL: one round trip each, whatever the batch size. The ORM
-    spent most of a transfer's CPU building per-row expressions (bench/RESULTS.md, ledger section)."""
+    """The same statements as array-parameter SQL, whatever the batch size: the holds and the keys are read in
+    one round trip, entries and postings written in one statement. The ORM spent most of a transfer's CPU
+    building per-row expressions (bench/RESULTS.md, ledger section)."""
 
     def lock_accounts(self, ids: list[int]) -> dict[int, tuple[str, int]]:
         with connection.cursor() as cur:
@@ -275,7 +276,7 @@ class _PostgresStore(_OrmStore):
 
     def lock_holds_find_entries(self, hold_ids: list[int], keys: list[str]) -> tuple[list[tuple], dict[str, tuple[int, str]]]:
         holds, found = fetch_together([
-            (f"{_HOLD_ROWS} FOR UPDATE".format(", ".join(["%s"] * len(hold_ids))), hold_ids),
+            in_lists(f"{_HOLD_ROWS} FOR UPDATE", hold_ids),
             (_FIND_ENTRIES, [keys]),
         ])
         return holds, {key: (pk, digest) for key, pk, digest in found}
@@ -549,10 +550,11 @@ def holds_move(
             hold._state.db = "default"
         accounts = account_ids if account_ids is not None else {}
         unknown = sorted({h.organisation_id for h in holds.values()} - {org for org, _ in accounts})
-        accounts.update(
-            ((org, kind), pk)
-            for pk, org, kind in _raw("SELECT id, organisation_id, kind FROM ledger_account WHERE organisation_id IN ({}) AND kind IN (%s, %s)", unknown, extra=[AccountKind.HELD.value, AccountKind.AVAILABLE.value])
-        )
+        if unknown:
+            accounts.update(
+                ((org, kind), pk)
+                for pk, org, kind in fetch_rows(*in_lists("SELECT id, organisation_id, kind FROM ledger_account WHERE organisation_id IN ({}) AND kind IN (%s, %s)", unknown, extra=[AccountKind.HELD.value, AccountKind.AVAILABLE.value]))
+            )
         captured: dict[int, int] = {}
         released: dict[int, int] = {}
         requests = []
@@ -600,11 +602,3 @@ def holds_move(
             changed.append(hold)
         bulk_update_rows(Hold, changed, ["captured_fen", "released_fen", "status", "updated_at"])
 
-
-def _raw(sql: str, values: list, *, extra: list | None = None) -> list[tuple]:
-    """`sql` with `{}` expanded to one placeholder per value."""
-    if not values:
-        return []
-    with connection.cursor() as cur:
-        cur.execute(sql.format(", ".join(["%s"] * len(values))), [*values, *(extra or [])])
-        return cur.fetchall()
