@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists
+from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists, pg_array
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, Order, OrderType, Side
@@ -90,6 +90,25 @@ def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> 
         f"FROM {Listing._meta.db_table} l WHERE {where} ORDER BY l.id"
         + (" FOR SHARE" if connection.features.has_select_for_update else ""),
         *lists, first=[instrument_id], extra=extra,
+    )
+
+
+def _keys_sql(keys: list[tuple[int, str]]) -> tuple[str, list]:
+    """The stored orders with these (organisation, client order id) pairs: (id, organisation, client order id)
+    per row. One index lookup per pair (the unique constraint's index): with an IN list per column the index
+    was searched for every organisation x client order id of the batch, 12,800 descents for a batch of 128
+    orders from 100 organisations (16 ms of PostgreSQL's time, bench/RESULTS.md)."""
+    table = Order._meta.db_table
+    if connection.vendor == "postgresql":
+        return (
+            f"SELECT o.id, o.organisation_id, o.client_order_id FROM unnest(%s::bigint[], %s::varchar[]) AS k(org, cid) "  # nosec B608 # table name from _meta, values are parameters
+            f"JOIN {table} o ON o.organisation_id = k.org AND o.client_order_id = k.cid",
+            [pg_array([org for org, _ in keys]), pg_array([cid for _, cid in keys])],
+        )
+    return (  # SQLite: a join from a VALUES list searches the index per pair (`(a, b) IN (VALUES ...)` scans the table)
+        f"WITH k(org, cid) AS (VALUES {', '.join(['(%s, %s)'] * len(keys))}) "  # nosec B608 # table name from _meta, values are parameters
+        f"SELECT o.id, o.organisation_id, o.client_order_id FROM k JOIN {table} o ON o.organisation_id = k.org AND o.client_order_id = k.cid",
+        [v for key in keys for v in key],
     )
 
 
@@ -229,10 +248,7 @@ class Admission:
                 "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
                 users, orgs, extra=[MemberRole.ADMIN.value, MemberRole.TRADER.value],
             ),
-            in_lists(
-                "SELECT id, organisation_id, client_order_id FROM exchange_order WHERE organisation_id IN ({}) AND client_order_id IN ({})",
-                orgs, sorted({c["client_order_id"] for c in commands}),
-            ),
+            _keys_sql(sorted({(c["organisation"], c["client_order_id"]) for c in commands})),
             _accounts_sql(buyers) if buyers else None,
             *(
                 _listings_sql(

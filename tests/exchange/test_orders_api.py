@@ -1,5 +1,7 @@
 """Order entry over REST: placement with holds, matching, fills, contracts, cancels, amends, rejections."""
 
+from decimal import Decimal
+
 import pytest
 from django.db import IntegrityError, transaction
 
@@ -396,6 +398,31 @@ def test_a_retry_inside_one_batch_answers_with_the_first_order(market_setup):
     assert other["error"]["status"] == 409 and other["error"]["field"] == "client_order_id"
     assert Order.objects.filter(client_order_id="twice").count() == 1
     assert balances_get(organisation=m["buyer"])["held"] == 3_004  # one hold: 30.00 + max fee 0.03 + 0.01
+
+
+def test_in_one_batch_a_client_order_id_is_matched_per_organisation(market_setup):
+    """Idempotency keys are (organisation, client_order_id) pairs: in a batch that mixes a retry with another
+    organisation's order under the same id, only the retry finds the stored order."""
+    from exchange import services, transport
+
+    m = market_setup
+    inst = m["instrument"]
+
+    def command(user, org, side, cid, price):
+        req = services.OrderRequest(instrument=inst, side=side, quantity=2, client_order_id=cid, price=Decimal(price))
+        return services.order_command(user=user, organisation=org, request=req)
+
+    (stored,) = transport.send([command(m["buyer_user"], m["buyer"], "buy", "k1", "14.90")])
+    retry, seller_k1, buyer_k2 = transport.send([
+        command(m["buyer_user"], m["buyer"], "buy", "k1", "14.90"),
+        command(m["seller_user"], m["supplier"], "sell", "k1", "15.10"),
+        command(m["buyer_user"], m["buyer"], "buy", "k2", "14.80"),
+    ])
+    assert (retry["created"], retry["state"]["id"]) == (False, stored["state"]["id"])
+    assert seller_k1["created"] and seller_k1["state"]["organisation"] == m["supplier"].pk
+    assert buyer_k2["created"] and buyer_k2["state"]["id"] not in (stored["state"]["id"], seller_k1["state"]["id"])
+    assert sorted(Order.objects.values_list("organisation_id", "client_order_id")) == sorted(
+        [(m["buyer"].pk, "k1"), (m["buyer"].pk, "k2"), (m["supplier"].pk, "k1")])
 
 
 def test_each_buy_has_its_own_hold_and_each_sell_its_listing(api, market_setup):
