@@ -29,7 +29,7 @@ from django.db import connection
 from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists, pg_array
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
-from exchange.models import CapacityHold, Order, OrderType, Side
+from exchange.models import CapacityHold, ListingUsage, Order, OrderType, Side
 from ledger import services as ledger
 from ledger.models import Account, AccountKind, EntryKind, Hold
 from marketplace.models import DeviceModel, Instrument, InstrumentStatus, Listing, MemberRole, Membership, User
@@ -82,11 +82,12 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
 
 
 def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> tuple[str, list]:
-    """Listings with the lots each already holds for the instrument (sold or still offered), share-locked
-    (see `listing_free_lots_locked`): (id, supplier, devices, device model, used lots) per row."""
+    """Listings with the lots each already holds for the instrument (sold or still offered: ListingUsage, which
+    the database keeps from the capacity holds), share-locked (see `listing_free_lots_locked`): (id, supplier,
+    devices, device model, used lots) per row."""
     return in_lists(
-        f"SELECT l.id, l.supplier_id, l.device_count, l.device_model_id, COALESCE((SELECT SUM(c.lots - c.released_lots) "  # nosec B608 # table names from _meta, values are parameters
-        f"FROM {CapacityHold._meta.db_table} c WHERE c.listing_id = l.id AND c.instrument_id = %s), 0) "
+        f"SELECT l.id, l.supplier_id, l.device_count, l.device_model_id, COALESCE((SELECT u.lots "  # nosec B608 # table names from _meta, values are parameters
+        f"FROM {ListingUsage._meta.db_table} u WHERE u.listing_id = l.id AND u.instrument_id = %s), 0) "
         f"FROM {Listing._meta.db_table} l WHERE {where} ORDER BY l.id"
         + (" FOR SHARE" if connection.features.has_select_for_update else ""),
         *lists, first=[instrument_id], extra=extra,
@@ -229,7 +230,7 @@ class Admission:
         (share-locked) with the lots they already hold per instrument. Memberships are read here, in the
         transaction that stores the orders, so a revoked trader cannot slip one in. The reads cover every
         command, even one that a check will refuse before its turn; only the commands that pass use them.
-        The lots held are summed as the listings are locked: only this instrument's shard writes them."""
+        The lots held are read as the listings are locked: only this instrument's shard writes them."""
         commands = [c for _, c in places]
         users = sorted({c["user"] for c in commands})
         orgs = sorted({c["organisation"] for c in commands})

@@ -205,6 +205,23 @@ class CapacityHold(models.Model):
         return self.lots - self.sold_lots - self.released_lots
 
 
+class ListingUsage(models.Model):
+    """Lots of a listing held for one instrument by sell orders' capacity holds, sold or still offered: the sum
+    of `lots - released_lots` over those holds. The database keeps it (triggers on the capacity holds, migration
+    0007), whoever writes them, so admission reads one row per listing where it summed every hold the listing
+    ever had on the instrument: a cost that grew with the listing's history (bench/RESULTS.md)."""
+
+    listing = models.ForeignKey(Listing, on_delete=models.CASCADE, related_name="+", db_index=False)  # the unique constraint leads with it
+    instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="+")
+    lots = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["listing", "instrument"], name="listing_usage_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.lots} lots of listing {self.listing_id} held for instrument {self.instrument_id}"
+
+
 class BookState(models.Model):
     """What the matcher has persisted per instrument: market-data and trade sequence numbers."""
 
