@@ -12,9 +12,8 @@ FILL = (
 
 # PostgreSQL: statement-level triggers with transition tables, one upsert per statement however many rows it
 # wrote (the matcher writes a batch's holds in one statement).
+PG_LOCK = "LOCK TABLE exchange_capacityhold IN SHARE ROW EXCLUSIVE MODE"  # no hold written between the fill and the triggers
 PG_FORWARD = """
-LOCK TABLE exchange_capacityhold IN SHARE ROW EXCLUSIVE MODE;
-""" + FILL + """;
 CREATE FUNCTION exchange_listing_usage() RETURNS trigger AS $$  -- UPDATE
 BEGIN
     -- Not an upsert: INSERT ... ON CONFLICT checks the row it would insert, and a decrease is negative.
@@ -89,7 +88,8 @@ SQLITE_BACKWARD = [f"DROP TRIGGER IF EXISTS exchange_capacityhold_usage_{event}"
 
 def forward(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD, params=None)
+        for statement in (PG_LOCK, FILL, PG_FORWARD):
+            schema_editor.execute(statement, params=None)
     else:
         for statement in SQLITE_FORWARD:
             schema_editor.execute(statement, params=None)
