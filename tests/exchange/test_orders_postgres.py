@@ -124,3 +124,30 @@ def test_a_write_failing_in_the_batch_pipeline_refuses_only_its_order(market_set
     [after] = loop.run([command("after")])
     assert after["state"]["status"] == "open"
     assert ledger_verify().ok
+
+
+def test_what_a_matcher_reads_every_second_is_found_through_the_live_order_indexes(market_setup):
+    """Housekeeping's reads (pending orders, cancels requested) and the risk book's open orders go through the
+    partial indexes of live orders, whose size is the orders in play, not every order ever stored."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from exchange.matcher import Matcher
+    from exchange.risk import RiskBook
+
+    matcher = Matcher()
+    with CaptureQueriesContext(connection) as reads:
+        matcher.pending_commands()
+        RiskBook(owns=matcher.owns, shards=1).ensure()
+    statements = [q["sql"] for q in reads.captured_queries if "exchange_order" in q["sql"] and "JOIN" not in q["sql"]]
+    assert len(statements) == 3, statements
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # a tiny test table would be read whole anyway
+        try:
+            plans = []
+            for sql in statements:
+                cursor.execute("EXPLAIN " + sql)  # nosec B608 # SQL the ORM just ran, values inlined by client-side binding
+                plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        finally:
+            cursor.execute("RESET enable_seqscan")
+    assert ["order_pending_or_open" in p or "order_cancel_requested" in p for p in plans] == [True] * 3, plans
