@@ -90,6 +90,9 @@ class Order(models.Model):
         indexes = [
             models.Index(fields=["instrument", "status"]),
             models.Index(fields=["organisation", "status"]),
+            # A trader's order list, newest first (GET /orders/): read 50 entries of it, not sort all the
+            # organisation's orders (16.8 -> 0.1 ms for 4,177 orders, linear before, bench/RESULTS.md).
+            models.Index(fields=["organisation", "id"], name="order_organisation_newest"),
             # What each matcher looks for once a second (Matcher.pending_commands) and when it loads its risk
             # book: without these, every order ever stored was read through (instrument, status), a cost that
             # grew with the venue's history (13.8 ms a second after 146,000 orders, bench/RESULTS.md).

@@ -141,13 +141,40 @@ def test_what_a_matcher_reads_every_second_is_found_through_the_live_order_index
         RiskBook(owns=matcher.owns, shards=1).ensure()
     statements = [q["sql"] for q in reads.captured_queries if "exchange_order" in q["sql"] and "JOIN" not in q["sql"]]
     assert len(statements) == 3, statements
+    plans = _plans(statements)
+    assert ["order_pending_or_open" in p or "order_cancel_requested" in p for p in plans] == [True] * 3, plans
+
+
+def test_a_traders_order_list_reads_its_newest_orders_through_an_index(api, market_setup):
+    """GET /orders/ reads the page it shows, not every order of the organisation sorted."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.exchange.test_orders_api import place
+
+    m = market_setup
+    for i in range(3):
+        assert place(api, m["buyer_user"], m["instrument"], price="14.50", client_order_id=f"b{i}").status_code == 201
+    api.force_authenticate(m["buyer_user"])
+    with CaptureQueriesContext(connection) as reads:
+        assert api.get("/api/v1/orders/").status_code == 200
+    [page] = [q["sql"] for q in reads.captured_queries if 'FROM "exchange_order"' in q["sql"] and "LIMIT" in q["sql"]]
+    [plan] = _plans([page])
+    assert "Index Scan Backward using order_organisation_newest" in plan, plan
+
+
+def _plans(statements: list[str]) -> list[str]:
+    """EXPLAIN of SQL the ORM just ran (values inlined by client-side binding), sequential scans off: a tiny test
+    table would be read whole anyway."""
+    from django.db import connection
+
     with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # a tiny test table would be read whole anyway
+        cursor.execute("SET enable_seqscan = off")
         try:
             plans = []
             for sql in statements:
-                cursor.execute("EXPLAIN " + sql)  # nosec B608 # SQL the ORM just ran, values inlined by client-side binding
+                cursor.execute("EXPLAIN " + sql)  # nosec B608 # the ORM's own SQL, values inlined
                 plans.append("\n".join(row[0] for row in cursor.fetchall()))
         finally:
             cursor.execute("RESET enable_seqscan")
-    assert ["order_pending_or_open" in p or "order_cancel_requested" in p for p in plans] == [True] * 3, plans
+    return plans
