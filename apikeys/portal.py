@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 
 from apikeys import selectors, services
 from apikeys.models import ApiKey, Scope
+from common.api import whole_number
 from common.errors import ServiceError
 from portal.views import GET_OR_POST
 
@@ -34,7 +35,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         if not name or len(name) > 100:
             errors["name"] = _("Give the key a name of 1 to 100 characters.")
         if days:
-            if not days.isdigit() or not 1 <= int(days) <= 3650:
+            if whole_number(days, 1, 3650) is None:
                 errors["expires_days"] = _("A whole number of days from 1 to 3650, or empty for no expiry.")
             else:
                 expires_at = timezone.now() + dt.timedelta(days=int(days))

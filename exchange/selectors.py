@@ -10,6 +10,7 @@ from zlib import crc32
 from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
+from common.api import id_of
 from exchange.models import BookState, Order, OrderStatus, Side, Trade
 from marketplace.models import Instrument, MemberRole, Organisation, User
 from marketplace.selectors import NotAMember, acting_organisation, organisation_ids_for_user
@@ -53,7 +54,7 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
     if fresh:
         hit = _trading[user.pk] = (now, _trading_organisations(user))
     orgs = hit[1]
-    wanted = None if organisation_id in (None, "") or not str(organisation_id).isdigit() else int(organisation_id)
+    wanted = None if organisation_id in (None, "") else id_of(organisation_id)
     if not fresh and (not orgs or (wanted is not None and all(o.pk != wanted for o in orgs))):
         # A membership added since the cache was filled: look again before refusing.
         orgs = _trading_organisations(user)
@@ -64,10 +65,10 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
         if not orgs:
             raise NotAMember("You are not a member of an organisation that may do this.")
         raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
-    if not str(organisation_id).isdigit():
+    if id_of(organisation_id) is None:
         raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
     for org in orgs:
-        if org.pk == int(organisation_id):
+        if org.pk == id_of(organisation_id):
             return org
     raise NotAMember("No such organisation among yours.")
 

@@ -14,6 +14,7 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.utils.encoders import JSONEncoder
 
+from common.api import id_of
 from common.errors import ServiceError
 from exchange import selectors, services, transport
 from exchange.models import Order, OrderStatus
@@ -56,9 +57,9 @@ def _not_regulator(user) -> None:
 def _find_order(user, message: dict) -> Order:
     qs = selectors.order_list_for_user(user)
     if message.get("order") is not None:
-        if not str(message["order"]).isdigit():
+        if id_of(message["order"]) is None:
             raise drf_exceptions.ValidationError({"order": ["An order id."]})
-        order = qs.filter(pk=int(message["order"])).first()
+        order = qs.filter(pk=id_of(message["order"])).first()
     elif message.get("client_order_id"):
         qs = qs.filter(client_order_id=str(message["client_order_id"]), organisation_id__in=organisation_ids_for_user(user))
         order = qs.order_by("-id").first()

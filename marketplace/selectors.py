@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
+from common.api import id_of
 from common.errors import ServiceError
 from marketplace.models import DataCentre, DeviceInventory, Listing, Organisation, User
 from marketplace.regions import is_shanghai
@@ -137,9 +138,9 @@ def acting_organisation(user: User, organisation_id: int | str | None, roles: tu
         if not orgs:
             raise NotAMember("You are not a member of an organisation that may do this.")
         raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
-    if not str(organisation_id).isdigit():
+    if id_of(organisation_id) is None:
         raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
-    membership = memberships.filter(organisation_id=int(organisation_id)).first()
+    membership = memberships.filter(organisation_id=id_of(organisation_id)).first()
     if membership is None:
         raise NotAMember("No such organisation among yours.")
     return membership.organisation

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from common.api import BIGINT_MAX, whole_number
 from common.errors import ServiceError
 from marketplace.models import MemberRole
 from portal.views import GET_OR_POST, member_required, overseer_required
@@ -33,8 +34,9 @@ def usage_events_parse(name: str, data: bytes) -> list:
     for row in csv.DictReader(io.StringIO(text)):
         event = {k.strip(): (v or "").strip() for k, v in row.items() if k}
         for key in INT_FIELDS:
-            if event.get(key, "").isdigit():
-                event[key] = int(event[key])
+            number = whole_number(event.get(key, ""), 0, BIGINT_MAX)
+            if number is not None:
+                event[key] = number
         for key in ("energy_kwh", "utilisation_pct"):
             if event.get(key) == "":
                 event.pop(key)

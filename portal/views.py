@@ -25,6 +25,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from common.api import whole_number
 from common.errors import ServiceError
 from exchange import selectors as exchange_selectors
 from exchange.models import BookState, Contract, Order, OrderStatus, Trade
@@ -121,7 +122,7 @@ def products(request: HttpRequest) -> HttpResponse:
     if green is not None:
         qs = qs.filter(min_renewable_share__gte=green)
     security = f.get("min_security", "")
-    if security.isdigit():
+    if whole_number(security, 0, 100) is not None:
         qs = qs.filter(min_security_level__gte=int(security))
     open_counts = {}
     for inst in Instrument.objects.filter(product__in=list(qs), status=InstrumentStatus.OPEN).order_by("delivery_start"):

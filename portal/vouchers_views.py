@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from common.api import id_of
 from common.errors import ServiceError
 from marketplace.models import PlatformRole, SizeClass
 from portal.views import GET_OR_POST, GROUP_LABELS, _fen_from_cny, member_required
@@ -68,7 +69,7 @@ def review(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and not can_decide:  # before reading the form: a refusal, whatever was sent
         raise PermissionDenied(_("Only the voucher authority decides applications."))
     raw_id = request.POST.get("application", "")
-    application = Application.objects.filter(pk=raw_id).first() if request.method == "POST" and raw_id.isdigit() else None  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all and can_decide checked above)
+    application = Application.objects.filter(pk=id_of(raw_id)).first() if request.method == "POST" and id_of(raw_id) else None  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all and can_decide checked above)
     if request.method == "POST" and application is None:
         messages.error(request, _("No such application."))
     elif request.method == "POST":

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
 
-from common.api import ReusedFieldsMixin, StrictFieldsMixin
+from common.api import ReusedFieldsMixin, StrictFieldsMixin, id_of
 from exchange.models import Order, OrderType, SelfTradePrevention, Side, TimeInForce, Trade
 from exchange.selectors import instrument_get_cached
 from marketplace.models import Instrument, Listing
@@ -20,9 +20,10 @@ class CachedInstrumentField(serializers.PrimaryKeyRelatedField):
     """An instrument id, resolved through the per-process cache (exchange.selectors.instrument_get_cached)."""
 
     def to_internal_value(self, data):
-        if isinstance(data, bool) or not str(data).isdigit():
+        pk = id_of(data)
+        if pk is None:
             self.fail("incorrect_type", data_type=type(data).__name__)
-        instrument = instrument_get_cached(int(data))
+        instrument = instrument_get_cached(pk)
         if instrument is None:
             self.fail("does_not_exist", pk_value=data)
         return instrument

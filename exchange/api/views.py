@@ -15,6 +15,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
+from common.api import NewestFirst
 from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from exchange import risk, selectors, services, transport
@@ -126,6 +127,7 @@ def _refresh(order: Order) -> Order:
 class OrderListCreate(generics.ListAPIView):
     """Your organisations' orders; POST places one (idempotent on client_order_id)."""
 
+    pagination_class = NewestFirst
     serializer_class = s.OrderSerializer
     permission_classes = [permissions.IsAuthenticated, IsNotRegulator]
     filterset_class = OrderFilter
@@ -224,6 +226,7 @@ class CancelAll(APIView):
 class FillList(generics.ListAPIView):
     """Your organisations' fills, newest first."""
 
+    pagination_class = NewestFirst
     serializer_class = s.MyFillSerializer
     permission_classes = [permissions.IsAuthenticated]
     filterset_fields = ["instrument"]
@@ -238,6 +241,7 @@ class FillList(generics.ListAPIView):
 class TradeList(generics.ListAPIView):
     """The public tape (no counterparties)."""
 
+    pagination_class = NewestFirst
     serializer_class = s.PublicTradeSerializer
     permission_classes = [permissions.AllowAny]
     filterset_fields = ["instrument"]

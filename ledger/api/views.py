@@ -10,6 +10,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import id_of
 from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from ledger import selectors
@@ -24,7 +25,7 @@ def _organisation_for_reading(request, organisation_id) -> Organisation:
     if selectors.can_see_all(request.user):
         if organisation_id in (None, ""):
             raise NotFound({"organisation": ["Say which organisation with `organisation`."]})
-        org = Organisation.objects.filter(pk=organisation_id).first() if str(organisation_id).isdigit() else None  # nosemgrep: object-by-id-without-owner -- only for those who may see all (checked above)
+        org = Organisation.objects.filter(pk=id_of(organisation_id)).first() if id_of(organisation_id) else None  # nosemgrep: object-by-id-without-owner -- only for those who may see all (checked above)
         if org is None:
             raise NotFound({"organisation": ["No such organisation."]})
         return org

@@ -18,6 +18,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from common.api import id_of
 from ledger.models import Payout, Provider, ProviderEvent, TopUp
 from ledger.payments.base import PaymentError
 from ledger.payments.services import payout_reverse, top_up_credit, top_up_fail
@@ -82,8 +83,8 @@ def _top_up_for(obj: dict) -> TopUp | None:
     metadata = obj.get("metadata") or {}
     top_ups = TopUp.objects.filter(provider=Provider.STRIPE).select_related("organisation")
     top_up_id = str(metadata.get("top_up_id") or "")
-    if top_up_id.isdigit():
-        top_up = top_ups.filter(pk=int(top_up_id)).first()
+    if id_of(top_up_id):
+        top_up = top_ups.filter(pk=id_of(top_up_id)).first()
     elif obj.get("object") == "checkout.session":
         top_up = top_ups.filter(provider_reference=_id(obj.get("id"))).first() if obj.get("id") else None
     elif obj.get("object") == "payment_intent":
@@ -148,7 +149,7 @@ def _payment_intent_succeeded(intent: dict) -> None:
 def _transfer_reversed(transfer: dict) -> None:
     payouts = Payout.objects.filter(provider=Provider.STRIPE)
     payout_id = str((transfer.get("metadata") or {}).get("payout_id") or "")
-    payout = payouts.filter(pk=int(payout_id)).first() if payout_id.isdigit() else payouts.filter(provider_reference=_id(transfer.get("id"))).first()
+    payout = payouts.filter(pk=id_of(payout_id)).first() if id_of(payout_id) else payouts.filter(provider_reference=_id(transfer.get("id"))).first()
     if payout is None or payout.provider_reference != _id(transfer.get("id")):
         log.warning("Stripe transfer %s matches no payout; stored and ignored.", transfer.get("id"))
         return

@@ -8,6 +8,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import id_of
 from common.filters import UtcIsoDateTimeFilter
 from marketplace import selectors, services
 from marketplace.api import serializers as s
@@ -170,7 +171,7 @@ class InventoryView(APIView):
         supplier = None
         if "supplier" in request.query_params:
             raw = request.query_params["supplier"]
-            supplier = Organisation.objects.filter(pk=raw).first() if raw.isdigit() else None  # nosemgrep: object-by-id-without-owner -- the compute list is public
+            supplier = Organisation.objects.filter(pk=id_of(raw)).first() if id_of(raw) else None  # nosemgrep: object-by-id-without-owner -- the compute list is public
             if supplier is None:
                 raise ValidationError({"supplier": ["No such organisation."]})
         return Response(selectors.inventory_report(group_by=group_by, supplier=supplier))

@@ -10,10 +10,10 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, status
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.api import NewestFirst
 from exchange.models import Contract, Order, OrderEvent, Trade
 from ledger.models import JournalEntry, Posting
 from marketplace.selectors import organisation_ids_for_user
@@ -37,11 +37,7 @@ class IsOverseer(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or request.method in getattr(view, "overseer_writes", ())
 
 
-class IdCursor(CursorPagination):
-    ordering = "-id"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
+IdCursor = NewestFirst
 
 
 class SeqCursor(IdCursor):

@@ -116,6 +116,14 @@ def test_insufficient_funds_and_capacity_are_refused(api, market_setup):
     assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000, "held": 0, "escrow": 0, "receivable": 0}
 
 
+@pytest.mark.parametrize("instrument", ["²", "١", "0", "-1", "9" * 30, 10**30, True, 1.5, "x"])
+def test_an_instrument_that_is_not_an_id_is_a_field_error(api, market_setup, instrument):
+    """Unicode digits pass `str.isdigit` and a 30-digit id overflowed SQLite: both were 500s."""
+    response = place(api, market_setup["buyer_user"], market_setup["instrument"], instrument=instrument)
+    assert response.status_code == 400 and "instrument" in response.json(), response.content
+    assert not Order.objects.exists()
+
+
 def test_halted_instrument_refuses_orders(api, market_setup):
     m = market_setup
     m["instrument"].status = "halted"
@@ -132,7 +140,7 @@ def test_foreign_orders_are_not_found_and_regulators_cannot_trade(api, market_se
     assert api.get(f"/api/v1/orders/{order_id}/").status_code == 404
     assert api.delete(f"/api/v1/orders/{order_id}/").status_code == 404
     assert api.patch(f"/api/v1/orders/{order_id}/", {"quantity": 5}, format="json").status_code == 404
-    assert api.get("/api/v1/orders/").json()["count"] == 0
+    assert api.get("/api/v1/orders/").json()["results"] == []
     viewer = member(m["buyer"], role="viewer")
     api.force_authenticate(viewer)
     assert api.get(f"/api/v1/orders/{order_id}/").status_code == 200
@@ -423,6 +431,41 @@ def test_in_one_batch_a_client_order_id_is_matched_per_organisation(market_setup
     assert buyer_k2["created"] and buyer_k2["state"]["id"] not in (stored["state"]["id"], seller_k1["state"]["id"])
     assert sorted(Order.objects.values_list("organisation_id", "client_order_id")) == sorted(
         [(m["buyer"].pk, "k1"), (m["buyer"].pk, "k2"), (m["supplier"].pk, "k1")])
+
+
+def test_orders_fills_and_the_tape_page_newest_first_by_cursor(api, market_setup):
+    """The trading lists grow without end: pages follow `next` cursors, newest first, without a total. An order
+    placed while a client pages is neither repeated nor makes it skip one, and no page counts the list."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    m = market_setup
+    inst = m["instrument"]
+    for i in range(4):
+        assert place(api, m["seller_user"], inst, side="sell", price=f"15.0{i}", quantity=1, client_order_id=f"s{i}").status_code == 201
+    ids = [place(api, m["buyer_user"], inst, price="15.10", quantity=1, client_order_id=f"b{i}").json()["id"] for i in range(4)]
+    ids += [place(api, m["buyer_user"], inst, price="14.00", quantity=1, client_order_id=f"r{i}").json()["id"] for i in range(3)]
+
+    def walk(path, user, between=None):
+        api.force_authenticate(user)
+        seen, url, pages = [], f"{path}?page_size=3", 0
+        while url:
+            with CaptureQueriesContext(connection) as reads:
+                body = api.get(url).json()
+            assert "count" not in body and not any("COUNT(" in q["sql"].upper() for q in reads.captured_queries), body
+            seen += [row["id"] for row in body["results"]]
+            url, pages = body["next"], pages + 1
+            if pages == 1 and between:
+                between()
+        return seen
+
+    late = []
+    orders = walk("/api/v1/orders/", m["buyer_user"], between=lambda: late.append(
+        place(api, m["buyer_user"], inst, price="14.00", quantity=1, client_order_id="late").json()["id"]))
+    assert orders == sorted(ids, reverse=True) and late[0] not in orders  # newer than the first page: not in this walk
+    fills = walk("/api/v1/fills/", m["buyer_user"])
+    tape = walk("/api/v1/trades/", m["buyer_user"])
+    assert len(fills) == len(tape) == 4 and fills == tape == sorted(tape, reverse=True)
 
 
 def test_each_buy_has_its_own_hold_and_each_sell_its_listing(api, market_setup):

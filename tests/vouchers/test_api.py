@@ -161,6 +161,9 @@ def test_another_organisations_voucher_and_evidence_are_404(api, authority, sme,
     assert api.get(f"{URL}/redemptions/{r.pk}/evidence/").status_code == 404
     assert api.get(f"{URL}/vouchers/").json()["results"] == []
     assert api.get(f"{URL}/redemptions/").json()["results"] == []
+    for bad in ("1" * 31, "²", "x"):  # not an id: a field error (31 digits overflowed SQLite: a 500)
+        response = api.get(f"{URL}/redemptions/", {"voucher": bad})
+        assert response.status_code == 400 and "voucher" in response.json(), bad
     assert api.get(f"{URL}/programmes/{prog.pk}/report/").status_code == 403
     # The buyer's own members see it all.
     api.force_authenticate(deal["buyer_user"])

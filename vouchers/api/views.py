@@ -9,7 +9,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.api import Pagination
+from common.api import Pagination, id_of
 from marketplace.models import Organisation
 from marketplace.permissions import IsNotRegulator
 from vouchers import selectors, services
@@ -225,7 +225,7 @@ class RedemptionList(generics.ListAPIView):
         for name in ("status", "voucher"):
             value = self.request.query_params.get(name)
             if value:
-                if name == "voucher" and not value.isdigit():
+                if name == "voucher" and id_of(value) is None:
                     raise ValidationError({"voucher": ["An id."]})
                 qs = qs.filter(**{name: value})
         return qs
