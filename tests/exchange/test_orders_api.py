@@ -325,6 +325,26 @@ def test_fractional_lots_are_refused(api, market_setup):
     assert response.status_code == 400 and "valid integer" in response.json()["quantity"][0]
 
 
+def test_the_ticker_sums_the_last_24_hours_only(api, market_setup):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    m = market_setup
+    inst = m["instrument"]
+    quiet = api.get(f"/api/v1/instruments/{inst.pk}/ticker/").json()
+    assert (quiet["last"], quiet["open_24h"], quiet["high_24h"], quiet["volume_24h"], quiet["value_24h"], quiet["trades_24h"]) == (
+        None, None, None, 0, "0.00", 0)
+    place(api, m["seller_user"], inst, side="sell", price="15.30", quantity=2, client_order_id="s1")
+    place(api, m["buyer_user"], inst, side="buy", price="15.30", quantity=2, client_order_id="b1")
+    Trade.objects.filter(instrument=inst).update(created_at=timezone.now() - dt.timedelta(hours=25))  # yesterday's
+    place(api, m["seller_user"], inst, side="sell", price="15.10", quantity=1, client_order_id="s2")
+    place(api, m["buyer_user"], inst, side="buy", price="15.10", quantity=1, client_order_id="b2")
+    t = api.get(f"/api/v1/instruments/{inst.pk}/ticker/").json()
+    assert (t["last"], t["open_24h"], t["high_24h"], t["low_24h"], t["volume_24h"], t["value_24h"], t["trades_24h"]) == (
+        "15.10", "15.10", "15.10", "15.10", 1, "15.10", 1)
+
+
 def test_ticker_and_candles_summarise_the_tape(api, market_setup):
     m = market_setup
     inst = m["instrument"]
