@@ -99,10 +99,12 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _decimal(raw: str | None) -> Decimal | None:
+    """A filter's number, or None: "NaN" and "Infinity" parse as decimals, and filtering on them was a 500."""
     try:
-        return Decimal(raw) if raw not in (None, "") else None
+        value = Decimal(raw) if raw not in (None, "") else None
     except InvalidOperation:
         return None
+    return value if value is not None and value.is_finite() else None
 
 
 @require_safe

@@ -15,7 +15,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from common.api import NewestFirst
+from common.api import NewestFirst, whole_number
 from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from exchange import risk, selectors, services, transport
@@ -264,10 +264,10 @@ class BookView(APIView):
     @extend_schema(parameters=[OpenApiParameter("depth", int, required=False)], responses={200: dict})
     def get(self, request, pk):
         instrument = _instrument(pk)
-        raw = request.query_params.get("depth", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        depth = whole_number(request.query_params.get("depth", "20"), 1, 500)
+        if depth is None:
             raise ValidationError({"depth": ["A whole number from 1 to 500."]})
-        book = selectors.book_depth_get(instrument=instrument, depth=int(raw))
+        book = selectors.book_depth_get(instrument=instrument, depth=depth)
         return Response({
             "instrument": instrument.pk, "seq": book["seq"], "checksum": book["checksum"],
             "bids": _prices(instrument, book["bids"]), "asks": _prices(instrument, book["asks"]),

@@ -363,7 +363,8 @@ def test_ticker_and_candles_summarise_the_tape(api, market_setup):
         "open": "15.00", "high": "15.20", "low": "15.00", "close": "15.20", "volume": 4, "trades": 2,
     }
     assert api.get(f"/api/v1/instruments/{inst.pk}/candles/", {"interval": "7m"}).status_code == 400
-    assert api.get(f"/api/v1/instruments/{inst.pk}/book/", {"depth": "0"}).status_code == 400
+    for depth in ("0", "501", "²", "1" * 30, "x"):  # "²" passed str.isdigit and int() refused it: a 500
+        assert api.get(f"/api/v1/instruments/{inst.pk}/book/", {"depth": depth}).status_code == 400, depth
     assert api.get("/api/v1/instruments/999999/ticker/").status_code == 404
 
 

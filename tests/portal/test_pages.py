@@ -154,6 +154,12 @@ def test_catalogue_filters(world):
     region = client.get("/products/?region=qingpu").content.decode()  # the listing's data centre is in Qingpu
     assert "AI-TRAIN" in region and ">GEN<" not in region
     assert "No product matches" in client.get("/products/?region=lingang").content.decode()
+    # A filter that is not a number is ignored, never a 500 ("NaN" and "Infinity" parse as decimals).
+    for odd in ("NaN", "sNaN", "Infinity", "-Infinity", "²", "abc"):
+        for name in ("max_latency", "min_green", "min_security"):
+            page = client.get("/products/", {name: odd})
+            assert page.status_code == 200 and "AI-TRAIN" in page.content.decode(), (name, odd)
+    assert client.get("/products/", {"min_green": "1e999999"}).status_code == 200  # a number, just a large one
 
 
 def test_pages_in_chinese(world):
