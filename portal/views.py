@@ -98,13 +98,20 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/home.html", {"rows": rows, "inventory": inventory})
 
 
+_FILTER_BOUND = Decimal(10**9)
+
+
 def _decimal(raw: str | None) -> Decimal | None:
-    """A filter's number, or None: "NaN" and "Infinity" parse as decimals, and filtering on them was a 500."""
+    """A filter's number, or None. "NaN" and "Infinity" parse as decimals, and filtering on them was a 500, as was
+    1e999999 on PostgreSQL (numeric overflow): a finite number is held within +-10^9, which every filtered
+    column's values are, so the filter means the same."""
     try:
         value = Decimal(raw) if raw not in (None, "") else None
     except InvalidOperation:
         return None
-    return value if value is not None and value.is_finite() else None
+    if value is None or not value.is_finite():
+        return None
+    return max(-_FILTER_BOUND, min(value, _FILTER_BOUND))
 
 
 @require_safe
