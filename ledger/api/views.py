@@ -10,7 +10,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.api import id_of
+from common.api import NewestFirst, id_of
 from common.filters import UtcIsoDateTimeFilter
 from common.money import format_cny
 from ledger import selectors
@@ -77,8 +77,10 @@ class _Echo:
 
 
 class Statement(generics.ListAPIView):
-    """An organisation's postings, newest first; `?export=csv` streams the whole filtered statement."""
+    """An organisation's postings, newest first, paged by cursor (a statement grows with every trade: no page
+    counts it); `?export=csv` streams the whole filtered statement."""
 
+    pagination_class = NewestFirst
     serializer_class = s.StatementLineSerializer
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = StatementFilter
