@@ -37,14 +37,11 @@ class IsOverseer(permissions.BasePermission):
         return request.method in permissions.SAFE_METHODS or request.method in getattr(view, "overseer_writes", ())
 
 
-IdCursor = NewestFirst
-
-
-class SeqCursor(IdCursor):
+class SeqCursor(NewestFirst):
     ordering = "-seq"
 
 
-class ContractCursor(IdCursor):
+class ContractCursor(NewestFirst):
     ordering = "-contract_id"
 
 
@@ -53,7 +50,7 @@ EXPORT = OpenApiParameter("export", str, enum=["csv"], required=False, descripti
 
 class _OverseerList(generics.ListAPIView):
     permission_classes = [IsOverseer]
-    pagination_class = IdCursor
+    pagination_class = NewestFirst
     filter_backends = [DjangoFilterBackend]
     csv_name = ""
 
