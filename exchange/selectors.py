@@ -65,10 +65,10 @@ def trading_organisation_get(user: User, organisation_id: int | str | None) -> O
         if not orgs:
             raise NotAMember("You are not a member of an organisation that may do this.")
         raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
-    if id_of(organisation_id) is None:
+    if wanted is None:
         raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
     for org in orgs:
-        if org.pk == id_of(organisation_id):
+        if org.pk == wanted:
             return org
     raise NotAMember("No such organisation among yours.")
 

@@ -57,9 +57,10 @@ def _not_regulator(user) -> None:
 def _find_order(user, message: dict) -> Order:
     qs = selectors.order_list_for_user(user)
     if message.get("order") is not None:
-        if id_of(message["order"]) is None:
+        pk = id_of(message["order"])
+        if pk is None:
             raise drf_exceptions.ValidationError({"order": ["An order id."]})
-        order = qs.filter(pk=id_of(message["order"])).first()
+        order = qs.filter(pk=pk).first()
     elif message.get("client_order_id"):
         qs = qs.filter(client_order_id=str(message["client_order_id"]), organisation_id__in=organisation_ids_for_user(user))
         order = qs.order_by("-id").first()

@@ -138,9 +138,10 @@ def acting_organisation(user: User, organisation_id: int | str | None, roles: tu
         if not orgs:
             raise NotAMember("You are not a member of an organisation that may do this.")
         raise NotAMember("You belong to several organisations: say which with `organisation`.", ambiguous=True)
-    if id_of(organisation_id) is None:
+    pk = id_of(organisation_id)
+    if pk is None:
         raise NotAMember("`organisation` must be an organisation id.", ambiguous=True)
-    membership = memberships.filter(organisation_id=id_of(organisation_id)).first()
+    membership = memberships.filter(organisation_id=pk).first()
     if membership is None:
         raise NotAMember("No such organisation among yours.")
     return membership.organisation

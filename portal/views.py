@@ -130,9 +130,9 @@ def products(request: HttpRequest) -> HttpResponse:
     green = _decimal(f.get("min_green"))
     if green is not None:
         qs = qs.filter(min_renewable_share__gte=green)
-    security = f.get("min_security", "")
-    if whole_number(security, 0, 100) is not None:
-        qs = qs.filter(min_security_level__gte=int(security))
+    security = whole_number(f.get("min_security", ""), 0, 100)
+    if security is not None:
+        qs = qs.filter(min_security_level__gte=security)
     open_counts = {}
     for inst in Instrument.objects.filter(product__in=list(qs), status=InstrumentStatus.OPEN).order_by("delivery_start"):
         open_counts.setdefault(inst.product_id, []).append(inst)

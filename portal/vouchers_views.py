@@ -68,8 +68,8 @@ def review(request: HttpRequest) -> HttpResponse:
     can_decide = request.user.platform_role == PlatformRole.AUTHORITY or request.user.is_superuser
     if request.method == "POST" and not can_decide:  # before reading the form: a refusal, whatever was sent
         raise PermissionDenied(_("Only the voucher authority decides applications."))
-    raw_id = request.POST.get("application", "")
-    application = Application.objects.filter(pk=id_of(raw_id)).first() if request.method == "POST" and id_of(raw_id) else None  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all and can_decide checked above)
+    application_id = id_of(request.POST.get("application", ""))
+    application = Application.objects.filter(pk=application_id).first() if request.method == "POST" and application_id else None  # nosemgrep: object-by-id-without-owner -- the voucher authority's page (sees_all and can_decide checked above)
     if request.method == "POST" and application is None:
         messages.error(request, _("No such application."))
     elif request.method == "POST":

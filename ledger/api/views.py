@@ -25,7 +25,8 @@ def _organisation_for_reading(request, organisation_id) -> Organisation:
     if selectors.can_see_all(request.user):
         if organisation_id in (None, ""):
             raise NotFound({"organisation": ["Say which organisation with `organisation`."]})
-        org = Organisation.objects.filter(pk=id_of(organisation_id)).first() if id_of(organisation_id) else None  # nosemgrep: object-by-id-without-owner -- only for those who may see all (checked above)
+        pk = id_of(organisation_id)
+        org = Organisation.objects.filter(pk=pk).first() if pk else None  # nosemgrep: object-by-id-without-owner -- only for those who may see all (checked above)
         if org is None:
             raise NotFound({"organisation": ["No such organisation."]})
         return org

@@ -82,9 +82,9 @@ def _id(value: Any) -> str:
 def _top_up_for(obj: dict) -> TopUp | None:
     metadata = obj.get("metadata") or {}
     top_ups = TopUp.objects.filter(provider=Provider.STRIPE).select_related("organisation")
-    top_up_id = str(metadata.get("top_up_id") or "")
-    if id_of(top_up_id):
-        top_up = top_ups.filter(pk=id_of(top_up_id)).first()
+    top_up_id = id_of(str(metadata.get("top_up_id") or ""))
+    if top_up_id:
+        top_up = top_ups.filter(pk=top_up_id).first()
     elif obj.get("object") == "checkout.session":
         top_up = top_ups.filter(provider_reference=_id(obj.get("id"))).first() if obj.get("id") else None
     elif obj.get("object") == "payment_intent":
@@ -148,8 +148,8 @@ def _payment_intent_succeeded(intent: dict) -> None:
 
 def _transfer_reversed(transfer: dict) -> None:
     payouts = Payout.objects.filter(provider=Provider.STRIPE)
-    payout_id = str((transfer.get("metadata") or {}).get("payout_id") or "")
-    payout = payouts.filter(pk=id_of(payout_id)).first() if id_of(payout_id) else payouts.filter(provider_reference=_id(transfer.get("id"))).first()
+    payout_id = id_of(str((transfer.get("metadata") or {}).get("payout_id") or ""))
+    payout = payouts.filter(pk=payout_id).first() if payout_id else payouts.filter(provider_reference=_id(transfer.get("id"))).first()
     if payout is None or payout.provider_reference != _id(transfer.get("id")):
         log.warning("Stripe transfer %s matches no payout; stored and ignored.", transfer.get("id"))
         return

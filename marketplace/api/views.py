@@ -170,8 +170,8 @@ class InventoryView(APIView):
             raise ValidationError({"group_by": [f"Choose one of: {', '.join(selectors.INVENTORY_GROUPS)}."]})
         supplier = None
         if "supplier" in request.query_params:
-            raw = request.query_params["supplier"]
-            supplier = Organisation.objects.filter(pk=id_of(raw)).first() if id_of(raw) else None  # nosemgrep: object-by-id-without-owner -- the compute list is public
+            pk = id_of(request.query_params["supplier"])
+            supplier = Organisation.objects.filter(pk=pk).first() if pk else None  # nosemgrep: object-by-id-without-owner -- the compute list is public
             if supplier is None:
                 raise ValidationError({"supplier": ["No such organisation."]})
         return Response(selectors.inventory_report(group_by=group_by, supplier=supplier))
