@@ -194,11 +194,13 @@ def ticker_get(*, instrument: Instrument, now: dt.datetime) -> dict:
     """The last 24 hours summed by the database: the tape's rows are not loaded (a busy instrument's day of
     trades was read into the web process on every request)."""
     since = now - dt.timedelta(hours=24)
-    day = Trade.objects.filter(instrument=instrument, created_at__gte=since)
-    totals = day.aggregate(high=Max("price_fen_per_lot"), low=Min("price_fen_per_lot"), volume=Sum("quantity"),
-                           value=Sum("value_fen"), trades=Count("id"))
-    opening = day.order_by("seq").values_list("price_fen_per_lot", flat=True).first()
-    last = Trade.objects.filter(instrument=instrument).order_by("-seq").values_list("price_fen_per_lot", flat=True).first()
+    trades = Trade.objects.filter(instrument=instrument)
+    totals = trades.filter(created_at__gte=since).aggregate(
+        high=Max("price_fen_per_lot"), low=Min("price_fen_per_lot"), volume=Sum("quantity"), value=Sum("value_fen"),
+        trades=Count("id"), first_seq=Min("seq"))
+    # The day's first trade by its sequence number (one index lookup, not a second pass over the day).
+    opening = None if totals["first_seq"] is None else trades.filter(seq=totals["first_seq"]).values_list("price_fen_per_lot", flat=True).first()
+    last = trades.order_by("-seq").values_list("price_fen_per_lot", flat=True).first()
     book = book_depth_get(instrument=instrument, depth=1)
     return {
         "last": last,
