@@ -654,9 +654,8 @@ def _pipeline():
     writes: capacity holds, order events, order updates, capacity, book state, entries and postings,
     balances, holds) is queued and sent with the next one that is read, instead of waiting for its own round
     trip; so is BEGIN. Each round trip costs the writer ~100-150 us of CPU and several times that in wall time
-    here (bench/matcher_bench.py). An error
-    in a queued statement is raised at the next read or when the block ends, inside the batch's
-    transaction, which then rolls back as before."""
+    here (bench/matcher_bench.py). An error in a queued statement is raised at the next read or when the block
+    ends, inside the batch's transaction, which then rolls back as before."""
     if connection.vendor != "postgresql":
         return contextlib.nullcontext()
     connection.ensure_connection()
