@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 import psycopg
+from django.conf import settings
 from django.db import connection, models
 
 # Field types whose Python values psycopg adapts as they are: no per-value get_db_prep_save (most of the
@@ -77,6 +78,34 @@ def in_lists(sql: str, *lists: Sequence, first: Sequence | None = None, extra: S
         slots.append(", ".join(["%s"] * len(values)))
         params.extend(values)
     return sql.format(*slots), [*params, *(extra or [])]
+
+
+@contextlib.contextmanager
+def prepared_statements():
+    """On PostgreSQL, statements run inside the block are bound on the server and, from their fifth run on
+    this connection, prepared: PostgreSQL parses and plans each once per connection instead of on every
+    run (psycopg's automatic preparation, at most 100 per connection, least recently used dropped). For a
+    hot path whose few statements repeat, such as the matcher's batch: Django's default (the parameters
+    written into the SQL text by psycopg, no preparation) had PostgreSQL parse and plan ~15 statements for
+    every batch, about half of a small batch's CPU there (bench/RESULTS.md). Not for the whole site:
+    Django's ORM is written for client-side binding. settings.DATABASE_PREPARED_STATEMENTS = False (env
+    DATABASE_PREPARED_STATEMENTS=0) turns it off, for a pooler that cannot keep prepared statements."""
+    if connection.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
+        yield
+        return
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    raw = connection.connection
+    factory, threshold = raw.cursor_factory, raw.prepare_threshold
+    raw.cursor_factory, raw.prepare_threshold = ServerBindingCursor, PREPARE_THRESHOLD
+    try:
+        yield
+    finally:  # the connection goes back to the pool as Django made it
+        raw.cursor_factory, raw.prepare_threshold = factory, threshold
+
+
+PREPARE_THRESHOLD = 5  # psycopg's own default: a statement is prepared on its fifth run on a connection
 
 
 def fetch_rows(sql: str, params: Sequence) -> list[tuple]:

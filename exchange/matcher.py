@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from common.db import bulk_update_rows, pg_array
+from common.db import bulk_update_rows, pg_array, prepared_statements
 from exchange import engine as eng
 from exchange.admission import Admission, Refusal, buyer_hold_fen, listing_free_lots_locked, trading_accounts
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
@@ -159,7 +159,7 @@ class Matcher:
         now_ns = to_ns(batch.now)
         outcomes = []
         try:
-            with transaction.atomic(), _pipeline():
+            with prepared_statements(), transaction.atomic(), _pipeline():
                 if any(c["op"] == "risk_sync" for c in commands):
                     # Before admission: a switch pulled now refuses every order of this batch in its scope.
                     batch.new_switches = self.risk.sync()

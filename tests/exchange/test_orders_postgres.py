@@ -178,3 +178,43 @@ def _plans(statements: list[str]) -> list[str]:
         finally:
             cursor.execute("RESET enable_seqscan")
     return plans
+
+
+def _prepared() -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_matchers_batches_are_parsed_and_planned_once_per_connection(market_setup, settings, enabled):
+    """The batch's statements repeat every batch: PostgreSQL keeps them prepared on the matcher's connection
+    (from their fifth run) instead of parsing and planning each again; the connection is given back with
+    Django's own client-side cursors. DATABASE_PREPARED_STATEMENTS = False (a pooler that cannot keep them):
+    nothing is prepared."""
+    from django.db import connection
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    from exchange.matcher import Matcher
+    from exchange.transport import MatcherLoop
+
+    settings.DATABASE_PREPARED_STATEMENTS = enabled
+    m = market_setup
+    loop = MatcherLoop(Matcher())
+    for i in range(8):
+        buy = services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
+            instrument=m["instrument"], side="buy", quantity=1, client_order_id=f"b{i}", price=m["instrument"].reference_price))
+        sell = services.order_command(user=m["seller_user"], organisation=m["supplier"], request=services.OrderRequest(
+            instrument=m["instrument"], side="sell", quantity=1, client_order_id=f"s{i}", price=m["instrument"].reference_price))
+        assert [r["state"]["status"] for r in loop.run([buy, sell])] == ["filled", "filled"]
+    prepared = _prepared()
+    if enabled:
+        assert any(s.startswith('INSERT INTO "exchange_order"') for s in prepared), prepared
+        assert any("ledger_journalentry" in s for s in prepared), prepared
+    else:
+        assert prepared == []
+    assert connection.connection.prepare_threshold is None  # Django's: nothing prepared outside the batch
+    with connection.cursor() as cursor:
+        assert not isinstance(cursor.cursor, ServerBindingCursor)  # Django's client-side binding again
