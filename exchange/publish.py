@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.core import RedisChannelLayer
 
 log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT = 5.0  # seconds the matcher waits for the layer before it logs and moves on
@@ -191,6 +193,11 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
     by_group: dict[str, list[dict]] = {}
     for group, message in messages:
         by_group.setdefault(group, []).append(message)
+    if len(by_group) > 1:
+        listened = await _listened(layer, list(by_group))
+        by_group = {g: q for g, q in by_group.items() if g in listened}
+        if not by_group:
+            return
 
     async def send(group: str, queue: list[dict]) -> None:
         await layer.group_send(group, queue[0] if len(queue) == 1 else {"type": BATCH, "messages": queue})
@@ -202,6 +209,31 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise failed[0]
+
+
+async def _listened(layer, groups: list[str]) -> set[str]:
+    """Of `groups`, those that have a member, asked of Redis in one round trip per Redis host (ZCOUNT of each
+    group's live members). A batch publishes to the group of every organisation with an order in it, and most
+    have no socket open: each group_send to an empty group still cost two round trips (channels_redis prunes
+    the group, then reads its members). A socket that joins between this question and the send misses the
+    message, as it would one sent just before it joined: it reads the order's state from its snapshot.
+    Other layers: all of them."""
+    if not isinstance(layer, RedisChannelLayer):
+        return set(groups)
+    live_after = int(time.time()) - layer.group_expiry  # channels_redis drops members at or below this score
+    by_host: dict[int, list[str]] = {}
+    for group in groups:
+        by_host.setdefault(layer.consistent_hash(group), []).append(group)
+
+    async def ask(index: int, names: list[str]) -> list[str]:
+        pipe = layer.connection(index).pipeline(transaction=False)
+        for name in names:
+            pipe.zcount(layer._group_key(name), f"({live_after}", "+inf")
+        counts = await pipe.execute()
+        return [name for name, count in zip(names, counts, strict=True) if count]
+
+    found = await asyncio.gather(*(ask(i, names) for i, names in by_host.items()))
+    return {name for names in found for name in names}
 
 
 _server_loop: asyncio.AbstractEventLoop | None = None
