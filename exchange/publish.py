@@ -216,8 +216,9 @@ async def _listened(layer, groups: list[str]) -> set[str]:
     group's live members). A batch publishes to the group of every organisation with an order in it, and most
     have no socket open: each group_send to an empty group still cost two round trips (channels_redis prunes
     the group, then reads its members). A socket that joins between this question and the send misses the
-    message, as it would one sent just before it joined: it reads the order's state from its snapshot.
-    Other layers: all of them."""
+    message, as it would one sent just before it joined; a user stream is not replayed either way (a client
+    connects first, then reads over REST what changed, docs/websockets.md), and a market socket joins its
+    feed before it reads its snapshot. Other layers: all of them."""
     if not isinstance(layer, RedisChannelLayer):
         return set(groups)
     live_after = int(time.time()) - layer.group_expiry  # channels_redis drops members at or below this score
