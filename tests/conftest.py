@@ -1,4 +1,5 @@
 import os
+import threading
 
 import pytest
 from django.conf import settings as django_settings
@@ -23,6 +24,27 @@ def pytest_collection_modifyitems(config, items):
         for name, absent in missing.items():
             if absent and item.get_closest_marker(name):
                 item.add_marker(pytest.mark.skip(reason=f"needs {name}: CI runs it with DATABASE_URL and REDIS_URL set"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _consumers_worker_threads_give_their_connections_back():
+    """channels' test communicator swaps `channels.db.close_old_connections` for a no-op while a test talks to
+    a consumer (so that a TestCase's transaction on the main thread survives). A consumer's database call
+    that runs on a worker thread (thread_sensitive=False: the market socket's snapshot read on PostgreSQL)
+    then kept its pooled connection for good: the pool lost one per call (8 after two test files), and the
+    test database could not be dropped at the end ("being accessed by other users"). Worker threads close
+    theirs, as in production; the main thread's connection is left alone, as channels wants."""
+    from channels.testing import application
+    from django.db import close_old_connections
+
+    def close_on_worker_threads() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            close_old_connections()
+
+    original = application.no_op
+    application.no_op = close_on_worker_threads
+    yield
+    application.no_op = original
 
 
 @pytest.fixture

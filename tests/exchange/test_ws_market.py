@@ -169,6 +169,43 @@ def test_unknown_instrument_gets_an_error_and_4404(db):
     async_to_sync(body)()
 
 
+@pytest.mark.postgres
+def test_a_snapshot_read_on_a_worker_thread_gives_its_pooled_connection_back(market_setup, monkeypatch):
+    """The snapshot is read on one of the event loop's worker threads; its connection goes back to the pool
+    when the read ends (it used to stay checked out under channels' test communicator: one lost a read)."""
+    import threading
+
+    from django.db import connection
+
+    pool = connection.pool
+    out: dict[int, str] = {}
+    real_get, real_put = pool.getconn, pool.putconn
+
+    def getconn(*args, **kwargs):
+        conn = real_get(*args, **kwargs)
+        out[id(conn)] = threading.current_thread().name
+        return conn
+
+    def putconn(conn):
+        out.pop(id(conn), None)
+        return real_put(conn)
+
+    monkeypatch.setattr(pool, "getconn", getconn)
+    monkeypatch.setattr(pool, "putconn", putconn)
+    inst = market_setup["instrument"]
+
+    async def body():
+        comm, connected, _ = await open_socket(f"/ws/market/{inst.pk}/")
+        assert connected
+        assert (await comm.receive_json_from(TIMEOUT))["type"] == "snapshot"
+        await comm.disconnect()
+
+    async_to_sync(body)()
+    release_worker_connections()
+    main = id(connection.connection) if connection.connection is not None else None
+    assert {k: name for k, name in out.items() if k != main} == {}
+
+
 def test_a_slow_socket_gets_queued_book_updates_merged_and_its_rebuilt_book_matches(api, market_setup):
     """A socket whose sends do not complete (a slow client) gets, once it drains, one conflated book frame
     covering every update it missed; applying it to the snapshot gives the server's checksum and book."""

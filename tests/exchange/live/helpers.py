@@ -68,9 +68,9 @@ class LocalBook:
 
 
 def release_worker_connections(timeout: float = 5.0) -> None:
-    """Consumers run database work on the event loop's pool threads (PostgreSQL); those threads end when
-    the test's loop closes, and their connections with them. Wait for that, so the test database can be
-    flushed and finally dropped without "being accessed by other users"."""
+    """Consumers run database work on the event loop's pool threads (PostgreSQL), which give their connections
+    back when each call ends (tests/conftest.py undoes channels' test communicator's no-op for them). Wait
+    for those threads to end, so no call is still running when the test database is flushed."""
     import gc
     import threading
     import time
