@@ -88,8 +88,9 @@ def prepared_statements():
     hot path whose few statements repeat, such as the matcher's batch: Django's default (the parameters
     written into the SQL text by psycopg, no preparation) had PostgreSQL parse and plan ~15 statements for
     every batch, nearly half of a one-order batch's CPU there (bench/RESULTS.md). Not for the whole site:
-    server-side binding is an opt-in of Django's backend, and the site's other queries were not tested with it. settings.DATABASE_PREPARED_STATEMENTS = False (env
-    DATABASE_PREPARED_STATEMENTS=0) turns it off, for a pooler that cannot keep prepared statements."""
+    server-side binding is an opt-in of Django's backend, and the site's other queries were not tested with
+    it. settings.DATABASE_PREPARED_STATEMENTS = False (env DATABASE_PREPARED_STATEMENTS=0) turns it off, for
+    a pooler that cannot keep prepared statements."""
     if connection.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
         yield
         return
