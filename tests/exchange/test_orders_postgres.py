@@ -126,6 +126,47 @@ def test_a_write_failing_in_the_batch_pipeline_refuses_only_its_order(market_set
     assert ledger_verify().ok
 
 
+def test_a_batch_failing_after_its_statements_were_prepared_is_retried_and_later_batches_run(market_setup, monkeypatch):
+    """The batch's statements are prepared on the connection from their fifth run. A batch that fails in the
+    pipeline after that rolls back and is retried command by command as before, and the prepared statements
+    still serve the batches after it."""
+    from django.db import connection
+
+    from exchange import matcher as matcher_module
+    from exchange.matcher import Matcher
+    from exchange.transport import MatcherLoop
+    from ledger.verify import ledger_verify
+
+    m = market_setup
+    real = matcher_module.events_insert
+
+    def events_insert(events, now):
+        real(events, now)
+        for order, *_ in events:
+            if order.client_order_id == "poison":
+                with connection.cursor() as cur:
+                    cur.execute("UPDATE exchange_order SET quantity = -1 WHERE id = %s", [order.pk])
+
+    monkeypatch.setattr(matcher_module, "events_insert", events_insert)
+
+    def command(cid: str) -> dict:
+        return services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
+            instrument=m["instrument"], side="buy", quantity=2, client_order_id=cid, price=m["instrument"].reference_price))
+
+    loop = MatcherLoop(Matcher())
+    for i in range(7):
+        assert loop.run([command(f"warm{i}")])[0]["state"]["status"] == "open"
+    assert any(s.startswith('INSERT INTO "exchange_order"') for s in _prepared())
+    good, poison = loop.run([command("good"), command("poison")])
+    assert good["state"]["status"] == "open" and poison == {"op": "place", "error": "internal_error"}
+    for i in range(3):
+        assert loop.run([command(f"after{i}")])[0]["state"]["status"] == "open"
+    assert not Order.objects.filter(client_order_id="poison").exists()
+    assert Order.objects.filter(status="open").count() == 11 and Hold.objects.count() == 11
+    assert balances_get(organisation=m["buyer"])["held"] == 11 * 3_004
+    assert ledger_verify().ok
+
+
 def test_what_a_matcher_reads_every_second_is_found_through_the_live_order_indexes(market_setup):
     """Housekeeping's reads (pending orders, cancels requested) and the risk book's open orders go through the
     partial indexes of live orders, whose size is the orders in play, not every order ever stored."""
