@@ -88,56 +88,23 @@ def test_shards_trading_one_products_windows_do_not_wait_on_a_shared_listing_but
     assert m["listing"].is_active is False
 
 
-def test_a_write_failing_in_the_batch_pipeline_refuses_only_its_order(market_setup, monkeypatch):
-    """The batch's writes are queued (psycopg pipeline mode) and a failing one is reported at a later read: the
-    whole batch still rolls back, its commands are retried one by one, and only the order whose write fails
-    is refused; nothing of it is stored and the matcher goes on."""
+def _command(m, cid: str, *, side: str = "buy", quantity: int = 2) -> dict:
+    """A place command for the matcher, as the web sends it: the market's buyer (or supplier) at the reference price."""
+    user, org = (m["buyer_user"], m["buyer"]) if side == "buy" else (m["seller_user"], m["supplier"])
+    return services.order_command(user=user, organisation=org, request=services.OrderRequest(
+        instrument=m["instrument"], side=side, quantity=quantity, client_order_id=cid, price=m["instrument"].reference_price))
+
+
+@pytest.fixture
+def poisoned_loop(market_setup, monkeypatch):
+    """A matcher loop in which the order with client id "poison" has a queued write the database refuses
+    (quantity >= 0): the batch's pipeline reports it at a later read."""
     from django.db import connection
 
     from exchange import matcher as matcher_module
     from exchange.matcher import Matcher
     from exchange.transport import MatcherLoop
-    from ledger.verify import ledger_verify
 
-    m = market_setup
-    real = matcher_module.events_insert
-
-    def events_insert(events, now):
-        real(events, now)
-        for order, *_ in events:
-            if order.client_order_id == "poison":  # a queued write the database refuses (quantity >= 0)
-                with connection.cursor() as cur:
-                    cur.execute("UPDATE exchange_order SET quantity = -1 WHERE id = %s", [order.pk])
-
-    monkeypatch.setattr(matcher_module, "events_insert", events_insert)
-
-    def command(cid: str) -> dict:
-        return services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
-            instrument=m["instrument"], side="buy", quantity=2, client_order_id=cid, price=m["instrument"].reference_price))
-
-    loop = MatcherLoop(Matcher())
-    good, poison = loop.run([command("good"), command("poison")])
-    assert good["state"]["status"] == "open" and poison == {"op": "place", "error": "internal_error"}
-    assert list(Order.objects.values_list("client_order_id", "status")) == [("good", "open")]
-    assert Hold.objects.count() == 1
-    assert balances_get(organisation=m["buyer"])["held"] == 3_004  # 30.00 + max fee (0.03, +0.01), for "good" only
-    [after] = loop.run([command("after")])
-    assert after["state"]["status"] == "open"
-    assert ledger_verify().ok
-
-
-def test_a_batch_failing_after_its_statements_were_prepared_is_retried_and_later_batches_run(market_setup, monkeypatch):
-    """The batch's statements are prepared on the connection from their fifth run. A batch that fails in the
-    pipeline after that rolls back and is retried command by command as before, and the prepared statements
-    still serve the batches after it."""
-    from django.db import connection
-
-    from exchange import matcher as matcher_module
-    from exchange.matcher import Matcher
-    from exchange.transport import MatcherLoop
-    from ledger.verify import ledger_verify
-
-    m = market_setup
     real = matcher_module.events_insert
 
     def events_insert(events, now):
@@ -148,19 +115,40 @@ def test_a_batch_failing_after_its_statements_were_prepared_is_retried_and_later
                     cur.execute("UPDATE exchange_order SET quantity = -1 WHERE id = %s", [order.pk])
 
     monkeypatch.setattr(matcher_module, "events_insert", events_insert)
+    return MatcherLoop(Matcher())
 
-    def command(cid: str) -> dict:
-        return services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
-            instrument=m["instrument"], side="buy", quantity=2, client_order_id=cid, price=m["instrument"].reference_price))
 
-    loop = MatcherLoop(Matcher())
+def test_a_write_failing_in_the_batch_pipeline_refuses_only_its_order(market_setup, poisoned_loop):
+    """The batch's writes are queued (psycopg pipeline mode) and a failing one is reported at a later read: the
+    whole batch still rolls back, its commands are retried one by one, and only the order whose write fails
+    is refused; nothing of it is stored and the matcher goes on."""
+    from ledger.verify import ledger_verify
+
+    m, loop = market_setup, poisoned_loop
+    good, poison = loop.run([_command(m, "good"), _command(m, "poison")])
+    assert good["state"]["status"] == "open" and poison == {"op": "place", "error": "internal_error"}
+    assert list(Order.objects.values_list("client_order_id", "status")) == [("good", "open")]
+    assert Hold.objects.count() == 1
+    assert balances_get(organisation=m["buyer"])["held"] == 3_004  # 30.00 + max fee (0.03, +0.01), for "good" only
+    [after] = loop.run([_command(m, "after")])
+    assert after["state"]["status"] == "open"
+    assert ledger_verify().ok
+
+
+def test_a_batch_failing_after_its_statements_were_prepared_is_retried_and_later_batches_run(market_setup, poisoned_loop):
+    """The batch's statements are prepared on the connection from their fifth run. A batch that fails in the
+    pipeline after that rolls back and is retried command by command as before, and the prepared statements
+    still serve the batches after it."""
+    from ledger.verify import ledger_verify
+
+    m, loop = market_setup, poisoned_loop
     for i in range(7):
-        assert loop.run([command(f"warm{i}")])[0]["state"]["status"] == "open"
+        assert loop.run([_command(m, f"warm{i}")])[0]["state"]["status"] == "open"
     assert any(s.startswith('INSERT INTO "exchange_order"') for s in _prepared())
-    good, poison = loop.run([command("good"), command("poison")])
+    good, poison = loop.run([_command(m, "good"), _command(m, "poison")])
     assert good["state"]["status"] == "open" and poison == {"op": "place", "error": "internal_error"}
     for i in range(3):
-        assert loop.run([command(f"after{i}")])[0]["state"]["status"] == "open"
+        assert loop.run([_command(m, f"after{i}")])[0]["state"]["status"] == "open"
     assert not Order.objects.filter(client_order_id="poison").exists()
     assert Order.objects.filter(status="open").count() == 11 and Hold.objects.count() == 11
     assert balances_get(organisation=m["buyer"])["held"] == 11 * 3_004
@@ -245,10 +233,7 @@ def test_the_matchers_batches_are_parsed_and_planned_once_per_connection(market_
     m = market_setup
     loop = MatcherLoop(Matcher())
     for i in range(8):
-        buy = services.order_command(user=m["buyer_user"], organisation=m["buyer"], request=services.OrderRequest(
-            instrument=m["instrument"], side="buy", quantity=1, client_order_id=f"b{i}", price=m["instrument"].reference_price))
-        sell = services.order_command(user=m["seller_user"], organisation=m["supplier"], request=services.OrderRequest(
-            instrument=m["instrument"], side="sell", quantity=1, client_order_id=f"s{i}", price=m["instrument"].reference_price))
+        buy, sell = _command(m, f"b{i}", quantity=1), _command(m, f"s{i}", side="sell", quantity=1)
         assert [r["state"]["status"] for r in loop.run([buy, sell])] == ["filled", "filled"]
     prepared = _prepared()
     if enabled:
