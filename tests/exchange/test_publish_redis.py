@@ -12,16 +12,21 @@ from exchange import publish
 pytestmark = pytest.mark.redis
 
 
+def spy(monkeypatch, owner, name: str) -> list:
+    """Record the first argument of every call to the coroutine function `owner.name`, which still runs."""
+    calls, real = [], getattr(owner, name)
+
+    async def recorded(first, *args):
+        calls.append(first)
+        return await real(first, *args)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
 def test_a_batch_is_sent_only_to_groups_with_a_live_member(monkeypatch):
     layer = get_channel_layer()
-    sent = []
-    real_group_send = layer.group_send
-
-    async def group_send(group, message):
-        sent.append(group)
-        await real_group_send(group, message)
-
-    monkeypatch.setattr(layer, "group_send", group_send)
+    sent = spy(monkeypatch, layer, "group_send")
 
     async def scenario():
         listening, gone = await layer.new_channel(), await layer.new_channel()
@@ -45,14 +50,7 @@ def test_a_batch_is_sent_only_to_groups_with_a_live_member(monkeypatch):
 
 def test_a_single_group_is_sent_without_asking_first(monkeypatch):
     layer = get_channel_layer()
-    asked = []
-    real = publish._listened
-
-    async def listened(layer, groups):
-        asked.append(groups)
-        return await real(layer, groups)
-
-    monkeypatch.setattr(publish, "_listened", listened)
+    asked = spy(monkeypatch, publish, "_listened")
 
     async def scenario():
         channel = await layer.new_channel()
