@@ -210,11 +210,9 @@ def _plans(statements: list[str]) -> list[str]:
 
 
 def _prepared() -> list[str]:
-    from django.db import connection
+    from common.db import fetch_rows
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        return [row[0] for row in cursor.fetchall()]
+    return [statement for (statement,) in fetch_rows("SELECT statement FROM pg_prepared_statements", [])]
 
 
 @pytest.mark.parametrize("enabled", [True, False])

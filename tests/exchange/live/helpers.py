@@ -71,11 +71,9 @@ def release_worker_connections(timeout: float = 5.0) -> None:
     """Consumers run database work on the event loop's pool threads (PostgreSQL), which give their connections
     back when each call ends (tests/conftest.py undoes channels' test communicator's no-op for them). Wait
     for those threads to end, so no call is still running when the test database is flushed."""
-    import gc
     import threading
     import time
 
     deadline = time.monotonic() + timeout
     for thread in [t for t in threading.enumerate() if t.name.startswith("asyncio_")]:
         thread.join(max(deadline - time.monotonic(), 0.01))
-    gc.collect()
