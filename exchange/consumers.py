@@ -2,6 +2,9 @@
 
 Wire formats: docs/websockets.md. Routes: exchange/routing.py.
 
+User streams likewise: a process keeps ONE member in the feed of every organisation's order events
+(UserHub) and hands each event to its sockets of that organisation.
+
 Market data fan-out. A process keeps ONE channel-layer member per instrument (MarketHub) however many
 sockets watch it; the hub hands each message's pre-serialised text to every local socket's outbox and a
 writer task per socket drains it. So an update costs one channel-layer message per process and one
@@ -37,7 +40,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from common.errors import ServiceError
 from exchange import selectors
 from exchange.models import BookState
-from exchange.publish import BATCH, market_group, organisation_group, register_server_loop
+from exchange.publish import BATCH, USER_FEED, market_group, register_server_loop
 from exchange.ws_auth import credential_still_valid, recheck_seconds, socket_has_scope, user_sockets_group
 from exchange.ws_orders import COMMANDS, PlacePipeline, error_frame, orders_cancel_placed
 from marketplace.models import Instrument
@@ -319,10 +322,21 @@ class _FrameBuffer:
         self.loop = asyncio.get_running_loop()
 
     async def write(self, text: str) -> None:
-        proto = self.proto
-        if not proto.writable.is_set():
+        await self.writable()
+        self.put(text)
+
+    async def writable(self) -> None:
+        """Until the transport takes more (at once unless the client reads slowly)."""
+        if not self.proto.writable.is_set():
             self.flush()
-            await proto.writable.wait()
+            await self.proto.writable.wait()
+
+    def ready(self) -> bool:
+        """Whether put() may be called now without waiting first."""
+        return self.proto.writable.is_set()
+
+    def put(self, text: str) -> None:
+        proto = self.proto
         if proto.close_sent or proto.disconnected:
             return  # the socket is closing: dropped (its disconnect is on its way; ASGI send would raise)
         if not self.frames:
@@ -333,6 +347,11 @@ class _FrameBuffer:
         frames, self.frames = self.frames, []
         if frames and not (self.proto.close_sent or self.proto.disconnected):
             self.proto.transport.write(b"".join(frames))
+
+
+def _event_text(seq: int, event: dict) -> str:
+    """A user event's frame: the per-connection seq spliced in front of the published text."""
+    return f'{{"seq":{seq},{event["text"][1:]}'
 
 
 def _parsed(message: dict) -> dict:
@@ -607,6 +626,129 @@ class MarketConsumer:
 # --- user stream and order entry ------------------------------------------------------------------------
 
 
+# --- user streams ---------------------------------------------------------------------------------------------
+
+
+class UserHub:
+    """This process's user streams: ONE member in the group that carries every organisation's order events
+    (exchange.publish.USER_FEED: a matcher batch sends its events there as one message), and the process's
+    sockets by organisation. Each event goes to this process's sockets of its organisation, in the order the
+    feed carries them. (Each socket used to join its organisations' groups, so a batch cost one channel-layer
+    message per socket with events to send, and with channels_redis four Redis round trips to receive each.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from channels.layers import get_channel_layer
+
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.joined_at: float | None = None
+        self.consumers: set[UserConsumer] = set()
+        self.sockets: dict[int, set[UserConsumer]] = {}  # organisation -> its sockets in this process
+        self.lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
+        register_server_loop(loop)
+
+    async def subscribe(self, consumer: UserConsumer, organisations: list[int]) -> None:
+        async with self.lock:
+            if self.layer is not None and self.joined_at is None:
+                if self.channel is None:
+                    self.channel = await self.layer.new_channel()
+                    self.tasks = [self.loop.create_task(self._read()), self.loop.create_task(self._tick())]
+                await self.layer.group_add(USER_FEED, self.channel)
+                self.joined_at = self.loop.time()
+            self.consumers.add(consumer)
+            for org in organisations:
+                self.sockets.setdefault(org, set()).add(consumer)
+
+    async def unsubscribe(self, consumer: UserConsumer, organisations: list[int]) -> None:
+        if consumer not in self.consumers:
+            return
+        self.consumers.discard(consumer)
+        for org in organisations:
+            sockets = self.sockets.get(org)
+            if sockets is not None:
+                sockets.discard(consumer)
+                if not sockets:
+                    del self.sockets[org]
+        if self.consumers:
+            return
+        async with self.lock:
+            if not self.consumers and self.joined_at is not None:
+                self.joined_at = None
+                await self.layer.group_discard(USER_FEED, self.channel)
+                # The reader stops on this message (see MarketHub.unsubscribe), unless a socket came meanwhile.
+                await self.layer.send(self.channel, {"type": HUB_STOP})
+
+    def dispatch(self, event: dict) -> None:
+        if event.get("type") != "user.event":
+            return
+        for consumer in tuple(self.sockets.get(event.get("organisation"), ())):
+            consumer.offer_event(event)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("user hub: receive failed; joining the feed again")
+                await self._rejoin()
+                continue
+            if message.get("type") == HUB_STOP:
+                if self.consumers:
+                    continue  # a socket came meanwhile
+                for task in self.tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                self.tasks, self.channel = [], None
+                return
+            for one in message["messages"] if message.get("type") == BATCH else (message,):
+                try:
+                    self.dispatch(one)
+                except Exception:
+                    log.exception("user hub: could not relay an event")
+
+    async def _rejoin(self) -> None:
+        """The channel layer failed (a Redis restart loses group memberships): join the feed again once it
+        answers. Events published meanwhile are lost, as they were for each socket before; clients read what
+        changed over REST after a reconnect (docs/websockets.md)."""
+        while True:
+            await asyncio.sleep(1)
+            try:
+                if self.joined_at is not None:
+                    await self.layer.group_add(USER_FEED, self.channel)
+                    self.joined_at = self.loop.time()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("user hub: the channel layer is still unavailable (%s)", exc)
+
+    async def _tick(self) -> None:
+        """Renews the feed membership before the layer expires it (and soon after a Redis restart no read noticed)."""
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_SECONDS)
+            if self.joined_at is not None:
+                try:
+                    await self.layer.group_add(USER_FEED, self.channel)
+                    self.joined_at = self.loop.time()
+                except Exception:
+                    log.exception("user hub: could not renew the feed membership")
+
+
+_user_hub: UserHub | None = None
+
+
+def user_hub() -> UserHub:
+    global _user_hub
+    loop = asyncio.get_running_loop()
+    if _user_hub is None or _user_hub.loop is not loop:
+        _user_hub = UserHub(loop)
+    return _user_hub
+
+
 class UserConsumer(AsyncWebsocketConsumer):
     """/ws/user/: the user's organisations' order and fill events, and order entry (same services as REST)."""
 
@@ -616,6 +758,10 @@ class UserConsumer(AsyncWebsocketConsumer):
     recheck_task: asyncio.Task | None = None
     cancel_on_disconnect = False
     frames: _FrameBuffer | None = None  # under websockets-sansio (DirectWrites), else text goes through ASGI send
+    hub: UserHub | None = None
+    closed = False
+    event_task: asyncio.Task | None = None  # sends the events queued while the socket could not take them at once
+    paused = 0  # commands being answered (cancel, amend, cancel_all): events wait for their acks
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -636,8 +782,9 @@ class UserConsumer(AsyncWebsocketConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         self.cancel_on_disconnect = query.get("cancel_on_disconnect", ["0"])[0].lower() in ("1", "true", "yes")
         self.organisations = sorted(await database_sync_to_async(organisation_ids_for_user)(user))
-        for org in self.organisations:
-            await self.channel_layer.group_add(organisation_group(org), self.channel_name)
+        self.events: deque[dict] = deque()
+        self.hub = user_hub()
+        await self.hub.subscribe(self, self.organisations)
         # Whatever the query string says, the stream carries the organisations of the authenticated user only.
         # Joined first: anything after `at` arrives here; re-read what came before over REST.
         await self.send(text_data=_dumps({
@@ -656,8 +803,8 @@ class UserConsumer(AsyncWebsocketConsumer):
         if self.recheck_task is not None:
             self.recheck_task.cancel()
         await self.channel_layer.group_discard(user_sockets_group(self.user.pk), self.channel_name)
-        for org in self.organisations:
-            await self.channel_layer.group_discard(organisation_group(org), self.channel_name)
+        if self.hub is not None:
+            await self.hub.unsubscribe(self, self.organisations)
         self.places.closed = True
         await self.places.drain()  # placements still in flight: their ids count for cancel-on-disconnect
         if self.cancel_on_disconnect and self.placed:
@@ -677,22 +824,50 @@ class UserConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def batch(self, message: dict) -> None:
-        """Several group messages in one (exchange.publish._send_all), handled in order."""
-        for one in message["messages"]:
-            await self.dispatch(one)
+    def offer_event(self, event: dict) -> None:
+        """From the process's UserHub: an order's new state, for one of this socket's organisations."""
+        if self.closed:
+            return  # the hub's message was already on its way when the socket closed
+        if not self.events and not self.paused and self.event_task is None and self.frames is not None and self.frames.ready():
+            # The usual case: into this turn's frames at once, without a task switch per socket.
+            if not self.places.hold(event):
+                self.seq += 1
+                self.frames.put(_event_text(self.seq, event))
+            return
+        self.events.append(event)
+        self._resume_events()
+
+    def _resume_events(self) -> None:
+        if self.events and not self.paused and self.event_task is None and not self.closed:
+            self.event_task = asyncio.get_running_loop().create_task(self._send_events())
+
+    async def _send_events(self) -> None:
+        try:
+            while self.events and not self.closed and not self.paused:
+                await self.user_event(self.events.popleft())
+        except Exception:
+            log.exception("user stream: sending events failed for user %s", self.user.pk)
+            self.events.clear()
+        finally:
+            self.event_task = None
 
     async def user_event(self, event: dict) -> None:
-        """Group message "user.event": an order's new state; the per-connection seq goes in front."""
-        if getattr(self, "closed", False):
-            return  # a group message that was already on its way when the socket closed
+        """An order's new state; the per-connection seq goes in front."""
+        if self.closed:
+            return
         if self.places.hold(event):
             return  # sent right after this socket's ack for that order
         await self._send_event(event)
 
     async def _send_event(self, event: dict) -> None:
+        if self.frames is not None:
+            # The seq is taken once the frame can go out, so frames leave in the order of their seqs.
+            await self.frames.writable()
+            self.seq += 1
+            self.frames.put(_event_text(self.seq, event))
+            return
         self.seq += 1
-        await self.send(text_data=f'{{"seq":{self.seq},{event["text"][1:]}')
+        await self.send(text_data=_event_text(self.seq, event))
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.user is None:
@@ -720,15 +895,21 @@ class UserConsumer(AsyncWebsocketConsumer):
         if kind == "place":
             await self.places.place(self.user, message)  # answered when the matcher's batch commits
             return
-        await self.places.drain()  # a cancel or amend never overtakes the placements sent before it
+        # Events wait until this command is answered: its ack goes out before the events it caused.
+        self.paused += 1
         try:
-            result = await _db(command)(self.user, message)
-        except Exception as exc:
-            if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
-                log.exception("websocket %s command failed", kind)
-            await self.send(text_data=_dumps(error_frame(request_id, exc)))
-            return
-        await self.send(text_data=_dumps({"type": "ack", "request_id": request_id, **result}))
+            await self.places.drain()  # a cancel or amend never overtakes the placements sent before it
+            try:
+                result = await _db(command)(self.user, message)
+            except Exception as exc:
+                if not isinstance(exc, ServiceError | Http404 | drf_exceptions.APIException):
+                    log.exception("websocket %s command failed", kind)
+                await self.send(text_data=_dumps(error_frame(request_id, exc)))
+                return
+            await self.send(text_data=_dumps({"type": "ack", "request_id": request_id, **result}))
+        finally:
+            self.paused -= 1
+            self._resume_events()
 
     async def auth_recheck(self, event: dict) -> None:
         """Group message "auth.recheck": the user's credentials changed (apikeys.signals); check ours now."""

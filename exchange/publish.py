@@ -5,6 +5,9 @@ Each message is serialised to JSON once, here, and travels through the channel l
 envelope that carries what a relay needs without parsing it (kind, instrument, sequence numbers). A
 websocket process keeps ONE group member per instrument (exchange.consumers.MarketHub) and writes the same
 text to each of its sockets, so an update costs one channel-layer message per process, not one per socket.
+Order events of every organisation go to one group, USER_FEED, with their organisation in the envelope: a
+process keeps ONE member there (exchange.consumers.UserHub) and hands each event to its sockets of that
+organisation, so a batch's events cost one channel-layer message per process, not one per socket.
 
 Delivery: the in-memory layer lives in one event loop (the server's), so messages are handed to that loop;
 any other layer (Redis) is used from one long-lived publisher loop, so its connections are reused instead
@@ -38,7 +41,13 @@ def market_group(instrument_id: int) -> str:
 
 
 def organisation_group(organisation_id: int) -> str:
+    """A Publication's audience for an organisation's order events (delivered through USER_FEED)."""
     return f"org.{organisation_id}"
+
+
+# The channel-layer group of every organisation's order events: one member per websocket process with user
+# streams open (consumers.UserHub), which relays each event to that process's sockets of its organisation.
+USER_FEED = "user.feed"
 
 
 @dataclass(frozen=True)
@@ -151,9 +160,10 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
             payload["price"] = cny(iid, payload["price_fen_per_lot"])
             payload["fills"] = [{**f, "price": cny(iid, f["price_fen_per_lot"])} for f in payload["fills"]]
             # No top-level "seq": the user consumer splices its per-connection sequence number in front.
-            # The order's key rides along so a socket can hold the event until it has acked that placement.
-            out.append((p.group, {"type": "user.event", "text": _text(payload),
-                                  "key": [payload["organisation"], payload["client_order_id"]]}))
+            # The order's key rides along so a socket can hold the event until it has acked that placement;
+            # the organisation tells the process's hub which sockets it is for.
+            out.append((USER_FEED, {"type": "user.event", "organisation": payload["organisation"], "text": _text(payload),
+                                    "key": [payload["organisation"], payload["client_order_id"]]}))
         else:
             out.append((p.group, {"type": "market.message", "kind": kind, "instrument": iid, "first": None, "seq": None, "text": _text(p.payload)}))
     for iid, t in last_trade.items():
@@ -213,9 +223,9 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
 
 async def _listened(layer, groups: list[str]) -> set[str]:
     """Of `groups`, those that have a member, asked of Redis in one round trip per Redis host (ZCOUNT of each
-    group's live members). A batch publishes to the group of every organisation with an order in it, and most
-    have no socket open: each group_send to an empty group still cost two round trips (channels_redis prunes
-    the group, then reads its members). A socket that joins between this question and the send misses the
+    group's live members). A batch publishes to its instruments' groups and the user feed, often with no
+    websocket process listening: each group_send to an empty group still cost two round trips (channels_redis
+    prunes the group, then reads its members). A socket that joins between this question and the send misses the
     message, as it would one sent just before it joined; a user stream is not replayed either way (a client
     connects first, then reads over REST what changed, docs/websockets.md), and a market socket joins its
     feed before it reads its snapshot. Other layers: all of them."""

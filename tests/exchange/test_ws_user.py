@@ -9,7 +9,7 @@ from rest_framework.authtoken.models import Token
 
 from exchange.models import Order, Trade
 from ledger.selectors import balances_get
-from marketplace.models import PlatformRole
+from marketplace.models import Membership, PlatformRole
 from tests.exchange.live.helpers import TIMEOUT, open_socket, place, release_worker_connections
 from tests.factories import OrganisationFactory, UserFactory, member
 
@@ -87,6 +87,59 @@ def test_each_organisation_sees_its_own_order_events_in_order_and_never_anothers
         assert await buyer.receive_nothing(0.05) and await seller.receive_nothing(0.05)
         for comm in (buyer, seller, outsider):
             await comm.disconnect()
+
+    async_to_sync(body)()
+
+
+async def feed_members() -> set[str]:
+    """The channel-layer members of the group that carries every organisation's order events."""
+    from channels.layers import get_channel_layer
+    from channels_redis.core import RedisChannelLayer
+
+    from exchange.publish import USER_FEED
+
+    layer = get_channel_layer()
+    if isinstance(layer, RedisChannelLayer):
+        key = layer._group_key(USER_FEED)
+        return {m.decode() for m in await layer.connection(layer.consistent_hash(USER_FEED)).zrange(key, 0, -1)}
+    return set(layer.groups.get(USER_FEED, {}))
+
+
+def test_a_process_relays_every_socket_s_events_through_one_feed_member(api, market_setup):
+    """However many user sockets a process holds, it is one member of the event feed (one channel-layer
+    message per matcher batch for the process, not one per socket); each socket still gets only its own
+    organisations' events, a trader of two organisations gets both, and the process leaves the feed when
+    its last socket closes."""
+    m = market_setup
+    inst = m["instrument"]
+    both = member(m["buyer"], role="trader")
+    Membership.objects.create(user=both, organisation=m["supplier"], role="trader")
+    keys = {"buyer": token(m["buyer_user"]), "seller": token(m["seller_user"]), "both": token(both)}
+
+    async def body():
+        buyer, _ = await user_socket(keys["buyer"])
+        seller, _ = await user_socket(keys["seller"])
+        second_seller, _ = await user_socket(keys["seller"])
+        both_socket, welcome = await user_socket(keys["both"])
+        assert welcome["organisations"] == sorted([m["buyer"].pk, m["supplier"].pk])
+        assert len(await feed_members()) == 1
+
+        sell = await database_sync_to_async(place)(api, m["seller_user"], inst, side="sell", price="15.00", quantity=5, client_order_id="s1")
+        for comm in (seller, second_seller, both_socket):
+            event = await comm.receive_json_from(TIMEOUT)
+            assert (event["seq"], event["id"], event["organisation"]) == (1, sell["id"], m["supplier"].pk)
+        assert await buyer.receive_nothing(0.1)
+        buy = await database_sync_to_async(place)(api, m["buyer_user"], inst, side="buy", price="15.00", quantity=2, client_order_id="b1")
+        # The batch's events in the order the matcher published them (its orders by id).
+        got = [await both_socket.receive_json_from(TIMEOUT) for _ in range(2)]
+        assert [(e["seq"], e["id"], e["status"]) for e in got] == [(2, sell["id"], "open"), (3, buy["id"], "filled")]
+        assert (await buyer.receive_json_from(TIMEOUT))["id"] == buy["id"]
+
+        for comm in (buyer, seller, second_seller):
+            await comm.disconnect()
+        assert len(await feed_members()) == 1  # one socket left
+        await both_socket.disconnect()
+        assert await feed_members() == set()
 
     async_to_sync(body)()
 
