@@ -34,9 +34,14 @@ class _ThrottleRequest:
 
 def _throttle_many(user, messages: list[dict]) -> list[float | None]:
     """The order rate for several frames at once: per frame None, or the seconds to wait (429)."""
+    return _throttle_each([(user, messages)])[0]
+
+
+def _throttle_each(items: list[tuple]) -> list[list[float | None]]:
+    """_throttle_many for several sockets' frames ((user, frames) pairs), counted in one round trip."""
     from exchange.api.views import OrderRateThrottle
 
-    return OrderRateThrottle().allow_many(user, [_ThrottleRequest(user, m.get("organisation")) for m in messages])
+    return OrderRateThrottle().allow_each([(user, [_ThrottleRequest(user, m.get("organisation")) for m in messages]) for user, messages in items])
 
 
 def _fields(message: dict, *drop: str) -> dict:
@@ -111,12 +116,29 @@ def order_place_command(user, message: dict) -> dict:
 def place_prepare_many(user, messages: list[dict]) -> list[tuple[dict, object] | Exception]:
     """place_prepare for several frames of one socket in one trip to a worker thread: per frame the command
     and instrument, or the exception that refuses it (answered as that frame's error)."""
-    try:
-        _not_regulator(user)
-    except ServiceError as exc:
-        return [exc] * len(messages)
+    return place_prepare_each([(user, messages)])[0]
+
+
+def place_prepare_each(items: list[tuple]) -> list[list[tuple[dict, object] | Exception]]:
+    """place_prepare_many for several sockets ((user, frames) pairs) in one trip to a worker thread, their
+    order rate counted in one round trip."""
+    allowed = []
+    for user, _ in items:
+        try:
+            _not_regulator(user)
+        except ServiceError as exc:
+            allowed.append(exc)
+        else:
+            allowed.append(None)
+    counted = [(user, messages) for (user, messages), refused in zip(items, allowed, strict=True) if refused is None]
+    waits = iter(_throttle_each(counted))
+    return [[refused] * len(messages) if refused is not None else _place_each(user, messages, next(waits))
+            for (user, messages), refused in zip(items, allowed, strict=True)]
+
+
+def _place_each(user, messages: list[dict], waits: list[float | None]) -> list[tuple[dict, object] | Exception]:
     out: list[tuple[dict, object] | Exception] = []
-    for message, wait in zip(messages, _throttle_many(user, messages), strict=True):
+    for message, wait in zip(messages, waits, strict=True):
         if wait is not None:
             out.append(drf_exceptions.Throttled(wait))
             continue
@@ -142,14 +164,96 @@ def frame_text(frame: dict) -> str:
 MAX_PLACES_IN_FLIGHT = 64
 
 
+class _Gate:
+    """The process's placements on their way to the matcher. Frames any socket queued meanwhile go to a
+    worker thread together (their order rate counted in one Redis round trip, then validated) and to the
+    matcher in one message per shard; each socket then waits for its own answers. One trip per socket cost a
+    thread hand-off, a rate-count round trip and a matcher message for every one or two frames."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[PlacePipeline] = []  # sockets with frames queued, in the order they queued them
+        self.worker: asyncio.Task | None = None
+
+    def add(self, pipeline: PlacePipeline) -> None:
+        if not pipeline.waiting:
+            pipeline.waiting = True
+            self.waiting.append(pipeline)
+        if self.worker is None:
+            self.worker = self.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting:
+                pipelines, self.waiting = self.waiting, []
+                work = []
+                for pipeline in pipelines:
+                    messages, pipeline.queue = pipeline.queue, []
+                    pipeline.waiting = False
+                    pipeline.staged += 1
+                    work.append((pipeline, messages))
+                try:
+                    await self._hand_on(work)
+                finally:
+                    for pipeline, _ in work:
+                        pipeline.staged -= 1
+                        pipeline.moved.set()
+        finally:
+            self.worker = None
+
+    async def _hand_on(self, work: list[tuple[PlacePipeline, list[dict]]]) -> None:
+        try:
+            prepared = await database_sync_to_async(place_prepare_each)([(p.user, messages) for p, messages in work])
+        except Exception as exc:  # the thread hand-off itself failed
+            prepared = [[exc] * len(messages) for _, messages in work]
+        staged = [(p, *p.stage(messages, results)) for (p, messages), results in zip(work, prepared, strict=True)]
+        commands = [command for _, _, batch in staged for _, command, _ in batch]
+        pending = None
+        if commands:
+            try:
+                # Queued before the next round is taken, so each socket's frames reach the matcher in order.
+                replies = await transport.submit_async(commands)
+            except Exception as exc:
+                log.exception("websocket place: handing %d orders to the matcher failed", len(commands))
+                pending = self.loop.create_future()
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: each socket's answer task reports it as its frames' errors
+            else:
+                # A task of its own that every socket's answer task waits on (shielded: a socket that closes
+                # does not cancel the others' wait).
+                pending = asyncio.ensure_future(replies)
+        i = 0
+        for pipeline, errors, batch in staged:
+            pipeline.answer_later(errors, batch, pending, i)
+            i += len(batch)
+
+
+_gates: dict[asyncio.AbstractEventLoop, _Gate] = {}
+
+
+def _gate() -> _Gate:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        for old in [lp for lp in _gates if lp.is_closed()]:
+            del _gates[old]
+        gate = _gates[loop] = _Gate(loop)
+    return gate
+
+
+async def _replies(pending: asyncio.Future, start: int, n: int):
+    """This socket's part of the matcher's answer to the gate's message (None: no answer in time)."""
+    replies = await asyncio.shield(pending)
+    return None if replies is None else replies[start : start + n]
+
+
 class PlacePipeline:
-    """A socket's placements in flight. Frames are queued as they are read; one task per socket validates
-    what has queued meanwhile in one trip to a worker thread and hands the commands to the matcher in one
-    message, in the order the socket sent them. The socket does not wait for the matcher before reading its
-    next frame, so placements from one socket share the matcher's batches (acks come back as the batches
-    commit, each with its request_id). Any other command first waits for the placements before it, so a
-    cancel can never overtake the order it cancels. At most MAX_PLACES_IN_FLIGHT per socket: beyond that
-    reading waits."""
+    """A socket's placements in flight. Frames are queued as they are read and handed, with other sockets'
+    (_Gate), to a worker thread for validation and to the matcher, in the order the socket sent them. The
+    socket does not wait for the matcher before reading its next frame, so placements share the matcher's
+    batches (acks come back as the batches commit, each with its request_id). Any other command first waits
+    for the placements before it, so a cancel can never overtake the order it cancels. At most
+    MAX_PLACES_IN_FLIGHT per socket: beyond that reading waits."""
 
     def __init__(self, send, placed: set[int], send_event=None) -> None:
         self.send = send  # async (text) -> None
@@ -157,8 +261,11 @@ class PlacePipeline:
         self.placed = placed  # order ids placed on this socket (cancel-on-disconnect)
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
-        self.queue: list[dict] = []  # frames read, not yet handed to the matcher
-        self.worker: asyncio.Task | None = None
+        self.user = None
+        self.queue: list[dict] = []  # frames read, not yet taken by the gate
+        self.waiting = False  # registered with the gate
+        self.staged = 0  # batches of frames the gate took and has not handed on yet
+        self.moved = asyncio.Event()  # set when the gate hands on a batch of this socket's frames
         self.outstanding = 0  # frames read and not yet answered
         self.room = asyncio.Event()
         # Placements sent to the matcher and not answered yet, by (organisation, client_order_id): how many
@@ -177,10 +284,10 @@ class PlacePipeline:
         return True
 
     async def place(self, user, message: dict) -> None:
+        self.user = user
         self.queue.append(message)
         self.outstanding += 1
-        if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._submit_queued(user))
+        _gate().add(self)
         while self.outstanding >= MAX_PLACES_IN_FLIGHT:
             self.room.clear()
             await self.room.wait()
@@ -190,47 +297,37 @@ class PlacePipeline:
         if self.outstanding < MAX_PLACES_IN_FLIGHT:
             self.room.set()
 
-    async def _submit_queued(self, user) -> None:
-        try:
-            while self.queue:
-                messages, self.queue = self.queue, []
-                try:
-                    prepared = await database_sync_to_async(place_prepare_many)(user, messages)
-                except Exception as exc:  # the thread hand-off itself failed
-                    prepared = [exc] * len(messages)
-                batch = []
-                for message, result in zip(messages, prepared, strict=True):
-                    if isinstance(result, Exception):
-                        await self._send(error_frame(message.get("request_id"), result))
-                        self._answered()
-                        continue
-                    command, instrument = result
-                    key = (command["organisation"], command["client_order_id"])
-                    self.in_flight[key] += 1
-                    self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
-                    batch.append((message.get("request_id"), command, instrument))
-                if not batch:
-                    continue
-                try:
-                    pending = await transport.submit_async([command for _, command, _ in batch])
-                except Exception as exc:
-                    log.exception("websocket place: handing %d orders to the matcher failed", len(batch))
-                    for request_id, command, _ in batch:
-                        await self._send(error_frame(request_id, exc))
-                        await self._release((command["organisation"], command["client_order_id"]))
-                    self._answered(len(batch))
-                    continue
-                task = asyncio.get_running_loop().create_task(self._answer(batch, pending))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        finally:
-            self.worker = None
+    def stage(self, messages: list[dict], prepared: list) -> tuple[list, list]:
+        """The gate's results for this socket's frames: (request id, refusal) pairs, and the placements going to
+        the matcher, registered as in flight before it can answer (their events are held until the ack)."""
+        errors, batch = [], []
+        for message, result in zip(messages, prepared, strict=True):
+            if isinstance(result, Exception):
+                errors.append((message.get("request_id"), result))
+                continue
+            command, instrument = result
+            key = (command["organisation"], command["client_order_id"])
+            self.in_flight[key] += 1
+            self.unanswered.setdefault(key, [])  # a repeat of a key in flight shares its held events
+            batch.append((message.get("request_id"), command, instrument))
+        return errors, batch
 
-    async def _answer(self, batch: list[tuple], pending) -> None:
+    def answer_later(self, errors: list, batch: list, pending, start: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(errors, batch, pending, start))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, errors: list, batch: list[tuple], pending, start: int) -> None:
+        for request_id, exc in errors:
+            await self._send(error_frame(request_id, exc))
+            self._answered()
+        if not batch:
+            return
         try:
-            replies = await pending
+            replies = await _replies(pending, start, len(batch))
         except Exception as exc:
-            log.exception("websocket place: waiting for the matcher failed")
+            if not pending.done() or pending.exception() is not exc:
+                log.exception("websocket place: waiting for the matcher failed")
             replies = exc
         for i, (request_id, command, instrument) in enumerate(batch):
             try:
@@ -270,8 +367,14 @@ class PlacePipeline:
 
     async def drain(self) -> None:
         """Until every frame read so far is answered (handed to the matcher and its ack or error sent)."""
-        while self.worker is not None or self.tasks:
-            await asyncio.gather(*[t for t in (self.worker, *self.tasks) if t is not None], return_exceptions=True)
+        while True:
+            if self.queue or self.waiting or self.staged:
+                self.moved.clear()
+                await self.moved.wait()
+            elif self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            else:
+                return
 
     async def _send(self, frame: dict) -> None:
         if self.closed:

@@ -53,17 +53,23 @@ class OrderRateThrottle(UserRateThrottle):
     def allow_many(self, user, requests: list) -> list[float | None]:
         """Several orders at once (a websocket's pipelined frames; `requests` as allow_request reads them):
         per order None within the rate, else the seconds to wait. One INCRBY per account, counted in order."""
-        waits: list[float | None] = [None] * len(requests)
-        groups: dict[str, tuple[tuple, list[int]]] = {}
-        for i, request in enumerate(requests):
-            window = self._window(user, _account_of(request))
-            if window is not None:
-                groups.setdefault(window[0], (window, []))[1].append(i)
-        for key, ((_, allowed, duration, wait), indexes) in groups.items():
-            first = _count(key, int(duration) + 1, len(indexes)) - len(indexes) + 1
-            for n, i in enumerate(indexes, start=first):
+        return self.allow_each([(user, requests)])[0]
+
+    def allow_each(self, items: list[tuple]) -> list[list[float | None]]:
+        """allow_many for several users' orders at once ((user, requests) pairs: the placements a websocket
+        process gathered from its sockets), all counted in one Redis round trip."""
+        waits: list[list[float | None]] = [[None] * len(requests) for _, requests in items]
+        groups: dict[str, tuple[tuple, list[tuple[int, int]]]] = {}
+        for a, (user, requests) in enumerate(items):
+            for i, request in enumerate(requests):
+                window = self._window(user, _account_of(request))
+                if window is not None:
+                    groups.setdefault(window[0], (window, []))[1].append((a, i))
+        totals = _count_many([(key, int(window[2]) + 1, len(indexes)) for key, (window, indexes) in groups.items()])
+        for ((_, allowed, _, wait), indexes), total in zip(groups.values(), totals, strict=True):
+            for n, (a, i) in enumerate(indexes, start=total - len(indexes) + 1):
                 if n > allowed:
-                    waits[i] = max(wait, 1)
+                    waits[a][i] = max(wait, 1)
         return waits
 
     def _window(self, user, organisation: int | None) -> tuple[str, int, float, float] | None:
@@ -115,6 +121,24 @@ def _count(key: str, ttl: int, n: int = 1) -> int:
         return int(script(keys=[raw], args=[n, ttl]))
     backend.add(key, 0, ttl)
     return backend.incr(key, n)
+
+
+def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
+    """_count for several (key, ttl, n) at once: on Redis one pipeline of the script, one round trip."""
+    if len(counts) <= 1:
+        return [_count(*c) for c in counts]
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        return [_count(*c) for c in counts]
+    raws = [backend.make_and_validate_key(key) for key, _, _ in counts]
+    client = backend._cache.get_client(raws[0], write=True)  # one client per process (common/cache.py)
+    script = getattr(client, "_suanli_count", None)
+    if script is None:
+        script = client._suanli_count = client.register_script(_COUNT_LUA)
+    pipe = client.pipeline(transaction=False)
+    for raw, (_, ttl, n) in zip(raws, counts, strict=True):
+        script(keys=[raw], args=[n, ttl], client=pipe)
+    return [int(total) for total in pipe.execute()]
 
 
 class OrderFilter(django_filters.FilterSet):

@@ -402,3 +402,67 @@ def test_pipelined_placements_beyond_the_order_rate_get_429_error_frames(api, ma
     assert {(answers[f"p{i}"]["status"], answers[f"p{i}"]["code"]) for i in (3, 4)} == {(429, "throttled")}
     assert "Expected available in" in answers["p3"]["message"]
     assert sorted(Order.objects.values_list("client_order_id", flat=True)) == ["rate-0", "rate-1", "rate-2"]
+
+
+def test_placements_of_several_sockets_share_each_account_s_rate(api, market_setup, settings, rate_window):
+    """The process hands several sockets' frames on together (exchange.ws_orders._Gate); each account's budget
+    still counts every frame of its sockets once, whoever's frames they travelled with."""
+    from django.core.cache import cache
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"orders": "3/min"}}
+    cache.clear()
+    m = market_setup
+    keys = {"buyer": token(m["buyer_user"]), "seller": token(m["seller_user"])}
+    plan = [("buyer", "buy", "14.00", 3), ("buyer", "buy", "14.00", 2), ("seller", "sell", "16.00", 4)]
+
+    async def body():
+        sockets = [(await user_socket(keys[who]))[0] for who, *_ in plan]
+        for n, (comm, (_, side, price, frames)) in enumerate(zip(sockets, plan, strict=True)):
+            for i in range(frames):
+                await comm.send_json_to({"type": "place", "request_id": f"{n}-{i}", "instrument": m["instrument"].pk, "side": side,
+                                         "price": price, "quantity": 1, "client_order_id": f"gate-{n}-{i}"})
+        answers = []
+        for comm, (who, _, _, frames) in zip(sockets, plan, strict=True):
+            got = 0
+            while got < frames:
+                frame = await comm.receive_json_from(TIMEOUT)
+                if frame.get("type") in ("ack", "error"):
+                    answers.append((who, frame["type"], frame.get("status")))
+                    got += 1
+            await comm.disconnect()
+        return answers
+
+    answers = async_to_sync(body)()
+    for who, frames in (("buyer", 5), ("seller", 4)):
+        mine = [a for a in answers if a[0] == who]
+        assert len(mine) == frames
+        assert sum(1 for a in mine if a[1] == "ack") == 3, mine
+        assert {a[2] for a in mine if a[1] == "error"} == {429}
+    assert Order.objects.filter(organisation=m["buyer"]).count() == 3
+    assert Order.objects.filter(organisation=m["supplier"]).count() == 3
+
+
+@pytest.mark.redis
+def test_several_sockets_frames_are_counted_in_one_round_trip(market_setup, settings, rate_window, monkeypatch):
+    """Two accounts' frames prepared together: their counters move in one pipeline (no call per account), and
+    each account's own budget decides."""
+    from django.core.cache import cache
+
+    from exchange import ws_orders
+    from exchange.api import views
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"orders": "2/min"}}
+    cache.clear()
+    m = market_setup
+
+    def one_by_one(*args):
+        raise AssertionError("counted one account at a time")
+
+    monkeypatch.setattr(views, "_count", one_by_one)
+    frame = {"instrument": m["instrument"].pk, "side": "buy", "price": "14.00", "quantity": 1}
+    results = ws_orders.place_prepare_each([
+        (m["buyer_user"], [{**frame, "client_order_id": f"b{i}"} for i in range(3)]),
+        (m["seller_user"], [{**frame, "side": "sell", "price": "16.00", "client_order_id": f"s{i}"} for i in range(1)]),
+    ])
+    kinds = [[type(r).__name__ if isinstance(r, Exception) else "ok" for r in socket] for socket in results]
+    assert kinds == [["ok", "ok", "Throttled"], ["ok"]]
