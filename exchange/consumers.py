@@ -626,9 +626,6 @@ class MarketConsumer:
 # --- user stream and order entry ------------------------------------------------------------------------
 
 
-# --- user streams ---------------------------------------------------------------------------------------------
-
-
 class UserHub:
     """This process's user streams: ONE member in the group that carries every organisation's order events
     (exchange.publish.USER_FEED: a matcher batch sends its events there as one message), and the process's
