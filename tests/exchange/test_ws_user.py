@@ -1,6 +1,8 @@
 """/ws/user/: authentication (token, session, origin), the organisation's order events with a per-connection
 seq, order entry with ack and error frames through the same services as REST, cancel-on-disconnect."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -466,3 +468,44 @@ def test_several_sockets_frames_are_counted_in_one_round_trip(market_setup, sett
     ])
     kinds = [[type(r).__name__ if isinstance(r, Exception) else "ok" for r in socket] for socket in results]
     assert kinds == [["ok", "ok", "Throttled"], ["ok"]]
+
+
+def test_the_process_joins_the_event_feed_again_after_the_channel_layer_failed(api, market_setup, monkeypatch):
+    """A Redis restart drops the feed's membership and breaks the hub's read: the hub joins again once the
+    layer answers, and the sockets get the events of orders placed after that, without reconnecting."""
+    from channels.layers import get_channel_layer
+
+    from exchange.consumers import user_hub
+    from exchange.publish import USER_FEED
+
+    m = market_setup
+    key = token(m["buyer_user"])
+    layer = get_channel_layer()
+    real_receive = layer.receive
+    failures = []
+
+    async def receive(channel):
+        if not failures:
+            failures.append(channel)
+            raise ConnectionError("Redis went away")
+        return await real_receive(channel)
+
+    async def body():
+        comm, _ = await user_socket(key)
+        hub = user_hub()
+        # The restart: the membership is gone and the hub's next read fails (the pending one is woken first).
+        await layer.group_discard(USER_FEED, hub.channel)
+        assert await feed_members() == set()
+        monkeypatch.setattr(layer, "receive", receive)
+        await layer.send(hub.channel, {"type": "wake.up"})
+        for _ in range(60):
+            if failures and await feed_members():
+                break
+            await asyncio.sleep(0.1)
+        assert failures and await feed_members() == {hub.channel}
+        order = await database_sync_to_async(place)(api, m["buyer_user"], m["instrument"], side="buy", price="14.00", quantity=1, client_order_id="after")
+        event = await comm.receive_json_from(TIMEOUT)
+        assert (event["seq"], event["id"], event["status"]) == (1, order["id"], "open")
+        await comm.disconnect()
+
+    async_to_sync(body)()
