@@ -112,8 +112,54 @@ class _Topic:
         self.next_snapshot: asyncio.Future | None = None
 
 
-class MarketHub:
+class _Hub:
+    """What MarketHub and UserHub share: one channel of this process's, read by one task that hands each
+    message (or each of a batch's, in order) to `dispatch`, joins its groups again after the layer failed
+    (`_rejoin`), and stops on HUB_STOP once the hub has nothing left to relay (`active`)."""
+
+    name = "hub"
+    layer = None
+    channel: str | None = None
+    tasks: list[asyncio.Task] = []
+
+    def active(self) -> bool:
+        raise NotImplementedError
+
+    def dispatch(self, message: dict) -> None:
+        raise NotImplementedError
+
+    async def _rejoin(self) -> None:
+        raise NotImplementedError
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: receive failed; joining its groups again", self.name)
+                await self._rejoin()
+                continue
+            if message.get("type") == HUB_STOP:
+                if self.active():
+                    continue  # subscribed again meanwhile
+                for task in self.tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                self.tasks, self.channel = [], None
+                return
+            for one in message["messages"] if message.get("type") == BATCH else (message,):
+                try:
+                    self.dispatch(one)
+                except Exception:
+                    log.exception("%s: could not relay a %r message", self.name, one.get("kind") or one.get("type"))
+
+
+class MarketHub(_Hub):
     """This process's subscriptions to market data: one channel, one group membership per instrument."""
+
+    name = "market hub"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         from channels.layers import get_channel_layer
@@ -176,6 +222,9 @@ class MarketHub:
         else:
             future.set_result(result)
 
+    def active(self) -> bool:
+        return bool(self.topics)
+
     def dispatch(self, message: dict) -> None:
         topic = self.topics.get(message.get("instrument"))
         if topic is None:
@@ -185,30 +234,6 @@ class MarketHub:
         message["frame"] = _frame(message["text"].encode())  # one websocket frame for all of this process's sockets
         for consumer in tuple(topic.consumers):
             consumer.offer(message)
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("market hub: receive failed; rejoining and resynchronising")
-                await self._rejoin()
-                continue
-            if message.get("type") == HUB_STOP:
-                if self.topics:
-                    continue  # subscribed again meanwhile
-                for task in self.tasks:
-                    if task is not asyncio.current_task():
-                        task.cancel()
-                self.tasks, self.channel = [], None
-                return
-            for one in message["messages"] if message.get("type") == BATCH else (message,):
-                try:
-                    self.dispatch(one)
-                except Exception:
-                    log.exception("market hub: could not relay %r", one.get("kind"))
 
     async def _rejoin(self) -> None:
         """The channel layer failed: if Redis restarted, our group memberships and the messages queued for us
@@ -626,12 +651,14 @@ class MarketConsumer:
 # --- user stream and order entry ------------------------------------------------------------------------
 
 
-class UserHub:
+class UserHub(_Hub):
     """This process's user streams: ONE member in the group that carries every organisation's order events
     (exchange.publish.USER_FEED: a matcher batch sends its events there as one message), and the process's
     sockets by organisation. Each event goes to this process's sockets of its organisation, in the order the
     feed carries them. (Each socket used to join its organisations' groups, so a batch cost one channel-layer
     message per socket with events to send, and with channels_redis four Redis round trips to receive each.)"""
+
+    name = "user hub"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         from channels.layers import get_channel_layer
@@ -677,35 +704,14 @@ class UserHub:
                 # The reader stops on this message (see MarketHub.unsubscribe), unless a socket came meanwhile.
                 await self.layer.send(self.channel, {"type": HUB_STOP})
 
+    def active(self) -> bool:
+        return bool(self.consumers)
+
     def dispatch(self, event: dict) -> None:
         if event.get("type") != "user.event":
             return
         for consumer in tuple(self.sockets.get(event.get("organisation"), ())):
             consumer.offer_event(event)
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("user hub: receive failed; joining the feed again")
-                await self._rejoin()
-                continue
-            if message.get("type") == HUB_STOP:
-                if self.consumers:
-                    continue  # a socket came meanwhile
-                for task in self.tasks:
-                    if task is not asyncio.current_task():
-                        task.cancel()
-                self.tasks, self.channel = [], None
-                return
-            for one in message["messages"] if message.get("type") == BATCH else (message,):
-                try:
-                    self.dispatch(one)
-                except Exception:
-                    log.exception("user hub: could not relay an event")
 
     async def _rejoin(self) -> None:
         """The channel layer failed (a Redis restart loses group memberships): join the feed again once it
