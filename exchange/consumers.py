@@ -21,6 +21,7 @@ long as that read starts after each of them registered.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import logging
@@ -112,24 +113,35 @@ class _Topic:
         self.next_snapshot: asyncio.Future | None = None
 
 
-class _Hub:
+class _Hub(abc.ABC):
     """What MarketHub and UserHub share: one channel of this process's, read by one task that hands each
     message (or each of a batch's, in order) to `dispatch`, joins its groups again after the layer failed
-    (`_rejoin`), and stops on HUB_STOP once the hub has nothing left to relay (`active`)."""
+    (`_rejoin`), and stops on HUB_STOP once the hub has nothing left to relay (`active`). One hub of each
+    kind per event loop: `_hub_for`."""
 
     name = "hub"
-    layer = None
-    channel: str | None = None
-    tasks: list[asyncio.Task] = []
 
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from channels.layers import get_channel_layer
+
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
+        register_server_loop(loop)
+
+    @abc.abstractmethod
     def active(self) -> bool:
-        raise NotImplementedError
+        """Whether any local socket still needs this hub's messages."""
 
+    @abc.abstractmethod
     def dispatch(self, message: dict) -> None:
-        raise NotImplementedError
+        """Hand one relayed message to the local sockets it is for."""
 
+    @abc.abstractmethod
     async def _rejoin(self) -> None:
-        raise NotImplementedError
+        """After a failed read: join this hub's groups again once the layer answers."""
 
     async def _read(self) -> None:
         while True:
@@ -162,15 +174,8 @@ class MarketHub(_Hub):
     name = "market hub"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from channels.layers import get_channel_layer
-
-        self.loop = loop
-        self.layer = get_channel_layer()
-        self.channel: str | None = None
+        super().__init__(loop)
         self.topics: dict[int, _Topic] = {}
-        self.lock = asyncio.Lock()
-        self.tasks: list[asyncio.Task] = []
-        register_server_loop(loop)
 
     async def subscribe(self, consumer: MarketConsumer) -> _Topic:
         iid = consumer.instrument_id
@@ -273,15 +278,20 @@ class MarketHub(_Hub):
                         log.exception("market hub: could not renew group %s", topic.instrument_id)
 
 
-_hub: MarketHub | None = None
+_hubs: dict[type, _Hub] = {}
+
+
+def _hub_for(kind: type[_Hub]) -> _Hub:
+    """The running event loop's hub of that kind (a new one when the loop changed: tests run several)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(kind)
+    if hub is None or hub.loop is not loop:
+        hub = _hubs[kind] = kind(loop)
+    return hub
 
 
 def market_hub() -> MarketHub:
-    global _hub
-    loop = asyncio.get_running_loop()
-    if _hub is None or _hub.loop is not loop:
-        _hub = MarketHub(loop)
-    return _hub
+    return _hub_for(MarketHub)
 
 
 def _trim(message: dict, seq: int) -> str:
@@ -661,17 +671,10 @@ class UserHub(_Hub):
     name = "user hub"
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from channels.layers import get_channel_layer
-
-        self.loop = loop
-        self.layer = get_channel_layer()
-        self.channel: str | None = None
+        super().__init__(loop)
         self.joined_at: float | None = None
         self.consumers: set[UserConsumer] = set()
         self.sockets: dict[int, set[UserConsumer]] = {}  # organisation -> its sockets in this process
-        self.lock = asyncio.Lock()
-        self.tasks: list[asyncio.Task] = []
-        register_server_loop(loop)
 
     async def subscribe(self, consumer: UserConsumer, organisations: list[int]) -> None:
         async with self.lock:
@@ -741,15 +744,8 @@ class UserHub(_Hub):
                     log.exception("user hub: could not renew the feed membership")
 
 
-_user_hub: UserHub | None = None
-
-
 def user_hub() -> UserHub:
-    global _user_hub
-    loop = asyncio.get_running_loop()
-    if _user_hub is None or _user_hub.loop is not loop:
-        _user_hub = UserHub(loop)
-    return _user_hub
+    return _hub_for(UserHub)
 
 
 class UserConsumer(AsyncWebsocketConsumer):

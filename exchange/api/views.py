@@ -114,13 +114,18 @@ def _count(key: str, ttl: int, n: int = 1) -> int:
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        client = backend._cache.get_client(raw, write=True)  # one client per process (common/cache.py)
-        script = getattr(client, "_suanli_count", None)
-        if script is None:
-            script = client._suanli_count = client.register_script(_COUNT_LUA)
-        return int(script(keys=[raw], args=[n, ttl]))
+        return int(_count_script(backend, raw)(keys=[raw], args=[n, ttl]))
     backend.add(key, 0, ttl)
     return backend.incr(key, n)
+
+
+def _count_script(backend: RedisCache, raw_key: str):
+    """The counter script on the cache's write client (one client per process, common/cache.py), registered once."""
+    client = backend._cache.get_client(raw_key, write=True)
+    script = getattr(client, "_suanli_count", None)
+    if script is None:
+        script = client._suanli_count = client.register_script(_COUNT_LUA)
+    return script
 
 
 def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
@@ -131,11 +136,8 @@ def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
     if not isinstance(backend, RedisCache):
         return [_count(*c) for c in counts]
     raws = [backend.make_and_validate_key(key) for key, _, _ in counts]
-    client = backend._cache.get_client(raws[0], write=True)  # one client per process (common/cache.py)
-    script = getattr(client, "_suanli_count", None)
-    if script is None:
-        script = client._suanli_count = client.register_script(_COUNT_LUA)
-    pipe = client.pipeline(transaction=False)
+    script = _count_script(backend, raws[0])
+    pipe = script.registered_client.pipeline(transaction=False)
     for raw, (_, ttl, n) in zip(raws, counts, strict=True):
         script(keys=[raw], args=[n, ttl], client=pipe)
     return [int(total) for total in pipe.execute()]
