@@ -32,13 +32,9 @@ class _ThrottleRequest:
         self.META: dict = {}
 
 
-def _throttle_many(user, messages: list[dict]) -> list[float | None]:
-    """The order rate for several frames at once: per frame None, or the seconds to wait (429)."""
-    return _throttle_each([(user, messages)])[0]
-
-
 def _throttle_each(items: list[tuple]) -> list[list[float | None]]:
-    """_throttle_many for several sockets' frames ((user, frames) pairs), counted in one round trip."""
+    """The order rate for several sockets' frames ((user, frames) pairs), counted in one round trip: per frame
+    None, or the seconds to wait (429)."""
     from exchange.api.views import OrderRateThrottle
 
     return OrderRateThrottle().allow_each([(user, [_ThrottleRequest(user, m.get("organisation")) for m in messages]) for user, messages in items])
