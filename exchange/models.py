@@ -1,4 +1,8 @@
-"""Orders, trades and contracts. The matcher is the only writer of order state after placement."""
+"""Orders, trades and contracts. The matcher is the only writer of order state after placement.
+
+The foreign keys of orders, order events, trades, contracts and capacity holds say `db_constraint=False`:
+they are still enforced by the database, once per statement rather than once per row (common.refchecks).
+"""
 
 from __future__ import annotations
 
@@ -51,9 +55,9 @@ class Order(models.Model):
 
     # No single-column indexes: (instrument, status), (organisation, status) and the client id's unique
     # constraint lead with these (a redundant index is one more write per order stored).
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False)
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders", db_index=False)
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="orders")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="orders", db_constraint=False)
     client_order_id = models.CharField(max_length=64)
     side = models.CharField(max_length=4, choices=Side.choices)
     type = models.CharField(max_length=8, choices=OrderType.choices, default=OrderType.LIMIT)
@@ -75,8 +79,8 @@ class Order(models.Model):
     fee_fen = models.BigIntegerField(default=0)
     # Set durably before the cancel reaches the matcher, so a restarted matcher still applies it.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    hold = models.OneToOneField(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="order")
-    listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.PROTECT, related_name="orders")
+    hold = models.OneToOneField(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="order", db_constraint=False)
+    listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.PROTECT, related_name="orders", db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -117,13 +121,13 @@ class OrderEventKind(models.TextChoices):
 class OrderEvent(models.Model):
     """The order audit trail: every change to an order, in order, with who asked and when."""
 
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="events")
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="events", db_constraint=False)
     kind = models.CharField(max_length=10, choices=OrderEventKind.choices)
     quantity = models.PositiveIntegerField(default=0)
     price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=40, blank=True)
-    trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -134,12 +138,12 @@ class OrderEvent(models.Model):
 
 
 class Trade(models.Model):
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades", db_index=False)  # trade_seq_unique leads with it
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades", db_index=False, db_constraint=False)  # trade_seq_unique leads with it
     seq = models.PositiveBigIntegerField(help_text="Per-instrument trade sequence, from 1")
-    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades")
-    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades")
-    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="buys")
-    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sells")
+    maker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="maker_trades", db_constraint=False)
+    taker_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="taker_trades", db_constraint=False)
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="buys", db_constraint=False)
+    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sells", db_constraint=False)
     price_fen_per_lot = models.BigIntegerField()
     quantity = models.PositiveIntegerField()
     value_fen = models.BigIntegerField()
@@ -169,11 +173,11 @@ class Contract(models.Model):
     """A trade's promise: the seller delivers `quantity` lots in the instrument's window; the buyer's
     escrow pays for what metering proves."""
 
-    trade = models.OneToOneField(Trade, on_delete=models.PROTECT, related_name="contract")
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="contracts")
-    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="bought_contracts")
-    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sold_contracts")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts")
+    trade = models.OneToOneField(Trade, on_delete=models.PROTECT, related_name="contract", db_constraint=False)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="contracts", db_constraint=False)
+    buyer = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="bought_contracts", db_constraint=False)
+    seller = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="sold_contracts", db_constraint=False)
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="contracts", db_constraint=False)
     quantity = models.PositiveIntegerField(help_text="lots")
     price_fen_per_lot = models.BigIntegerField()
     value_fen = models.BigIntegerField()
@@ -190,9 +194,9 @@ class Contract(models.Model):
 class CapacityHold(models.Model):
     """Lots of a listing reserved by a seller's order on one instrument; sold lots become contracts."""
 
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="capacity_holds", db_index=False)  # capacityhold_listing_inst leads with it
-    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="capacity_hold")
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="capacity_holds", db_index=False, db_constraint=False)  # capacityhold_listing_inst leads with it
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="capacity_hold", db_constraint=False)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     lots = models.PositiveIntegerField()
     sold_lots = models.PositiveIntegerField(default=0)
     released_lots = models.PositiveIntegerField(default=0)

@@ -5,6 +5,9 @@ posts -X to A and +X to B, so every entry sums to zero and so does the sum over 
 accounts (available, held, escrow, receivable) are what the platform owes the organisation and never go
 below zero; external accounts (a payment provider's clearing account) mirror money held outside and go
 negative as money comes in.
+
+The foreign keys of journal entries, postings and holds say `db_constraint=False`: they are still enforced
+by the database, once per statement rather than once per row (common.refchecks).
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ class JournalEntry(models.Model):
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     memo = models.CharField(max_length=300, blank=True)
     reference = models.CharField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
-    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
-    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by", db_constraint=False)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -97,9 +100,9 @@ class JournalEntry(models.Model):
 
 
 class Posting(models.Model):
-    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
+    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings", db_constraint=False)
     # Indexed by (account, id) below, which also serves lookups by account alone.
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False, db_constraint=False)
     amount_fen = models.BigIntegerField()
     # The account's balance right after this posting: statements need no running sum.
     balance_after_fen = models.BigIntegerField()
@@ -123,7 +126,7 @@ class Hold(models.Model):
     both in parts. remaining = amount - captured - released, and the held account's balance is the sum of
     the remaining amounts of an organisation's open holds."""
 
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
     reference = models.CharField(max_length=100, unique=True, help_text="What the hold is for, e.g. order:123")
     amount_fen = models.BigIntegerField()
     captured_fen = models.BigIntegerField(default=0)

@@ -9,6 +9,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from common import refchecks
 from exchange import transport
 from exchange.models import CapacityHold, ListingUsage
 from tests.exchange.test_orders_api import place
@@ -101,5 +102,6 @@ def test_the_migration_counts_the_holds_stored_before_it(api, market_setup, tran
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
+    refchecks.install(connection)  # as `migrate` does when it is done (common.apps)
     assert usage() == {(m["listing"].pk, inst.pk): 10}
     assert_usage_matches_holds()
