@@ -41,7 +41,6 @@ CHECKED: dict[str, tuple[str, ...]] = {
     "exchange.Trade": ("instrument", "maker_order", "taker_order", "buyer", "seller"),
     "exchange.Contract": ("trade", "instrument", "buyer", "seller", "listing"),
     "exchange.CapacityHold": ("listing", "order", "instrument"),
-    "ledger.JournalEntry": ("reverses", "created_by"),
     "ledger.Posting": ("entry", "account"),
     "ledger.Hold": ("organisation",),
 }
@@ -173,7 +172,9 @@ def sqlite_sql(items: list[Key]) -> list[str]:
 
 
 def install(connection, registry=None) -> None:
-    """Create or replace the triggers on this database (PostgreSQL or SQLite)."""
+    """Create the triggers on this database (PostgreSQL or SQLite), dropping first any this module made before
+    (a key no longer listed loses its trigger)."""
+    uninstall(connection)
     tables = set(connection.introspection.table_names())
     items = [k for k in keys(registry) if k.table in tables and k.parent in tables]  # a partial migrate: what exists
     if connection.vendor == "postgresql":

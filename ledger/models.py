@@ -6,7 +6,7 @@ accounts (available, held, escrow, receivable) are what the platform owes the or
 below zero; external accounts (a payment provider's clearing account) mirror money held outside and go
 negative as money comes in.
 
-The foreign keys of journal entries, postings and holds say `db_constraint=False`: they are still enforced
+The foreign keys of postings and holds say `db_constraint=False`: they are still enforced
 by the database, once per statement rather than once per row (common.refchecks).
 """
 
@@ -85,8 +85,8 @@ class JournalEntry(models.Model):
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     memo = models.CharField(max_length=300, blank=True)
     reference = models.CharField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
-    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by", db_constraint=False)
-    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
