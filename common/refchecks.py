@@ -9,8 +9,8 @@ instead, with the same guarantees:
 - **insert** into a child table (PostgreSQL): one statement-level trigger per table that, for each key
   column, locks the distinct parents the statement's rows name (`FOR KEY SHARE`, as the built-in check does,
   so no concurrent transaction can delete them before this one commits) and refuses the statement if any is
-  missing. One query per key and statement: a batch of 128 orders locks ~100 organisations once, not once per
-  row;
+  missing. One query per statement for all the table's keys: a batch of 128 orders locks its ~100
+  organisations once each, not once per row;
 - **update** of a key column of a child row: a row trigger, fired only when the value changes;
 - **delete** (or change of id) of a parent row: a deferred constraint trigger that refuses it at commit if a
   child row still names it (Django's constraints are deferred too: an ORM cascade may delete children after
@@ -22,8 +22,9 @@ built-in constraint. On SQLite (the embedded default) inserts and updates are ch
 
 The triggers are (re)installed after every `migrate` (common.apps), so a later migration that rebuilds a
 table cannot leave it unchecked. On SQLite they are also dropped before it: SQLite rebuilds a table for most
-changes, and refuses to rename the rebuilt table while a trigger names it. `CHECKED` is the one list; a test asserts that
-each field in it has `db_constraint=False` and that no other foreign key lost its constraint unnoticed.
+changes, and refuses to rename the rebuilt table while a trigger names it. `CHECKED` is the one list; a test
+asserts that each field in it has `db_constraint=False` and that no other foreign key lost its constraint
+unnoticed.
 """
 
 from __future__ import annotations
