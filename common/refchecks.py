@@ -33,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 # model label -> its foreign keys checked by these triggers (their db_constraint is False).
@@ -189,7 +190,8 @@ def install(connection, registry=None) -> None:
     elif connection.vendor == "sqlite":
         statements = sqlite_sql(items)
     else:
-        raise NotImplementedError(f"no foreign-key triggers for {connection.vendor}")
+        raise ImproperlyConfigured(f"Suanli runs on PostgreSQL (DATABASE_URL) or SQLite (the default), not {connection.vendor}: "
+                                   "the foreign keys of its order and ledger tables are enforced by triggers written for those two")
     with connection.cursor() as cur:
         for sql in statements:
             cur.execute(sql)
