@@ -79,8 +79,10 @@ class Order(models.Model):
     fee_fen = models.BigIntegerField(default=0)
     # Set durably before the cancel reaches the matcher, so a restarted matcher still applies it.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    hold = models.OneToOneField(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="order", db_constraint=False)
-    listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.PROTECT, related_name="orders", db_constraint=False)
+    # A buy order's hold, a sell order's listing: each NULL on half the orders, so each is indexed (and the
+    # hold kept unique) only where set: a NULL is an index entry too, written on every insert and update.
+    hold = models.ForeignKey(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
+    listing = models.ForeignKey(Listing, null=True, blank=True, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -88,6 +90,7 @@ class Order(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["organisation", "client_order_id"], name="order_client_id_unique"),
+            models.UniqueConstraint(fields=["hold"], condition=Q(hold__isnull=False), name="order_hold_unique"),
             models.CheckConstraint(condition=Q(quantity__gt=0), name="order_quantity_positive"),
             models.CheckConstraint(condition=Q(filled_quantity__lte=models.F("quantity")), name="order_not_overfilled"),
         ]
@@ -102,6 +105,7 @@ class Order(models.Model):
             # grew with the venue's history (13.8 ms a second after 146,000 orders, bench/RESULTS.md).
             models.Index(fields=["status", "id"], condition=Q(status__in=["pending", "open"]), name="order_pending_or_open"),
             models.Index(fields=["id"], condition=Q(status="open", cancel_requested_at__isnull=False), name="order_cancel_requested"),
+            models.Index(fields=["listing"], condition=Q(listing__isnull=False), name="order_listing"),
         ]
 
     def __str__(self) -> str:
@@ -126,12 +130,17 @@ class OrderEvent(models.Model):
     quantity = models.PositiveIntegerField(default=0)
     price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=40, blank=True)
-    trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
-    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    # Indexed only where set (below): most events name no trade, and fills and expiries no actor.
+    trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            models.Index(fields=["trade"], condition=Q(trade__isnull=False), name="orderevent_trade"),
+            models.Index(fields=["actor"], condition=Q(actor__isnull=False), name="orderevent_actor"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.order_id} {self.kind}"

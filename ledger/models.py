@@ -85,15 +85,23 @@ class JournalEntry(models.Model):
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     memo = models.CharField(max_length=300, blank=True)
     reference = models.CharField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
-    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by")
-    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Both NULL on nearly every entry (the matcher's): indexed, and the reversal kept unique, only where set,
+    # since a NULL is an index entry too (bench/RESULTS.md, fifteenth session).
+    reverses = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by", db_index=False)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["id"]
         verbose_name_plural = "journal entries"
-        constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="journalentry_idempotency_key_unique")]
-        indexes = [models.Index(fields=["reference"], name="journalentry_reference_idx")]
+        constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="journalentry_idempotency_key_unique"),
+            models.UniqueConstraint(fields=["reverses"], condition=Q(reverses__isnull=False), name="journalentry_reversed_once"),
+        ]
+        indexes = [
+            models.Index(fields=["reference"], name="journalentry_reference_idx"),
+            models.Index(fields=["created_by"], condition=Q(created_by__isnull=False), name="journalentry_created_by"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.memo}"
@@ -127,7 +135,8 @@ class Hold(models.Model):
     the remaining amounts of an organisation's open holds."""
 
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
-    reference = models.CharField(max_length=100, unique=True, help_text="What the hold is for, e.g. order:123")
+    # Unique through a constraint (below) rather than unique=True: PostgreSQL then builds no extra LIKE index.
+    reference = models.CharField(max_length=100, help_text="What the hold is for, e.g. order:123")
     amount_fen = models.BigIntegerField()
     captured_fen = models.BigIntegerField(default=0)
     released_fen = models.BigIntegerField(default=0)
@@ -138,6 +147,7 @@ class Hold(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
+            models.UniqueConstraint(fields=["reference"], name="hold_reference_unique"),
             models.CheckConstraint(condition=Q(amount_fen__gt=0), name="hold_positive"),
             models.CheckConstraint(
                 condition=Q(captured_fen__gte=0, released_fen__gte=0, amount_fen__gte=models.F("captured_fen") + models.F("released_fen")),
