@@ -142,12 +142,13 @@ def bulk_update_rows(model: type[models.Model], objs: Sequence[models.Model], fi
         cursor.execute(sql, arrays)
 
 
-def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *, ids: bool = True) -> None:
+def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *, ids: bool = True, given_ids: bool = False) -> None:
     """`bulk_create` for hot paths: on PostgreSQL one `INSERT ... SELECT FROM unnest(arrays) RETURNING id`
     (Django builds a placeholder per row and field, most of a batch's CPU); elsewhere the ORM's bulk_create.
     Sets each object's primary key (on PostgreSQL not with `ids=False`: the ids are not read back, so in
-    pipeline mode the statement waits for no answer); auto_now/auto_now_add fields get the time of the call
-    when empty."""
+    pipeline mode the statement waits for no answer); `given_ids`: the objects carry their primary keys
+    (from `next_ids`), which are inserted and not read back. auto_now/auto_now_add fields get the time of
+    the call when empty."""
     if not objs:
         return
     if connection.vendor != "postgresql":
@@ -156,7 +157,7 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
     for o in objs:  # foreign keys given as objects (saved since they were set): copy their ids
         if o._state.fields_cache:  # none given (the matcher's rows carry ids): nothing to copy
             o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
-    fields, insert, returning = _insert_sql(model)
+    fields, insert, returning = _insert_sql(model, given_ids)
     now = None
     arrays = []
     for field in fields:
@@ -168,9 +169,12 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
                 if getattr(o, field.attname) is None or field.auto_now:
                     setattr(o, field.attname, now)
         arrays.append(_column(field, objs))
-    if not ids:
+    if not ids or given_ids:
         with connection.cursor() as cursor:
             cursor.execute(insert, arrays)
+        for o in objs:
+            o._state.adding = False
+            o._state.db = "default"
         return
     with connection.cursor() as cursor:
         cursor.execute(returning, arrays)
@@ -181,11 +185,24 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
         o._state.db = "default"
 
 
-@functools.cache
-def _insert_sql(model: type[models.Model]) -> tuple[list[models.Field], str, str]:
-    """The model's fields and its INSERT from arrays, without and with RETURNING the primary key."""
+def next_ids(model: type[models.Model], n: int) -> list[int]:
+    """n primary keys for rows not yet inserted, from the table's own sequence (PostgreSQL), in one round
+    trip: the matcher stores a batch's new orders once, in their state after matching, but names them
+    (holds, events, trades, replies) before."""
+    if n == 0:
+        return []
     meta = model._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [meta.db_table, meta.pk.column, n])
+        return [row[0] for row in cursor.fetchall()]
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model], with_pk: bool = False) -> tuple[list[models.Field], str, str]:
+    """The model's fields and its INSERT from arrays, without and with RETURNING the primary key; `with_pk`:
+    the primary key is one of the columns given."""
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if with_pk or not f.primary_key]
     columns = ", ".join(f'"{f.column}"' for f in fields)
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
     # RETURNING gives the rows in the order the SELECT produced them, i.e. the arrays' order (what Django's

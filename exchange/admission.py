@@ -13,7 +13,9 @@ a `place` command. Here, per batch and in arrival order:
   debited in arrival order (read here; the ledger call that posts the batch locks the accounts and re-checks);
 - a seller's lots must fit on one of its listings covering the window (listings share-locked, see
   `listing_free_lots_locked`);
-- then holds, their journal entries, orders and capacity holds are inserted, a statement per table.
+- then holds and their journal entries are inserted, a statement per table; orders and capacity holds too on
+  SQLite, while on PostgreSQL they get their ids here and are inserted by the matcher after matching, in
+  their final state (`store_new_orders`).
 
 A refusal is an answer (the REST 400/409 with the field at fault), never a stored order.
 """
@@ -26,7 +28,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists, pg_array
+from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists, next_ids, pg_array
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, ListingUsage, Order, OrderType, Side
@@ -79,6 +81,17 @@ def max_fee_fen(*, notional_fen: int, instrument: Instrument) -> int:
 def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instrument) -> int:
     notional = price_fen_per_lot * open_lots
     return notional + max_fee_fen(notional_fen=notional, instrument=instrument)
+
+
+def store_new_orders(orders: list[Order], capacity_holds: list[CapacityHold]) -> None:
+    """Insert orders admitted with ids from `next_ids` (in their state after matching), then their capacity
+    holds. Neither statement's result is read: in the batch's pipeline they wait for no answer."""
+    bulk_insert_rows(Order, orders, given_ids=True)
+    store_capacity_holds(capacity_holds)
+
+
+def store_capacity_holds(capacity_holds: list[CapacityHold]) -> None:
+    bulk_insert_rows(CapacityHold, capacity_holds, ids=False)
 
 
 def _listings_sql(where: str, instrument_id: int, *lists: list, extra: list) -> tuple[str, list]:
@@ -177,6 +190,11 @@ class Admission:
         self.book_for = book_for  # instrument id -> engine Book or None (loads it)
         self.instrument_for = instrument_for  # instrument id -> Instrument (after book_for)
         self.entries: list[ledger.EntryRequest] = []  # the new holds' journal entries: posted by the matcher
+        # On PostgreSQL the new orders and their capacity holds are not inserted here but by the matcher once
+        # it has matched them (Matcher._persist): an order is then written once, in its state after matching,
+        # instead of inserted pending and rewritten (a new row version and an entry in each of its indexes).
+        self.unstored: list[Order] = []
+        self.capacity_holds: list[CapacityHold] = []
 
     def admit(self, places: list[tuple[int, dict]]) -> tuple[dict[int, Order | Refusal], set[int]]:
         """Returns the outcome per command index and the indexes whose order was created here."""
@@ -382,13 +400,20 @@ class Admission:
                 quantity=c["quantity"], open_quantity=c["quantity"], min_quantity=c["min_quantity"], post_only=c["post_only"],
                 stp=c["stp"], expires_at=_parse_expiry(c.get("expires_at")), hold_id=hold_ids.get(reference), listing_id=listings.get(i),
             ))
-        bulk_insert_rows(Order, orders)
-        if any(o.pk is None for o in orders):  # PostgreSQL and SQLite >= 3.35 return them
-            raise RuntimeError("the database did not return the new orders' ids")
-        bulk_insert_rows(CapacityHold, [  # their ids are not read: in the batch's pipeline this waits for no answer
+        if connection.vendor == "postgresql":  # ids now, rows after matching (see __init__)
+            for o, pk in zip(orders, next_ids(Order, len(orders)), strict=True):
+                o.pk, o.created_at = pk, self.now
+            self.unstored = orders
+        else:
+            bulk_insert_rows(Order, orders)
+            if any(o.pk is None for o in orders):  # SQLite >= 3.35 returns them
+                raise RuntimeError("the database did not return the new orders' ids")
+        self.capacity_holds = [
             CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
             for o in orders if o.listing_id is not None
-        ], ids=False)
+        ]
+        if not self.unstored:
+            store_capacity_holds(self.capacity_holds)
         created = set()
         for (i, _, _), order in zip(admitted, orders, strict=True):
             outcome[i] = order

@@ -24,7 +24,14 @@ from django.utils import timezone
 
 from common.db import bulk_update_rows, pg_array, prepared_statements
 from exchange import engine as eng
-from exchange.admission import Admission, Refusal, buyer_hold_fen, listing_free_lots_locked, trading_accounts
+from exchange.admission import (
+    Admission,
+    Refusal,
+    buyer_hold_fen,
+    listing_free_lots_locked,
+    store_new_orders,
+    trading_accounts,
+)
 from exchange.books import SIDE_NAME, book_from_orders, engine_order, to_ns
 from exchange.models import (
     FINAL_STATUSES,
@@ -100,6 +107,9 @@ class _Batch:
     states: dict[int, BookState] = field(default_factory=dict)
     publications: list[Publication] = field(default_factory=list)
     hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
+    # New orders and their capacity holds not yet inserted (PostgreSQL: Admission.unstored), by _persist.
+    unstored: list[Order] = field(default_factory=list)
+    capacity_holds: list[CapacityHold] = field(default_factory=list)
     fills: dict[int, list[TradeRow]] = field(default_factory=lambda: defaultdict(list))
     new_switches: list | None = None  # kill switches found by this batch's risk_sync, swept by its command
     swept: list = field(default_factory=list)  # ... and marked swept once the batch commits
@@ -172,6 +182,7 @@ class Matcher:
                                           risk_check=self.risk.admission())
                     admitted, created = admission.admit(places)
                     batch.hold_entries = admission.entries
+                    batch.unstored, batch.capacity_holds = admission.unstored, admission.capacity_holds
                     batch.orders.update((o.pk, o) for o in admitted.values() if isinstance(o, Order))
                 order_ids = {c["order"] for c in commands if "order" in c} - set(batch.orders)
                 batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
@@ -326,6 +337,8 @@ class Matcher:
         if order.side == Side.SELL and order.listing_id and new_open > order.open_quantity:
             extra = new_open - order.open_quantity
             free = listing_free_lots_locked(order.listing_id, inst) - batch.listing_raised.get(order.listing_id, 0)
+            if batch.unstored:  # this batch's new sell orders on the listing: their holds are inserted at its end
+                free -= sum(h.lots for h in batch.capacity_holds if h.listing_id == order.listing_id and h.instrument_id == inst.pk)
             if free < extra:
                 return Refusal(400, "quantity", f"Not enough listed capacity for the larger quantity: {max(free, 0)} more lots free on the order's listing.")
 
@@ -540,13 +553,17 @@ class Matcher:
     # --- persistence ------------------------------------------------------------------------------------
 
     def _persist(self, batch: _Batch) -> None:
+        stamp = timezone.now()  # after admission's inserts: never before an order's created_at
+        if batch.unstored:  # first: the batch's trades, events and capacity holds name them
+            store_new_orders(batch.unstored, batch.capacity_holds)  # as they are after matching, updated_at now
         trades_insert(batch.trades)
         events_insert(batch.events, timezone.now())
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
-        stamp = timezone.now()  # after the batch's inserts: never before an order's created_at
-        for order in dirty:
+        stored = {o.pk for o in batch.unstored}
+        stale = [o for o in dirty if o.pk not in stored]
+        for order in stale:
             order.updated_at = stamp
-        bulk_update_rows(Order, dirty, [
+        bulk_update_rows(Order, stale, [
             "status", "reason", "price_fen_per_lot", "quantity", "filled_quantity", "open_quantity",
             "maker_value_fen", "taker_value_fen", "fee_fen", "updated_at",
         ])

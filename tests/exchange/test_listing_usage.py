@@ -106,3 +106,30 @@ def test_the_migration_counts_the_holds_stored_before_it(api, market_setup, tran
     refchecks.install(connection)  # as `migrate` does when it is done (common.apps)
     assert usage() == {(m["listing"].pk, inst.pk): 10}
     assert_usage_matches_holds()
+
+
+def test_in_one_batch_an_amend_counts_the_lots_of_sell_orders_placed_before_it(api, market_setup):
+    """A batch's new sell orders hold their listing's lots from the moment they are admitted, though (on
+    PostgreSQL) their rows are written only at the batch's end: an amend later in the same batch that would
+    need more than what is left is refused, and one that fits is made."""
+    from exchange import services
+
+    m = market_setup
+    inst = m["instrument"]
+    s1 = place(api, m["seller_user"], inst, side="sell", price="16.00", quantity=200, client_order_id="s1").json()["id"]
+
+    def sell(qty, cid):
+        req = services.OrderRequest(instrument=inst, side="sell", quantity=qty, client_order_id=cid, price=inst.reference_price + inst.tick_size)
+        return services.order_command(user=m["seller_user"], organisation=m["supplier"], request=req)
+
+    def amend(open_qty):
+        return {"op": "amend", "order": s1, "instrument": inst.pk, "price": None, "quantity": open_qty, "actor": m["seller_user"].pk}
+
+    # 237 lots listed: 200 + 30 new leave 7, so +10 on s1 does not fit, +7 does.
+    placed, refused = transport.send([sell(30, "s2"), amend(210)])
+    assert placed["state"]["status"] == "open"
+    assert refused["rejected"] == "insufficient_capacity" and "7 more lots free" in refused["message"]
+    placed, amended = transport.send([sell(1, "s3"), amend(206)])  # 231 + 6
+    assert placed["state"]["status"] == "open" and not amended.get("rejected") and amended["state"]["open_quantity"] == 206
+    assert usage() == {(m["listing"].pk, inst.pk): 237}
+    assert_usage_matches_holds()
