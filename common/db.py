@@ -147,7 +147,7 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
     (Django builds a placeholder per row and field, most of a batch's CPU); elsewhere the ORM's bulk_create.
     Sets each object's primary key (on PostgreSQL not with `ids=False`: the ids are not read back, so in
     pipeline mode the statement waits for no answer); `given_ids`: the objects carry their primary keys
-    (from `next_ids`), which are inserted and not read back. auto_now/auto_now_add fields get the time of
+    (from `ids_sql`), which are inserted and not read back. auto_now/auto_now_add fields get the time of
     the call when empty."""
     if not objs:
         return
@@ -185,16 +185,13 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
         o._state.db = "default"
 
 
-def next_ids(model: type[models.Model], n: int) -> list[int]:
-    """n primary keys for rows not yet inserted, from the table's own sequence (PostgreSQL), in one round
-    trip: the matcher stores a batch's new orders once, in their state after matching, but names them
-    (holds, events, trades, replies) before."""
-    if n == 0:
-        return []
+def ids_sql(model: type[models.Model], n: int) -> tuple[str, list]:
+    """The query for n primary keys of rows not yet inserted, from the table's own sequence (PostgreSQL),
+    to be read with other reads (`fetch_together`). The matcher names a batch's new holds and orders before
+    it inserts them (the orders once, in their state after matching), and inserts them without RETURNING,
+    so neither insert waits for an answer. Ids taken and not used are gaps, as after a rollback."""
     meta = model._meta
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [meta.db_table, meta.pk.column, n])
-        return [row[0] for row in cursor.fetchall()]
+    return "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [meta.db_table, meta.pk.column, n]
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows, fetch_rows, fetch_together, in_lists, next_ids, pg_array
+from common.db import bulk_insert_rows, fetch_rows, fetch_together, ids_sql, in_lists, pg_array
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, ListingUsage, Order, OrderType, Side
@@ -59,6 +59,10 @@ class _Reads:
     keys: list[tuple]  # (order id, organisation, client order id) already stored
     accounts: list[tuple]  # the buyers' (account id, organisation, kind, balance)
     listings: dict[int, list[tuple]]  # instrument id -> sellers' (listing id, supplier, devices, model, used lots)
+    # PostgreSQL: ids for the orders and holds the batch may create (one per place command, per buy), as
+    # [(id,), ...]; on SQLite empty (the inserts return them)
+    order_ids: list[tuple]
+    hold_ids: list[tuple]
 
 
 @dataclass
@@ -84,7 +88,7 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
 
 
 def store_new_orders(orders: list[Order], capacity_holds: list[CapacityHold]) -> None:
-    """Insert orders admitted with ids from `next_ids` (in their state after matching), then their capacity
+    """Insert orders admitted with ids from `ids_sql` (in their state after matching), then their capacity
     holds. Neither statement's result is read: in the batch's pipeline they wait for no answer."""
     bulk_insert_rows(Order, orders, given_ids=True)
     store_capacity_holds(capacity_holds)
@@ -231,7 +235,7 @@ class Admission:
             fresh.append((i, c, inst))
         holds = self._funds(fresh, outcome, reads.accounts)
         listings = self._capacity(fresh, outcome, reads.listings)
-        created = self._insert([(i, c, inst) for i, c, inst in fresh if i not in outcome], holds, listings, outcome)
+        created = self._insert([(i, c, inst) for i, c, inst in fresh if i not in outcome], holds, listings, outcome, reads)
         for i, first, c in repeats:  # a retry inside the batch: the first's answer, or a conflict
             placed = outcome[first]
             if isinstance(placed, Refusal) or same_terms(placed, c):
@@ -245,7 +249,8 @@ class Admission:
     def _read(self, places: list[tuple[int, dict]]) -> _Reads:
         """Everything the checks read, for every place command of the batch, in one round trip: who may trade
         for whom, the client order ids already used, the buyers' trading accounts and the sellers' listings
-        (share-locked) with the lots they already hold per instrument. Memberships are read here, in the
+        (share-locked) with the lots they already hold per instrument; on PostgreSQL also ids for the orders
+        and holds the batch may create. Memberships are read here, in the
         transaction that stores the orders, so a revoked trader cannot slip one in. The reads cover every
         command, even one that a check will refuse before its turn; only the commands that pass use them.
         The lots held are read as the listings are locked: only this instrument's shard writes them."""
@@ -261,7 +266,10 @@ class Admission:
         for iid in sorted(sellers):
             if self.book_for(iid) is not None:
                 windows.append((self.instrument_for(iid), sorted(sellers[iid])))
+        pg = connection.vendor == "postgresql"
         rows = fetch_together([
+            ids_sql(Order, len(commands)) if pg else None,
+            ids_sql(Hold, sum(1 for c in commands if c["side"] == Side.BUY)) if pg and buyers else None,
             in_lists(
                 f"SELECT m.user_id, m.organisation_id FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id "  # nosec B608 # table names from _meta, values are parameters
                 "WHERE m.user_id IN ({}) AND m.organisation_id IN ({}) AND m.role IN (%s, %s) AND u.is_active",
@@ -278,9 +286,12 @@ class Admission:
                 for inst, suppliers in windows
             ),
         ])
+        order_ids, hold_ids = rows[:2]
+        rows = rows[2:]
         return _Reads(
             traders=set(rows[0]), keys=rows[1], accounts=rows[2],
             listings={inst.pk: rows[3 + n] for n, (inst, _) in enumerate(windows)},
+            order_ids=order_ids, hold_ids=hold_ids,
         )
 
     # --- checks --------------------------------------------------------------------------------------
@@ -370,7 +381,7 @@ class Admission:
 
     # --- writes --------------------------------------------------------------------------------------
 
-    def _insert(self, admitted, holds: dict[int, int], listings: dict[int, int], outcome) -> set[int]:
+    def _insert(self, admitted, holds: dict[int, int], listings: dict[int, int], outcome, reads: _Reads) -> set[int]:
         if not admitted:
             return set()
         hold_rows, memos = [], []
@@ -380,7 +391,14 @@ class Admission:
                 memos.append(f"order {c['client_order_id']} on {inst.code}")
         hold_ids: dict[str, int] = {}
         if hold_rows:
-            bulk_insert_rows(Hold, hold_rows)
+            if reads.hold_ids:  # PostgreSQL: ids read with the checks' reads, so the insert waits for no answer
+                if len(reads.hold_ids) < len(hold_rows):
+                    raise RuntimeError("fewer hold ids were reserved than the batch creates")
+                for h, (pk,) in zip(hold_rows, reads.hold_ids, strict=False):
+                    h.pk = pk
+                bulk_insert_rows(Hold, hold_rows, given_ids=True)
+            else:
+                bulk_insert_rows(Hold, hold_rows)
             hold_ids = {h.reference: h.pk for h in hold_rows}
             # Posted with the batch's captures and releases (Matcher._settle_holds): one ledger call.
             self.entries = ([
@@ -400,8 +418,10 @@ class Admission:
                 quantity=c["quantity"], open_quantity=c["quantity"], min_quantity=c["min_quantity"], post_only=c["post_only"],
                 stp=c["stp"], expires_at=_parse_expiry(c.get("expires_at")), hold_id=hold_ids.get(reference), listing_id=listings.get(i),
             ))
-        if connection.vendor == "postgresql":  # ids now, rows after matching (see __init__)
-            for o, pk in zip(orders, next_ids(Order, len(orders)), strict=True):
+        if reads.order_ids:  # PostgreSQL: ids now, rows after matching (see __init__)
+            if len(reads.order_ids) < len(orders):
+                raise RuntimeError("fewer order ids were reserved than the batch creates")
+            for o, (pk,) in zip(orders, reads.order_ids, strict=False):
                 o.pk, o.created_at = pk, self.now
             self.unstored = orders
         else:
