@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from common.fields import KeyField
 from ledger.models import Hold
 from marketplace.models import Instrument, Listing, Organisation, User
 
@@ -58,7 +59,7 @@ class Order(models.Model):
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="orders", db_index=False, db_constraint=False)
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="orders", db_constraint=False)
-    client_order_id = models.CharField(max_length=64)
+    client_order_id = KeyField(max_length=64)
     side = models.CharField(max_length=4, choices=Side.choices)
     type = models.CharField(max_length=8, choices=OrderType.choices, default=OrderType.LIMIT)
     time_in_force = models.CharField(max_length=3, choices=TimeInForce.choices, default=TimeInForce.GTC)

@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from common.fields import KeyField
 from marketplace.models import Organisation, User
 
 
@@ -79,12 +80,12 @@ class JournalEntry(models.Model):
     """Immutable. Corrections are reversing entries; PostgreSQL refuses UPDATE and DELETE on this table."""
 
     # Unique through a constraint rather than unique=True: PostgreSQL then builds no extra LIKE index.
-    idempotency_key = models.CharField(max_length=200)
+    idempotency_key = KeyField(max_length=200)
     # A digest of what the caller asked for: the same key with a different request is a conflict, not a replay.
     request_digest = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     memo = models.CharField(max_length=300, blank=True)
-    reference = models.CharField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
+    reference = KeyField(max_length=100, blank=True, help_text="e.g. order:123, trade:45")
     # Both NULL on nearly every entry (the matcher's): indexed, and the reversal kept unique, only where set,
     # since a NULL is an index entry too (bench/RESULTS.md, fifteenth session).
     reverses = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by", db_index=False)
@@ -136,7 +137,7 @@ class Hold(models.Model):
 
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
     # Unique through a constraint (below) rather than unique=True: PostgreSQL then builds no extra LIKE index.
-    reference = models.CharField(max_length=100, help_text="What the hold is for, e.g. order:123")
+    reference = KeyField(max_length=100, help_text="What the hold is for, e.g. order:123")
     amount_fen = models.BigIntegerField()
     captured_fen = models.BigIntegerField(default=0)
     released_fen = models.BigIntegerField(default=0)
@@ -186,7 +187,7 @@ class TopUp(models.Model):
     amount_fen = models.BigIntegerField()
     refunded_fen = models.BigIntegerField(default=0)
     status = models.CharField(max_length=12, choices=TopUpStatus.choices, default=TopUpStatus.PENDING)
-    idempotency_key = models.CharField(max_length=200)
+    idempotency_key = KeyField(max_length=200)
     provider_reference = models.CharField(max_length=255, blank=True, db_index=True, help_text="Checkout Session / PaymentIntent id or bank reference")
     payment_intent = models.CharField(max_length=255, blank=True, db_index=True)
     checkout_url = models.URLField(max_length=2000, blank=True)
@@ -221,7 +222,7 @@ class Payout(models.Model):
     provider = models.CharField(max_length=16, choices=Provider.choices)
     amount_fen = models.BigIntegerField()
     status = models.CharField(max_length=12, choices=PayoutStatus.choices, default=PayoutStatus.REQUESTED)
-    idempotency_key = models.CharField(max_length=200)
+    idempotency_key = KeyField(max_length=200)
     hold = models.OneToOneField(Hold, on_delete=models.PROTECT, related_name="payout")
     destination = models.CharField(max_length=255, blank=True, help_text="Stripe connected account id or bank account")
     provider_reference = models.CharField(max_length=255, blank=True)
