@@ -1,5 +1,5 @@
 """The project's URLs plus POST /bench/validate-order/: authenticate the token, validate the order payload
-with the order-entry serializer (which reads the instrument, as the real endpoint does), answer 200. No
+as order entry does (`order_in_validated`, which reads the instrument, as the real endpoint does), answer 200. No
 writes, no matcher: the baseline that REST order entry is compared with in bench/exchange_bench.py."""
 
 from django.urls import path
@@ -8,16 +8,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.urls import urlpatterns as project_urlpatterns
-from exchange.api.serializers import OrderInSerializer
+from exchange.api.serializers import order_in_validated
 
 
 class ValidateOrder(APIView):
     permission_classes = [permissions.IsAuthenticated]
 
     def post(self, request):
-        data = OrderInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = order_in_validated(request.data)
         return Response(
             {
                 "client_order_id": v["client_order_id"],

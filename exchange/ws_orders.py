@@ -83,14 +83,12 @@ def place_prepare(user, message: dict) -> tuple[dict, object]:
 
 
 def _place_validate(user, message: dict) -> tuple[dict, object]:
-    from exchange.api.serializers import OrderInSerializer
+    from exchange.api.serializers import order_in_validated
 
     data = _fields(message, "order_type")
     if "order_type" in message:
         data["type"] = message["order_type"]
-    serializer = OrderInSerializer(data=data)
-    serializer.is_valid(raise_exception=True)
-    v = dict(serializer.validated_data)
+    v = order_in_validated(data)
     organisation = selectors.trading_organisation_get(user, v.pop("organisation", None))
     return services.order_command(user=user, organisation=organisation, request=services.OrderRequest(**v)), v["instrument"]
 

@@ -180,9 +180,7 @@ class OrderListCreate(generics.ListAPIView):
         "or 202 when the matcher did not answer in time: the order is queued; ask for it by client_order_id.",
     )
     def post(self, request):
-        data = s.OrderInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = dict(data.validated_data)
+        v = s.order_in_validated(request.data)
         organisation = selectors.trading_organisation_get(request.user, v.pop("organisation", None))
         placed = services.order_place(user=request.user, organisation=organisation, request=services.OrderRequest(**v))
         if placed.state is None:
