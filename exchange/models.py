@@ -131,7 +131,7 @@ class OrderEvent(models.Model):
     quantity = models.PositiveIntegerField(default=0)
     price_fen_per_lot = models.BigIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=40, blank=True)
-    # Indexed only where set (below): most events name no trade, and fills and expiries no actor.
+    # Indexed only where set (below): two events in five name no trade, and three in five (fills, expiries) no actor.
     trade = models.ForeignKey("Trade", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
     actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

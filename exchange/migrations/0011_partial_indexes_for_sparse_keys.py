@@ -1,4 +1,4 @@
-"""Keys NULL on most rows (an order's hold or listing, an event's trade or actor) indexed only where set: a NULL
+"""Keys NULL on many rows (an order's hold or listing, an event's trade or actor) indexed only where set: a NULL
 is an index entry too, written with every row and every non-HOT update (bench/RESULTS.md, fifteenth session)."""
 
 import django.db.models.deletion
