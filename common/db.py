@@ -142,22 +142,25 @@ def bulk_update_rows(model: type[models.Model], objs: Sequence[models.Model], fi
         cursor.execute(sql, arrays)
 
 
-def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *, ids: bool = True, given_ids: bool = False) -> None:
+def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *, ids: bool = True) -> None:
     """`bulk_create` for hot paths: on PostgreSQL one `INSERT ... SELECT FROM unnest(arrays) RETURNING id`
     (Django builds a placeholder per row and field, most of a batch's CPU); elsewhere the ORM's bulk_create.
     Sets each object's primary key (on PostgreSQL not with `ids=False`: the ids are not read back, so in
-    pipeline mode the statement waits for no answer); `given_ids`: the objects carry their primary keys
-    (from `ids_sql`), which are inserted and not read back. auto_now/auto_now_add fields get the time of
-    the call when empty."""
+    pipeline mode the statement waits for no answer). Objects that already carry their primary keys (from
+    `ids_sql`) are inserted with them, and nothing is read back either. auto_now/auto_now_add fields get the
+    time of the call when empty."""
     if not objs:
         return
     if connection.vendor != "postgresql":
         model.objects.bulk_create(objs)
         return
+    given = objs[0].pk is not None
+    if any((o.pk is not None) != given for o in objs):
+        raise ValueError(f"bulk_insert_rows: some {model.__name__} rows carry a primary key and some do not")
     for o in objs:  # foreign keys given as objects (saved since they were set): copy their ids
         if o._state.fields_cache:  # none given (the matcher's rows carry ids): nothing to copy
             o._prepare_related_fields_for_save(operation_name="bulk_insert_rows")
-    fields, insert, returning = _insert_sql(model, given_ids)
+    fields, insert, returning = _insert_sql(model, given)
     now = None
     arrays = []
     for field in fields:
@@ -169,18 +172,14 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
                 if getattr(o, field.attname) is None or field.auto_now:
                     setattr(o, field.attname, now)
         arrays.append(_column(field, objs))
-    if not ids or given_ids:
-        with connection.cursor() as cursor:
-            cursor.execute(insert, arrays)
-        for o in objs:
-            o._state.adding = False
-            o._state.db = "default"
-        return
     with connection.cursor() as cursor:
-        cursor.execute(returning, arrays)
-        pks = [row[0] for row in cursor.fetchall()]
-    for o, pk in zip(objs, pks, strict=True):
-        o.pk = pk
+        if ids and not given:
+            cursor.execute(returning, arrays)
+            for o, (pk,) in zip(objs, cursor.fetchall(), strict=True):
+                o.pk = pk
+        else:
+            cursor.execute(insert, arrays)
+    for o in objs:
         o._state.adding = False
         o._state.db = "default"
 

@@ -59,10 +59,10 @@ class _Reads:
     keys: list[tuple]  # (order id, organisation, client order id) already stored
     accounts: list[tuple]  # the buyers' (account id, organisation, kind, balance)
     listings: dict[int, list[tuple]]  # instrument id -> sellers' (listing id, supplier, devices, model, used lots)
-    # PostgreSQL: ids for the orders and holds the batch may create (one per place command, per buy), as
-    # [(id,), ...]; on SQLite empty (the inserts return them)
-    order_ids: list[tuple]
-    hold_ids: list[tuple]
+    # PostgreSQL: ids for the orders and holds the batch may create (one per place command, per buy); on
+    # SQLite empty (the inserts return them)
+    order_ids: list[int]
+    hold_ids: list[int]
 
 
 @dataclass
@@ -90,11 +90,7 @@ def buyer_hold_fen(*, price_fen_per_lot: int, open_lots: int, instrument: Instru
 def store_new_orders(orders: list[Order], capacity_holds: list[CapacityHold]) -> None:
     """Insert orders admitted with ids from `ids_sql` (in their state after matching), then their capacity
     holds. Neither statement's result is read: in the batch's pipeline they wait for no answer."""
-    bulk_insert_rows(Order, orders, given_ids=True)
-    store_capacity_holds(capacity_holds)
-
-
-def store_capacity_holds(capacity_holds: list[CapacityHold]) -> None:
+    bulk_insert_rows(Order, orders)
     bulk_insert_rows(CapacityHold, capacity_holds, ids=False)
 
 
@@ -286,7 +282,7 @@ class Admission:
                 for inst, suppliers in windows
             ),
         ])
-        order_ids, hold_ids = rows[:2]
+        order_ids, hold_ids = ([pk for (pk,) in r] for r in rows[:2])
         rows = rows[2:]
         return _Reads(
             traders=set(rows[0]), keys=rows[1], accounts=rows[2],
@@ -392,13 +388,9 @@ class Admission:
         hold_ids: dict[str, int] = {}
         if hold_rows:
             if reads.hold_ids:  # PostgreSQL: ids read with the checks' reads, so the insert waits for no answer
-                if len(reads.hold_ids) < len(hold_rows):
-                    raise RuntimeError("fewer hold ids were reserved than the batch creates")
-                for h, (pk,) in zip(hold_rows, reads.hold_ids, strict=False):
+                for h, pk in zip(hold_rows, reads.hold_ids[:len(hold_rows)], strict=True):
                     h.pk = pk
-                bulk_insert_rows(Hold, hold_rows, given_ids=True)
-            else:
-                bulk_insert_rows(Hold, hold_rows)
+            bulk_insert_rows(Hold, hold_rows)
             hold_ids = {h.reference: h.pk for h in hold_rows}
             # Posted with the batch's captures and releases (Matcher._settle_holds): one ledger call.
             self.entries = ([
@@ -419,9 +411,7 @@ class Admission:
                 stp=c["stp"], expires_at=_parse_expiry(c.get("expires_at")), hold_id=hold_ids.get(reference), listing_id=listings.get(i),
             ))
         if reads.order_ids:  # PostgreSQL: ids now, rows after matching (see __init__)
-            if len(reads.order_ids) < len(orders):
-                raise RuntimeError("fewer order ids were reserved than the batch creates")
-            for o, (pk,) in zip(orders, reads.order_ids, strict=False):
+            for o, pk in zip(orders, reads.order_ids[:len(orders)], strict=True):
                 o.pk, o.created_at = pk, self.now
             self.unstored = orders
         else:
@@ -433,7 +423,7 @@ class Admission:
             for o in orders if o.listing_id is not None
         ]
         if not self.unstored:
-            store_capacity_holds(self.capacity_holds)
+            bulk_insert_rows(CapacityHold, self.capacity_holds, ids=False)
         created = set()
         for (i, _, _), order in zip(admitted, orders, strict=True):
             outcome[i] = order
