@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
 
-from common.api import BIGINT_MAX, ReusedFieldsMixin, StrictFieldsMixin, id_of
+from common.api import ReusedFieldsMixin, StrictFieldsMixin, id_of
 from exchange.models import Order, OrderType, SelfTradePrevention, Side, TimeInForce, Trade
 from exchange.selectors import instrument_get_cached
 from marketplace.models import Instrument, Listing
@@ -54,15 +54,15 @@ class OrderInSerializer(ReusedFieldsMixin, StrictFieldsMixin, serializers.Serial
         return value
 
 
-_PRICE = re.compile(r"^[0-9]{1,10}(\.[0-9]{1,4})?$")  # within max_digits=14, decimal_places=4
-_PRICE_STEP = Decimal("0.0001")
-_OPTIONAL_CHOICES = (
-    ("type", OrderType.values, OrderType.LIMIT),
-    ("time_in_force", TimeInForce.values, TimeInForce.GTC),
-    ("stp", SelfTradePrevention.values, SelfTradePrevention.CANCEL_NEWEST),
-)
-_PLAIN_KEYS = frozenset(("instrument", "side", "type", "price", "quantity", "time_in_force", "post_only", "min_quantity", "stp",
-                         "client_order_id", "organisation"))
+# The plain form's rules, read from OrderInSerializer's declared fields (choices, defaults, precision), so the
+# short way below cannot drift from the serializer: only the types it takes are its own.
+_DECLARED = OrderInSerializer._declared_fields
+_WHOLE, _PLACES = _DECLARED["price"].max_digits - _DECLARED["price"].decimal_places, _DECLARED["price"].decimal_places
+_PRICE = re.compile(rf"[0-9]{{1,{_WHOLE}}}(\.[0-9]{{1,{_PLACES}}})?")
+_PRICE_STEP = Decimal(1).scaleb(-_PLACES)
+_OPTIONAL_CHOICES = tuple((name, frozenset(_DECLARED[name].choices), _DECLARED[name].default) for name in ("type", "time_in_force", "stp"))
+_SIDES = frozenset(_DECLARED["side"].choices)
+_PLAIN_KEYS = frozenset(_DECLARED) - {"expires_at", "listing"}
 
 
 def _int(value) -> bool:
@@ -79,7 +79,7 @@ def _plain_order(data) -> dict | None:
     if type(data) is not dict or not data.keys() <= _PLAIN_KEYS:
         return None
     iid, side, qty, cid = data.get("instrument"), data.get("side"), data.get("quantity"), data.get("client_order_id")
-    if not (_int(iid) and 1 <= iid <= BIGINT_MAX and type(side) is str and side in Side.values and _int(qty) and qty >= 1
+    if not (_int(iid) and id_of(iid) and type(side) is str and side in _SIDES and _int(qty) and qty >= _DECLARED["quantity"].min_value
             and type(cid) is str and CLIENT_ORDER_ID.fullmatch(cid)):
         return None
     v = {"instrument": None, "side": side, "quantity": qty, "client_order_id": cid}
@@ -99,9 +99,9 @@ def _plain_order(data) -> dict | None:
             v["price"] = Decimal(price).quantize(_PRICE_STEP)
         else:
             return None
-    post_only = data.get("post_only", False)
-    min_qty = data.get("min_quantity", 0)
-    if type(post_only) is not bool or not (_int(min_qty) and min_qty >= 0):
+    post_only = data.get("post_only", _DECLARED["post_only"].default)
+    min_qty = data.get("min_quantity", _DECLARED["min_quantity"].default)
+    if type(post_only) is not bool or not (_int(min_qty) and min_qty >= _DECLARED["min_quantity"].min_value):
         return None
     v["post_only"], v["min_quantity"] = post_only, min_qty
     if "organisation" in data:
