@@ -11,6 +11,10 @@ from decimal import Decimal
 import psycopg
 from django.conf import settings
 from django.db import connection, models
+from django.db.models import signals
+from django.db.models.base import ModelState
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 
 # Field types whose Python values psycopg adapts as they are: no per-value get_db_prep_save (most of the
 # CPU of building a batch's arrays otherwise).
@@ -32,6 +36,9 @@ def _column(field: models.Field, objs: Sequence[models.Model]) -> str | list:
 
 
 _INTS = {int, type(None)}
+_BOOLS = {bool, type(None)}
+_BOOL_TEXT = {True: "t", False: "f", None: "NULL"}
+_DATETIMES = {dt.datetime, type(None)}
 
 
 def pg_array(values: Sequence) -> str | list:
@@ -42,8 +49,15 @@ def pg_array(values: Sequence) -> str | list:
     kinds = set(map(type, values))
     if kinds <= _INTS:  # ids, counts, prices in fen (with NULLs): the common case, joined in C
         return "{" + ",".join(["NULL" if v is None else str(v) for v in values] if type(None) in kinds else map(str, values)) + "}"
-    if kinds == {str}:
+    if all(issubclass(k, str) for k in kinds):  # text, choices' members
         return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
+    if kinds <= _BOOLS:
+        return "{" + ",".join([_BOOL_TEXT[v] for v in values]) + "}"
+    if kinds <= _DATETIMES:  # a batch's rows share a few times (its clock reading): each written once
+        text = {v: '"' + v.isoformat() + '"' for v in set(values) if v is not None}
+        if all(v.tzinfo is not None for v in text):
+            text[None] = "NULL"
+            return "{" + ",".join([text[v] for v in values]) + "}"
     parts = []
     for v in values:
         if v is None:
@@ -182,6 +196,45 @@ def bulk_insert_rows(model: type[models.Model], objs: Sequence[models.Model], *,
     for o in objs:
         o._state.adding = False
         o._state.db = "default"
+
+
+def new(model: type[models.Model], **values) -> models.Model:
+    """`model(**values)` for hot paths: a new, unsaved instance with the given attributes (by attname:
+    `order_id`, not `order`) and every other field at its default, as `Model.__init__` leaves it, in a
+    tenth of the time (3 us against 36 for an order: `__init__` walks every field and pops each keyword).
+    Models with pre_init/post_init receivers go through `__init__`, as does a keyword that is not an
+    attname (which `__init__` then refuses)."""
+    blank, computed = _blank(model)
+    if blank is None or not values.keys() <= blank.keys() or signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        return model(**values)
+    obj = model.__new__(model)
+    state = obj.__dict__
+    state.update(blank)
+    for name, default in computed:
+        if name not in values:
+            state[name] = default()
+    state.update(values)
+    state["_state"] = ModelState()
+    return obj
+
+
+@functools.cache
+def _blank(model: type[models.Model]) -> tuple[dict | None, list]:
+    """A new instance's attributes with constant defaults, and the fields whose default is computed per
+    instance; None if a field's attribute does more on assignment than a plain or foreign-key field's."""
+    blank, computed = {}, []
+    for field in model._meta.concrete_fields:
+        if field.generated:
+            continue
+        attribute = next((k.__dict__[field.attname] for k in model.__mro__ if field.attname in k.__dict__), None)
+        if type(attribute) not in (DeferredAttribute, ForeignKeyDeferredAttribute):
+            return None, []
+        if field.has_default() and callable(field.default):
+            computed.append((field.attname, field.default))
+            blank[field.attname] = None
+        else:
+            blank[field.attname] = field.get_default()
+    return blank, computed
 
 
 def ids_sql(model: type[models.Model], n: int) -> tuple[str, list]:

@@ -28,7 +28,7 @@ from decimal import ROUND_FLOOR
 
 from django.db import connection
 
-from common.db import bulk_insert_rows, fetch_rows, fetch_together, ids_sql, in_lists, pg_array
+from common.db import bulk_insert_rows, fetch_rows, fetch_together, ids_sql, in_lists, new, pg_array
 from exchange import engine as eng
 from exchange.books import band_fen_per_lot
 from exchange.models import CapacityHold, ListingUsage, Order, OrderType, Side
@@ -383,7 +383,7 @@ class Admission:
         hold_rows, memos = [], []
         for i, c, inst in admitted:
             if i in holds:
-                hold_rows.append(Hold(organisation_id=c["organisation"], reference=f"order:{c['organisation']}:{c['client_order_id']}", amount_fen=holds[i]))
+                hold_rows.append(new(Hold, organisation_id=c["organisation"], reference=f"order:{c['organisation']}:{c['client_order_id']}", amount_fen=holds[i]))
                 memos.append(f"order {c['client_order_id']} on {inst.code}")
         hold_ids: dict[str, int] = {}
         if hold_rows:
@@ -404,7 +404,8 @@ class Admission:
         orders = []
         for i, c, _ in admitted:
             reference = f"order:{c['organisation']}:{c['client_order_id']}"
-            orders.append(Order(
+            orders.append(new(
+                Order,
                 instrument_id=c["instrument"], organisation_id=c["organisation"], user_id=c["user"], client_order_id=c["client_order_id"],
                 side=c["side"], type=c["type"], time_in_force=c["time_in_force"], price_fen_per_lot=c["price_fen_per_lot"],
                 quantity=c["quantity"], open_quantity=c["quantity"], min_quantity=c["min_quantity"], post_only=c["post_only"],
@@ -419,7 +420,7 @@ class Admission:
             if any(o.pk is None for o in orders):  # SQLite >= 3.35 returns them
                 raise RuntimeError("the database did not return the new orders' ids")
         self.capacity_holds = [
-            CapacityHold(listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
+            new(CapacityHold, listing_id=o.listing_id, order_id=o.pk, instrument_id=o.instrument_id, lots=o.quantity)
             for o in orders if o.listing_id is not None
         ]
         if not self.unstored:

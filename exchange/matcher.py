@@ -408,7 +408,7 @@ class Matcher:
                 wanted.update((e[1], e[2]))
             elif kind in (EK.ACCEPTED, EK.REJECTED, EK.CANCELLED, EK.REDUCED, EK.AMENDED, EK.EXPIRED):
                 wanted.add(e[1])
-        missing = wanted - set(batch.orders)
+        missing = {pk for pk in wanted if pk not in batch.orders}  # not `wanted - set(batch.orders)`: a batch's dict grows
         for pk in [pk for pk in missing if pk in self.resting]:
             batch.orders[pk] = self.resting[pk]
             missing.discard(pk)

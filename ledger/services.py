@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from common.db import bulk_update_rows, fetch_rows, fetch_together, in_lists, pg_array
+from common.db import bulk_update_rows, fetch_rows, fetch_together, in_lists, new, pg_array
 from common.errors import ServiceError
 from ledger.models import (
     NON_NEGATIVE_KINDS,
@@ -542,7 +542,7 @@ def holds_move(
         rows, existing = _store().lock_holds_find_entries(
             sorted({m.hold_id for m in movements}), [m.idempotency_key for m in movements] + [r.idempotency_key for r in entries])
         holds = {
-            row[0]: Hold(pk=row[0], organisation_id=row[1], reference=row[2], amount_fen=row[3], captured_fen=row[4], released_fen=row[5], status=row[6])
+            row[0]: new(Hold, id=row[0], organisation_id=row[1], reference=row[2], amount_fen=row[3], captured_fen=row[4], released_fen=row[5], status=row[6])
             for row in rows
         }
         for hold in holds.values():

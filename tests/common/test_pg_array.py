@@ -8,6 +8,9 @@ import pytest
 from django.db import connection
 
 from common.db import pg_array
+from exchange.models import OrderStatus
+
+NOW = dt.datetime(2026, 12, 1, 3, 40, 1, 123456, tzinfo=dt.UTC)
 
 TRICKY = ['plain', '', ' lead and trail ', 'a,b', '{braces}', 'quote " inside', 'back\\slash', '\\"both', 'NULL',
           'null', "it's", '算力 voucher 券', 'tab\tnew\nline', None]
@@ -24,6 +27,7 @@ def test_the_literal_quotes_every_string_and_leaves_numbers_bare():
 def test_values_it_does_not_know_are_left_to_psycopg():
     naive = dt.datetime(2026, 11, 29, 12, 0)
     assert pg_array([1, naive]) == [1, naive]
+    assert pg_array([dt.datetime(2026, 11, 29, tzinfo=dt.UTC), naive, None]) == [dt.datetime(2026, 11, 29, tzinfo=dt.UTC), naive, None]
     assert pg_array([Decimal("Infinity")]) == [Decimal("Infinity")]
     assert pg_array([1.5]) == [1.5]
 
@@ -37,6 +41,9 @@ def test_values_it_does_not_know_are_left_to_psycopg():
     ([Decimal("0.0001"), Decimal("-12345678.90"), None], "numeric"),
     ([dt.date(2026, 11, 29), dt.date(1, 1, 1), None], "date"),
     ([dt.datetime(2026, 11, 29, 21, 55, 12, 956272, tzinfo=dt.UTC), dt.datetime(213, 1, 18, 4, 40, tzinfo=dt.UTC), None], "timestamptz"),
+    # a batch's rows: the same few instants again and again, one of them in another zone
+    ([NOW, None, NOW, NOW + dt.timedelta(microseconds=1), NOW.astimezone(dt.timezone(dt.timedelta(hours=8))), NOW], "timestamptz"),
+    ([OrderStatus.OPEN, OrderStatus.FILLED, "open"], "text"),  # choices' members are text
 ])
 def test_postgresql_reads_back_exactly_what_was_written(values, sql_type):
     literal = pg_array(values)
