@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -65,10 +66,19 @@ class EntryRequest:
     digest: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        canonical = json.dumps(
-            [self.kind, sorted(self.postings), self.reference, self.reverses_id], separators=(",", ":")
-        )
-        object.__setattr__(self, "digest", hashlib.sha256(canonical.encode()).hexdigest())
+        object.__setattr__(self, "digest", hashlib.sha256(_canonical([self.kind, sorted(self.postings), self.reference, self.reverses_id])).hexdigest())
+
+
+def _canonical(value: list) -> bytes:
+    """`json.dumps(value, separators=(",", ":"))`, the form stored digests were made of, as bytes. orjson
+    writes the same for ASCII text without DEL (which json escapes and orjson does not) and 64-bit integers,
+    twenty times faster (a matcher batch makes ~3 entries an order); anything else goes to json."""
+    if all(not isinstance(v, str) or (v.isascii() and "\x7f" not in v) for v in value):
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 # --- Accounts --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from ledger import services
-from ledger.models import AccountKind, Hold, JournalEntry, Posting
+from ledger.models import AccountKind, EntryKind, Hold, JournalEntry, Posting
 from ledger.selectors import balances_get
 from ledger.verify import ledger_verify
 from tests.factories import OrganisationFactory
@@ -200,3 +200,23 @@ def test_the_database_allows_one_reversal_per_entry_and_one_hold_per_reference(b
         Hold.objects.create(organisation=buyer, reference="order:9", amount_fen=1)
     assert JournalEntry.objects.filter(reverses__isnull=True).count() >= 3
     assert fees.postings.count() == 2 and Hold.objects.filter(reference="order:9").count() == 1
+
+
+@pytest.mark.parametrize("reference, postings, reverses_id", [
+    ("order:12:c-1", [(7, -500), (3, 500)], None),
+    ("", [(1, 2**40), (2, -(2**40))], 99),
+    ("券 voucher:7", [(1, -5), (2, 5)], None),  # non-ASCII: json's \\u escapes, not UTF-8
+    ('quote " back\\slash \n\t\x01 \x7f', [(1, -5), (2, 5)], None),
+    ("big", [(1, -(2**70)), (2, 2**70)], None),  # past 64 bits
+])
+@pytest.mark.django_db(databases=[])
+def test_an_entrys_digest_is_the_sha256_of_the_json_it_was_always_made_of(reference, postings, reverses_id):
+    """Stored entries' digests are compared with a retry's: a change of form would answer every retry of an
+    older entry with 409. The form is json.dumps with compact separators, whatever writes it."""
+    import hashlib
+    import json
+
+    request = services.EntryRequest(idempotency_key="k", kind=EntryKind.CAPTURE, postings=postings, reference=reference, reverses_id=reverses_id)
+    canonical = json.dumps(["capture", sorted(postings), reference, reverses_id], separators=(",", ":"))
+    assert request.digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert services.EntryRequest(idempotency_key="k2", kind="capture", postings=postings[::-1], reference=reference, reverses_id=reverses_id).digest == request.digest
