@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import gc
-import json
 import logging
 import queue
 import threading
@@ -25,6 +25,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import orjson
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
@@ -34,6 +35,10 @@ from exchange.matcher import Matcher, shard_of
 from exchange.models import Order, OrderStatus
 from ledger.services import InsufficientFunds
 from marketplace.models import Instrument
+
+# Messages on Redis are JSON (orjson: a matcher batch's answers were 3% of its CPU under json). Keys that are not
+# strings are written as json would write them.
+_dumps = functools.partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
@@ -222,7 +227,7 @@ class RedisClient:
         for shard, items in by_shard.items():
             key = f"suanli:reply:{uuid.uuid4().hex}"
             keys.append((key, items))
-            pipe.lpush(queue_key(shard), json.dumps({"reply": key, "commands": [c for _, c in items]}))
+            pipe.lpush(queue_key(shard), _dumps({"reply": key, "commands": [c for _, c in items]}))
         pipe.blpop([keys[0][0]], timeout=max(min(timeout, BLOCK_SECONDS), 0.01))
         got = pipe.execute()[-1]
         for n, (key, items) in enumerate(keys):
@@ -233,7 +238,7 @@ class RedisClient:
                 if left <= 0:
                     return None
                 got = self.redis.blpop([key], timeout=max(min(left, BLOCK_SECONDS), 0.01))
-            for (i, _), reply in zip(items, json.loads(got[1]), strict=True):
+            for (i, _), reply in zip(items, orjson.loads(got[1]), strict=True):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
 
@@ -267,7 +272,7 @@ class _ReplyHub:
             rid = uuid.uuid4().hex
             future = self.waiting[rid] = loop.create_future()
             waits.append((rid, future, items))
-            pipe.lpush(queue_key(shard), json.dumps({"reply": self.key, "id": rid, "commands": [c for _, c in items]}))
+            pipe.lpush(queue_key(shard), _dumps({"reply": self.key, "id": rid, "commands": [c for _, c in items]}))
         await pipe.execute()
         return self._collect(waits, len(commands), timeout)
 
@@ -306,7 +311,7 @@ class _ReplyHub:
             except Exception:  # the rest are read by the next turn of the loop
                 log.warning("matcher replies: draining %s failed; the next read takes them", self.key)
             for raw in raws:
-                message = json.loads(raw)
+                message = orjson.loads(raw)
                 future = self.waiting.get(message["id"])
                 if future is not None and not future.done():
                     future.set_result(message["replies"])
@@ -430,7 +435,7 @@ class LoadFigures:
 def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None) -> None:
     key, inflight = queue_key(shard), inflight_key(shard)
     figures = LoadFigures(shard)
-    recovered = [json.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
+    recovered = [orjson.loads(raw) for raw in reversed(r.lrange(inflight, 0, -1))]  # oldest first
     if recovered:
         log.warning("matcher shard %s: re-processing %d messages in flight at the last stop", shard, len(recovered))
         _serve_messages(r, loop, recovered, inflight, figures, time.monotonic())
@@ -440,13 +445,13 @@ def _serve_redis(r, loop: MatcherLoop, shard: int, stop: threading.Event | None)
     while stop is None or not stop.is_set():
         raw = r.blmove(key, inflight, timeout=min(max(settings.MATCHER_HOUSEKEEPING_SECONDS, 0.1), BLOCK_SECONDS), src="RIGHT", dest="LEFT")
         began = time.monotonic()
-        messages = [] if raw is None else [json.loads(raw)]
+        messages = [] if raw is None else [orjson.loads(raw)]
         while messages and len(messages) < MAX_BATCH:
             # Whatever else is queued, up to TAKE messages per round trip (an empty queue answers None).
             pipe = r.pipeline(transaction=False)
             for _ in range(min(TAKE, MAX_BATCH - len(messages))):
                 pipe.lmove(key, inflight, src="RIGHT", dest="LEFT")
-            taken = [json.loads(raw) for raw in pipe.execute() if raw is not None]
+            taken = [orjson.loads(raw) for raw in pipe.execute() if raw is not None]
             messages.extend(taken)
             if len(taken) < TAKE:
                 break
@@ -475,7 +480,7 @@ def _serve_messages(r, loop: MatcherLoop, messages: list[dict], inflight: str, f
         n = len(m["commands"])
         answer = replies[i : i + n]
         # A message with an id shares its process's reply list (websocket order entry): say which it answers.
-        answers.setdefault(m["reply"], []).append(json.dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
+        answers.setdefault(m["reply"], []).append(_dumps({"id": m["id"], "replies": answer} if "id" in m else answer))
         i += n
     pipe = r.pipeline()
     for reply, values in answers.items():
