@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from decimal import Decimal
 
@@ -242,6 +243,13 @@ def _iso(value: str | None, tz=None) -> str | None:
     fmt = api_settings.DATETIME_FORMAT
     if tz is None or not isinstance(fmt, str) or fmt.lower() != ISO_8601:
         return _DATETIME.to_representation(dt.datetime.fromisoformat(value))
+    return _iso_in(value, tz)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_in(value: str, tz) -> str:
+    """`_iso`'s ISO 8601 rendering, remembered: a matcher batch's orders and fills share its few clock readings
+    (an order's created_at, updated_at and fills' times are mostly one), 6% of the websocket server's CPU."""
     text = dt.datetime.fromisoformat(value).astimezone(tz).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
