@@ -929,9 +929,17 @@ class UserConsumer(AsyncWebsocketConsumer):
         return valid
 
     async def _recheck_periodically(self) -> None:
-        """The backstop for changes the signals do not see (an UPDATE outside the ORM, another process)."""
+        """The backstop for changes the signals do not see (an UPDATE outside the ORM, another process). Each
+        round also renews the socket's membership of its user's group, which carries those signals: the layer
+        expires a membership after its group_expiry (a day under channels_redis) and a Redis restart loses it,
+        and a socket that is no longer a member would learn of a revocation only from this loop."""
         while await asyncio.sleep(recheck_seconds(), result=True) and await self._recheck():
-            pass
+            try:
+                await self.channel_layer.group_add(user_sockets_group(self.user.pk), self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the layer is down: this loop's own checks go on meanwhile
+                log.warning("user %s's socket could not renew its revocation group (%s)", self.user.pk, exc)
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)

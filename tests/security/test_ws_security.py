@@ -2,6 +2,7 @@
 credential's) sockets close within 60 s, at once through a signal and by the periodic re-check for changes
 made outside the ORM; one user cannot subscribe to another's stream; API keys' scopes hold on sockets."""
 
+import asyncio
 import time
 
 import pytest
@@ -124,6 +125,49 @@ def test_the_periodic_recheck_closes_sockets_after_a_change_made_outside_the_orm
         assert time.monotonic() - started < 1.5
 
     async_to_sync(body)()
+
+
+def test_a_socket_that_lost_its_revocation_group_joins_it_again_and_is_still_closed_at_once(market_setup, settings):  # noqa: F811
+    """The layer forgets memberships (channels_redis after a day, every Redis restart): the socket renews its
+    user's group on each re-check, so a later deactivation still reaches it by signal, not only by its own
+    next check."""
+    from channels.layers import get_channel_layer
+
+    from exchange.ws_auth import user_sockets_group
+
+    settings.WS_AUTH_RECHECK_SECONDS = 0.3
+    buyer = market_setup["buyer_user"]
+    key = token(buyer)
+    layer = get_channel_layer()
+    group = user_sockets_group(buyer.pk)
+
+    async def body():
+        comm, _ = await user_socket(key=key)
+        members = await group_members(layer, group)
+        assert len(members) == 1
+        await layer.group_discard(group, next(iter(members)))  # forgotten, as after a Redis restart
+        assert await group_members(layer, group) == set()
+        await asyncio.sleep(1.0)  # a few re-checks
+        assert await group_members(layer, group) == members
+        settings.WS_AUTH_RECHECK_SECONDS = 600  # the loop's next sleep: from now on only the signal is in time
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await database_sync_to_async(_deactivate)(buyer.pk)
+        assert await comm.receive_output(TIMEOUT) == CLOSED_4401
+        assert time.monotonic() - started < 2
+
+    async_to_sync(body)()
+
+
+async def group_members(layer, group: str) -> set[str]:
+    from channels_redis.core import RedisChannelLayer
+
+    if isinstance(layer, RedisChannelLayer):
+        key = layer._group_key(group)
+        live_after = int(time.time()) - layer.group_expiry
+        found = await layer.connection(layer.consistent_hash(group)).zrangebyscore(key, f"({live_after}", "+inf")
+        return {m.decode() for m in found}
+    return set(layer.groups.get(group, {}))
 
 
 def test_the_recheck_default_keeps_within_60_seconds():
