@@ -26,12 +26,13 @@ _PLAIN = {
 
 
 def _column(field: models.Field, objs: Sequence[models.Model]) -> str | list:
-    name = field.attname
-    if field.get_internal_type() in _PLAIN:
+    name, kind = field.attname, field.get_internal_type()
+    if kind in _PLAIN:
         values = [getattr(o, name) for o in objs]
-        if field.get_internal_type() == "DateTimeField" and any(v is not None and v.tzinfo is None for v in values):
-            return [field.get_db_prep_save(v, connection) for v in values]  # naive: let Django warn and convert
-        return pg_array(values)
+        literal = pg_array(values)
+        if kind == "DateTimeField" and isinstance(literal, list):  # naive times: let Django warn and convert
+            return [field.get_db_prep_save(v, connection) for v in values]
+        return literal
     return pg_array([field.get_db_prep_save(getattr(o, name), connection) for o in objs])
 
 
