@@ -1,6 +1,8 @@
 """Posting, holds and fees: exact fen, idempotent, and nothing written when refused."""
 
+import hashlib
 import itertools
+import json
 
 import pytest
 from django.db import IntegrityError, transaction
@@ -213,9 +215,6 @@ def test_the_database_allows_one_reversal_per_entry_and_one_hold_per_reference(b
 def test_an_entrys_digest_is_the_sha256_of_the_json_it_was_always_made_of(reference, postings, reverses_id):
     """Stored entries' digests are compared with a retry's: a change of form would answer every retry of an
     older entry with 409. The form is json.dumps with compact separators, whatever writes it."""
-    import hashlib
-    import json
-
     request = services.EntryRequest(idempotency_key="k", kind=EntryKind.CAPTURE, postings=postings, reference=reference, reverses_id=reverses_id)
     canonical = json.dumps(["capture", sorted(postings), reference, reverses_id], separators=(",", ":"))
     assert request.digest == hashlib.sha256(canonical.encode()).hexdigest()
