@@ -95,7 +95,7 @@ class _Batch:
     # (order, kind, quantity, price, reason, trade, actor id): plain tuples, made into rows at persist time
     events: list[tuple] = field(default_factory=list)
     trades: list[TradeRow] = field(default_factory=list)  # each with its contract
-    # (hold id, amount, destination: ("escrow", organisation id) or ("fees", None), entry kind, key, memo)
+    # (hold id, value into the buyer's escrow, buyer's fee, buyer's organisation id, key, memo): one entry each
     captures: list[tuple] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (hold id, key): whatever remains
     amended: set[int] = field(default_factory=set)  # open orders amended (or refused an amend): holds trimmed
@@ -313,7 +313,7 @@ class Matcher:
                 cur.execute("SELECT amount_fen - captured_fen - released_fen, reference FROM ledger_hold WHERE id = %s", [order.hold_id])
                 left, reference = cur.fetchone()
             # This batch's captures from the hold and raises of it are written at its end: count them here.
-            left += batch.hold_raised.get(order.hold_id, 0) - sum(c[1] for c in batch.captures if c[0] == order.hold_id)
+            left += batch.hold_raised.get(order.hold_id, 0) - sum(c[1] + c[2] for c in batch.captures if c[0] == order.hold_id)
             short = need - left
             if short <= 0:
                 return lambda: None
@@ -511,11 +511,10 @@ class Matcher:
         batch.trades.append(trade)
         batch.sold[sell.pk] += qty
         label = f"{instrument.code} #{trade.seq}"
-        batch.captures.append((buy.hold_id, value, ("escrow", buy.organisation_id), EntryKind.CAPTURE,
-                               f"trade:{instrument.pk}:{trade.seq}:escrow", f"trade {label} into escrow"))
-        if buyer_fee:
-            batch.captures.append((buy.hold_id, buyer_fee, ("fees", None), EntryKind.FEE,
-                                   f"trade:{instrument.pk}:{trade.seq}:buyer_fee", f"fee on trade {label}"))
+        # One journal entry for the buyer's side of the trade: its value into escrow and its fee to the platform.
+        # (Until 2026-12 these were two entries, keyed ...:escrow and ...:buyer_fee; older trades keep both.)
+        batch.captures.append((buy.hold_id, value, buyer_fee, buy.organisation_id, f"trade:{instrument.pk}:{trade.seq}:escrow",
+                               f"trade {label} into escrow, fee {buyer_fee} fen" if buyer_fee else f"trade {label} into escrow"))
         for order in (maker, taker):
             self._event(order, OrderEventKind.FILLED, batch, quantity=qty, price_fen_per_lot=price, trade=trade)
             batch.fills[order.pk].append(trade)
@@ -609,7 +608,7 @@ class Matcher:
         ]
 
     def _settle_holds(self, batch: _Batch) -> None:
-        """Captures (escrow, fees) and then releases of whatever each finished order's hold has left (and the
+        """Captures (a trade's value into escrow and its fee, one entry each trade) and then releases of whatever each finished order's hold has left (and the
         trims of amended ones), in ONE ledger call: every account is locked in one statement, so a batch never
         deadlocks with a placement."""
         trims = self._trims(batch) if batch.amended else []
@@ -618,16 +617,16 @@ class Matcher:
                 ledger.entries_post(batch.hold_entries, savepoint=False, returning=False)
             return
         escrow = self.escrow_accounts
-        missing = {dest[1] for _, _, dest, _, _, _ in batch.captures if dest[0] == "escrow"} - set(escrow)
+        missing = {c[3] for c in batch.captures} - set(escrow)
         if missing:  # account ids never change: read once per organisation
             escrow.update(Account.objects.filter(organisation_id__in=missing, kind=AccountKind.ESCROW).values_list("organisation_id", "pk"))
         if batch.captures and self.fees_account is None:
             self.fees_account = ledger.platform_account(kind=AccountKind.FEES).pk
         fees = self.fees_account
         movements = [
-            ledger.HoldMovement(hold_id=hold, amount_fen=amount, idempotency_key=key, kind=kind, memo=memo,
-                                destination_id=escrow[dest[1]] if dest[0] == "escrow" else fees)
-            for hold, amount, dest, kind, key, memo in batch.captures
+            ledger.HoldMovement(hold_id=hold, amount_fen=value, idempotency_key=key, memo=memo, destination_id=escrow[org],
+                                fee_fen=fee, fee_destination_id=fees)
+            for hold, value, fee, org, key, memo in batch.captures
         ]
         movements += [ledger.HoldMovement(hold_id=hold, amount_fen=None, idempotency_key=key) for hold, key in batch.releases]
         movements += trims

@@ -516,7 +516,9 @@ def fee_charge(*, organisation: Organisation, amount_fen: int, idempotency_key: 
 class HoldMovement:
     """Capture part of a hold into `destination_id`, or release it back to available when that is None.
     A release with `amount_fen=None` gives back whatever the hold has left after the batch's captures, less
-    `keep_fen` (an order amended down, or whose amend was refused, keeps what its open part needs)."""
+    `keep_fen` (an order amended down, or whose amend was refused, keeps what its open part needs).
+    A capture may also take `fee_fen` from the hold into `fee_destination_id` in the same journal entry (one
+    entry of three postings for a trade and its fee, rather than two entries)."""
 
     hold_id: int
     amount_fen: int | None
@@ -525,6 +527,8 @@ class HoldMovement:
     kind: str = EntryKind.CAPTURE
     memo: str = ""
     keep_fen: int = 0
+    fee_fen: int = 0
+    fee_destination_id: int | None = None
 
 
 def holds_move(
@@ -539,7 +543,7 @@ def holds_move(
     the held accounts before the captures take them out). savepoint=False: as for `entries_post`.
     `account_ids`: the caller's cache of held/available account ids by (organisation id, kind), read and
     filled here (an account's id never changes)."""
-    movements = [m for m in movements if m.amount_fen != 0]
+    movements = [m for m in movements if m.amount_fen != 0 or m.fee_fen]
     if not movements:
         if entries:
             entries_post(entries, savepoint=savepoint, returning=False)
@@ -574,6 +578,8 @@ def holds_move(
             hold = holds.get(m.hold_id)
             if hold is None:
                 raise InvalidEntry(f"Unknown hold {m.hold_id}.", field="hold")
+            if m.fee_fen and (m.destination_id is None or m.fee_destination_id is None):
+                raise InvalidEntry("A fee is taken only by a capture, into a fee account.", field="fee")
             left = hold.remaining_fen - captured.get(hold.pk, 0) - released.get(hold.pk, 0)
             amount = m.amount_fen
             if amount is None:
@@ -582,19 +588,24 @@ def holds_move(
                 if left <= m.keep_fen or hold.status != HoldStatus.OPEN:
                     continue
                 amount = left - m.keep_fen
-            if amount < 0:
+            fee = m.fee_fen
+            if amount < 0 or fee < 0:
                 raise InvalidEntry("The amount must be a positive number of fen.", field="amount")
-            if hold.status != HoldStatus.OPEN or amount > left:
-                raise InsufficientFunds(f"Hold {hold.reference} has {left} fen left, not {amount}.")
+            taken = amount + fee
+            if hold.status != HoldStatus.OPEN or taken > left:
+                raise InsufficientFunds(f"Hold {hold.reference} has {left} fen left, not {taken}.")
             held = accounts[(hold.organisation_id, AccountKind.HELD)]
             if m.destination_id is None:
                 destination, kind, bucket = accounts[(hold.organisation_id, AccountKind.AVAILABLE)], EntryKind.RELEASE, released
             else:
                 destination, kind, bucket = m.destination_id, m.kind, captured
-            bucket[hold.pk] = bucket.get(hold.pk, 0) + amount
+            bucket[hold.pk] = bucket.get(hold.pk, 0) + taken
+            postings = [(held, -taken), (destination, amount)]
+            if fee:
+                postings.append((m.fee_destination_id, fee))
             requests.append(
                 EntryRequest(
-                    idempotency_key=m.idempotency_key, kind=kind, postings=[(held, -amount), (destination, amount)],
+                    idempotency_key=m.idempotency_key, kind=kind, postings=[p for p in postings if p[1]],
                     memo=m.memo or f"{kind} {hold.reference}", reference=hold.reference,
                 )
             )

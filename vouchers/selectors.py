@@ -137,8 +137,9 @@ def evidence_pack(redemption: Redemption) -> dict:
     usage = UsageEvent.objects.filter(contract_id=c.pk).aggregate(units=Sum("credited_micro"), energy=Sum("energy_kwh"))
     v = redemption.voucher
     entries = (
-        # The trade's capture into escrow (keyed by instrument and sequence), the contract's delivery and
-        # voucher entries, and the voucher's issue and return.
+        # The trade's capture into escrow with its buyer fee (keyed by instrument and sequence; trades before
+        # 2026-12 have the fee in a second entry, ...:buyer_fee), the contract's delivery and voucher entries,
+        # and the voucher's issue and return.
         JournalEntry.objects.filter(
             Q(idempotency_key__in=[f"trade:{c.instrument_id}:{t.seq}:escrow", f"trade:{c.instrument_id}:{t.seq}:buyer_fee"])
             | Q(reference=f"contract:{c.pk}") | Q(reference=f"voucher:{v.pk}")

@@ -6,6 +6,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from exchange.models import CapacityHold, Contract, Order, OrderEvent, Trade
+from ledger.models import JournalEntry
 from ledger.selectors import balances_get
 from ledger.services import platform_account
 from ledger.verify import ledger_verify
@@ -43,6 +44,11 @@ def test_a_resting_sell_and_a_crossing_buy_trade_at_the_makers_price(api, market
     # The buyer paid 45.00 into escrow and 0.05 in fees; the rest of the hold came back.
     assert balances_get(organisation=m["buyer"]) == {"available": 1_000_000 - 4_505, "held": 0, "escrow": 4_500, "receivable": 0}
     assert platform_account(kind="fees").balance_fen == 5
+    # ... in one journal entry: the held funds out, the value into escrow and the fee to the platform.
+    entry = JournalEntry.objects.get(idempotency_key=f"trade:{inst.pk}:{trade.seq}:escrow")
+    postings = sorted((p.account.kind, p.amount_fen) for p in entry.postings.select_related("account"))
+    assert (entry.kind, postings) == ("capture", [("escrow", 4_500), ("fees", 5), ("held", -4_505)])
+    assert not JournalEntry.objects.filter(idempotency_key__startswith=f"trade:{inst.pk}:").exclude(pk=entry.pk).exists()
     assert ledger_verify().ok
     seller_order = Order.objects.get(pk=sell.json()["id"])
     assert (seller_order.status, seller_order.filled_quantity, seller_order.open_quantity) == ("open", 3, 2)

@@ -149,6 +149,35 @@ def test_hold_place_capture_release(buyer):
     assert ledger_verify().ok
 
 
+def test_holds_move_takes_a_capture_and_its_fee_in_one_entry(buyer):
+    escrow = services.account_for(organisation=buyer, kind="escrow")
+    fees = services.platform_account(kind=AccountKind.FEES)
+    hold = services.hold_place(organisation=buyer, amount_fen=1_000, reference="order:9")
+
+    def move(amount, fee, key, **kw):
+        services.holds_move([services.HoldMovement(hold_id=hold.pk, amount_fen=amount, idempotency_key=key, destination_id=escrow.pk,
+                                                   fee_fen=fee, fee_destination_id=fees.pk, **kw)])
+
+    before = snapshot()
+    with pytest.raises(services.InsufficientFunds):  # 995 + 6 is more than the hold has
+        move(995, 6, "t:1")
+    with pytest.raises(services.InvalidEntry):
+        move(10, -1, "t:1")
+    assert snapshot() == before
+    move(995, 5, "t:1")
+    move(995, 5, "t:1")  # a replay: nothing more
+    entry = JournalEntry.objects.get(idempotency_key="t:1")
+    assert sorted(entry.postings.values_list("account_id", "amount_fen")) == sorted(
+        [(services.account_for(organisation=buyer, kind="held").pk, -1_000), (escrow.pk, 995), (fees.pk, 5)])
+    hold.refresh_from_db()
+    assert (hold.captured_fen, hold.released_fen, hold.status) == (1_000, 0, "closed")
+    escrow.refresh_from_db()
+    assert (escrow.balance_fen, services.platform_account(kind=AccountKind.FEES).balance_fen) == (995, 5)
+    with pytest.raises(services.InvalidEntry):  # a fee rides on a capture, never on a release
+        services.holds_move([services.HoldMovement(hold_id=hold.pk, amount_fen=None, idempotency_key="r:1", fee_fen=1, fee_destination_id=fees.pk)])
+    assert ledger_verify().ok
+
+
 def test_hold_cannot_be_overdrawn_or_placed_beyond_funds(buyer):
     hold = services.hold_place(organisation=buyer, amount_fen=1_000, reference="order:2")
     with pytest.raises(services.InsufficientFunds):
