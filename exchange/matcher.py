@@ -106,6 +106,7 @@ class _Batch:
     unsold_released: set[int] = field(default_factory=set)  # finished sell orders: release what is unsold
     states: dict[int, BookState] = field(default_factory=dict)
     publications: list[Publication] = field(default_factory=list)
+    books: dict[int, Publication] = field(default_factory=dict)  # instrument id -> the batch's one book message
     hold_entries: list = field(default_factory=list)  # journal entries of the batch's new holds
     # New orders and their capacity holds not yet inserted (PostgreSQL: Admission.unstored), by _persist.
     unstored: list[Order] = field(default_factory=list)
@@ -206,6 +207,7 @@ class Matcher:
             raise
         self.risk.apply(batch.orders[pk] for pk in batch.dirty)
         self.risk.swept.update(s.pk for s in batch.swept)
+        self._book_checksums(batch)
         publish(batch.publications)
         return [self._reply(outcome, batch) for outcome in outcomes]
 
@@ -485,14 +487,22 @@ class Matcher:
             else:
                 self._finish(order, OrderStatus.CANCELLED, order.reason or "cancelled", batch)
         if book_levels or trades:
-            batch.publications.append(
-                Publication.market(instrument_id, {
-                    "type": "book", "instrument": instrument_id, "updates": book_levels,
-                    "seq": state.book_seq, "checksum": book.checksum() if book is not None else 0,
-                })
-            )
+            # One book message per instrument and batch, where its first change was: the batch's updates in
+            # order, and the checksum of the book as the batch leaves it (filled in by _book_checksums).
+            pending = batch.books.get(instrument_id)
+            if pending is None:
+                pending = batch.books[instrument_id] = Publication.market(
+                    instrument_id, {"type": "book", "instrument": instrument_id, "updates": [], "seq": state.book_seq, "checksum": 0})
+                batch.publications.append(pending)
+            pending.payload["updates"].extend(book_levels)
+            pending.payload["seq"] = state.book_seq
         for trade in trades:
-            batch.publications.append(Publication.trade(instrument_id, trade))
+            batch.publications.append(Publication.trade(instrument_id, trade, book_seq=state.book_seq))
+
+    def _book_checksums(self, batch: _Batch) -> None:
+        for instrument_id, pending in batch.books.items():
+            book = self.engine.books.get(instrument_id)
+            pending.payload["checksum"] = book.checksum() if book is not None else 0
 
     def _trade(self, instrument: Instrument, state: BookState, e: tuple, batch: _Batch) -> TradeRow:
         _, maker_id, taker_id, price, qty, taker_side, maker_rem, taker_rem, _, _ = e
@@ -651,6 +661,7 @@ class Matcher:
         with transaction.atomic():
             self._persist(batch)
         self.risk.apply([order])
+        self._book_checksums(batch)
         publish(batch.publications)
 
     # --- recovery ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Gate closure, GTD expiry, market orders and rate limits."""
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -139,3 +140,49 @@ def test_an_operator_halt_reaches_the_book(api, market_setup, django_capture_on_
     with django_capture_on_commit_callbacks(execute=True):
         api.post(f"/api/v1/instruments/{inst.pk}/resume/")
     assert book.status == eng.Status.CONTINUOUS
+
+
+def test_a_batch_sends_one_book_message_per_instrument_with_every_update_and_the_final_checksum(market_setup, monkeypatch):
+    """Several commands on one instrument in one matcher batch: subscribers get one book message covering all
+    their sequence numbers in order, whose checksum is the book's as the batch leaves it (checked after
+    applying every update), and each trade names the book seq that reflects it."""
+    import json
+
+    from exchange import matcher as matcher_module
+    from exchange import selectors, services
+    from exchange.matcher import Matcher
+    from exchange.publish import envelopes
+    from exchange.transport import MatcherLoop
+
+    m = market_setup
+    inst = m["instrument"]
+
+    def command(cid, side, price, quantity):
+        user, org = (m["buyer_user"], m["buyer"]) if side == "buy" else (m["seller_user"], m["supplier"])
+        return services.order_command(user=user, organisation=org, request=services.OrderRequest(
+            instrument=inst, side=side, quantity=quantity, client_order_id=cid, price=Decimal(price)))
+
+    published = []
+    real = matcher_module.publish
+    monkeypatch.setattr(matcher_module, "publish", lambda items: (published.extend(items), real(items)))
+    loop = MatcherLoop(Matcher())
+    replies = loop.run([command("s1", "sell", "15.10", 3), command("s2", "sell", "15.20", 2), command("b2", "buy", "15.10", 2),
+                        command("b1", "buy", "14.90", 4)])
+    assert [r["state"]["status"] for r in replies] == ["open", "open", "filled", "open"]
+    messages = [json.loads(message["text"]) for group, message in envelopes(published) if group == f"market.{inst.pk}"]
+    books = [msg for msg in messages if msg["type"] == "book"]
+    assert len(books) == 1, books
+    [book] = books
+    assert [u["seq"] for u in book["updates"]] == list(range(book["first"], book["seq"] + 1)) and book["first"] == 1
+    levels = {}
+    for u in book["updates"]:  # applied as a client does
+        levels[(u["side"], u["price_fen_per_lot"])] = u["quantity"]
+    bids = sorted(((p, q) for (s, p), q in levels.items() if s == "buy" and q), reverse=True)
+    asks = sorted((p, q) for (s, p), q in levels.items() if s == "sell" and q)
+    assert (bids, asks) == ([(1490, 4)], [(1510, 1), (1520, 2)])
+    assert book["checksum"] == selectors.checksum(bids, asks)
+    [trade] = [msg for msg in messages if msg["type"] == "trade"]
+    # The trade is reflected in the ask left at 15.10 (1 lot), not in the bid rested after it.
+    assert trade["book_seq"] == [u["seq"] for u in book["updates"] if u["price_fen_per_lot"] == 1510][-1] < book["seq"]
+    assert trade["quantity"] == 2
+    assert messages.index(book) < messages.index(trade)
