@@ -184,7 +184,7 @@ class Matcher:
                     admitted, created = admission.admit(places)
                     batch.hold_entries = admission.entries
                     batch.unstored, batch.capacity_holds = admission.unstored, admission.capacity_holds
-                    batch.orders.update((o.pk, o) for o in admitted.values() if isinstance(o, Order))
+                    batch.orders.update((o.id, o) for o in admitted.values() if isinstance(o, Order))
                 order_ids = {c["order"] for c in commands if "order" in c} - set(batch.orders)
                 batch.orders.update(Order.objects.select_related("hold").in_bulk(order_ids))
                 for i, command in enumerate(commands):
@@ -440,7 +440,7 @@ class Matcher:
                 order = batch.orders[e[1]]
                 order.status = OrderStatus.OPEN
                 self._event(order, OrderEventKind.ACCEPTED, batch, quantity=order.open_quantity, price_fen_per_lot=order.price_fen_per_lot, actor_id=actor_id)
-                touched.add(order.pk)
+                touched.add(order.id)
             elif kind == EK.REJECTED:
                 order = batch.orders[e[1]]
                 order.open_quantity = 0
@@ -453,20 +453,20 @@ class Matcher:
                 order.open_quantity = 0
                 reason = (cancel_reason or eng.CancelReason(e[3]).name.lower()) if kind == EK.CANCELLED else "expired"
                 self._event(order, OrderEventKind.CANCELLED if kind == EK.CANCELLED else OrderEventKind.EXPIRED, batch, quantity=e[2], reason=reason, actor_id=actor_id if kind == EK.CANCELLED else None)
-                touched.add(order.pk)
+                touched.add(order.id)
                 order.reason = reason
             elif kind == EK.REDUCED:
                 order = batch.orders[e[1]]
                 order.open_quantity = e[3]
                 self._event(order, OrderEventKind.REDUCED, batch, quantity=e[2], reason=eng.CancelReason(e[4]).name.lower())
-                touched.add(order.pk)
+                touched.add(order.id)
             elif kind == EK.AMENDED:
                 order = batch.orders[e[1]]
                 order.price_fen_per_lot = e[2]
                 order.open_quantity = e[3]
                 order.quantity = order.filled_quantity + e[3]
                 self._event(order, OrderEventKind.AMENDED, batch, quantity=e[3], price_fen_per_lot=e[2], actor_id=actor_id)
-                touched.add(order.pk)
+                touched.add(order.id)
             elif kind == EK.BOOK:
                 book_levels.append({"side": SIDE_NAME[e[1]], "price": e[2], "quantity": e[3], "seq": e[4]})
                 state.book_seq = e[4]
@@ -515,19 +515,19 @@ class Matcher:
         buyer_fee = self._fill(buy, value, qty, buy is taker, instrument)
         seller_fee = self._fill(sell, value, qty, sell is taker, instrument)
         trade = TradeRow(
-            instrument.pk, state.trade_seq, maker.pk, taker.pk, buy.organisation_id, sell.organisation_id, price, qty, value,
+            instrument.id, state.trade_seq, maker.id, taker.id, buy.organisation_id, sell.organisation_id, price, qty, value,
             SIDE_NAME[taker_side], buyer_fee, seller_fee, batch.now, sell.listing_id,
         )
         batch.trades.append(trade)
-        batch.sold[sell.pk] += qty
+        batch.sold[sell.id] += qty
         label = f"{instrument.code} #{trade.seq}"
         # One journal entry for the buyer's side of the trade: its value into escrow and its fee to the platform.
         # (Until 2026-12 these were two entries, keyed ...:escrow and ...:buyer_fee; older trades keep both.)
-        batch.captures.append((buy.hold_id, value, buyer_fee, buy.organisation_id, f"trade:{instrument.pk}:{trade.seq}:escrow",
+        batch.captures.append((buy.hold_id, value, buyer_fee, buy.organisation_id, f"trade:{instrument.id}:{trade.seq}:escrow",
                                f"trade {label} into escrow, fee {buyer_fee} fen" if buyer_fee else f"trade {label} into escrow"))
         for order in (maker, taker):
             self._event(order, OrderEventKind.FILLED, batch, quantity=qty, price_fen_per_lot=price, trade=trade)
-            batch.fills[order.pk].append(trade)
+            batch.fills[order.id].append(trade)
         return trade
 
     def _fill(self, order: Order, value: int, qty: int, is_taker: bool, instrument: Instrument) -> int:
@@ -549,15 +549,15 @@ class Matcher:
         order.status = status
         order.reason = reason
         order.open_quantity = 0
-        batch.dirty.add(order.pk)
+        batch.dirty.add(order.id)
         if status == OrderStatus.REJECTED:
             self._event(order, OrderEventKind.REJECTED, batch, reason=reason)
         elif status == OrderStatus.EXPIRED and reason == "gate_closure":
             self._event(order, OrderEventKind.EXPIRED, batch, reason=reason)
         if order.side == Side.BUY and order.hold_id:
-            batch.releases.append((order.hold_id, f"order:{order.pk}:release"))
+            batch.releases.append((order.hold_id, f"order:{order.id}:release"))
         elif order.side == Side.SELL:
-            batch.unsold_released.add(order.pk)
+            batch.unsold_released.add(order.id)
 
     # --- persistence ------------------------------------------------------------------------------------
 
@@ -568,8 +568,8 @@ class Matcher:
         trades_insert(batch.trades)
         events_insert(batch.events, timezone.now())
         dirty = [batch.orders[pk] for pk in sorted(batch.dirty)]
-        stored = {o.pk for o in batch.unstored}
-        stale = [o for o in dirty if o.pk not in stored]
+        stored = {o.id for o in batch.unstored}
+        stale = [o for o in dirty if o.id not in stored]
         for order in stale:
             order.updated_at = stamp
         bulk_update_rows(Order, stale, [
@@ -588,11 +588,11 @@ class Matcher:
                 )
         self._settle_holds(batch)
         for order in dirty:
-            batch.publications.append(Publication.order(order, batch.fills.get(order.pk, [])))
+            batch.publications.append(Publication.order(order, batch.fills.get(order.id, [])))
             if order.status == OrderStatus.OPEN:
-                self.resting[order.pk] = order
+                self.resting[order.id] = order
             else:
-                self.resting.pop(order.pk, None)
+                self.resting.pop(order.id, None)
 
     def _amended_open(self, batch: _Batch, side: str) -> list[Order]:
         orders = (batch.orders[pk] for pk in sorted(batch.amended))
@@ -832,7 +832,7 @@ def events_insert(events: list[tuple], now) -> None:
             "SELECT o, k, q, p, r, t, a, %s FROM unnest(%s::bigint[], %s::varchar(10)[], %s::integer[], %s::bigint[], "
             "%s::varchar(40)[], %s::bigint[], %s::bigint[]) AS v(o, k, q, p, r, t, a)",
             [now, *(pg_array(column) for column in (
-                [e[0].pk for e in events], [str(e[1]) for e in events], [e[2] for e in events], [e[3] for e in events],
+                [e[0].id for e in events], [str(e[1]) for e in events], [e[2] for e in events], [e[3] for e in events],
                 [e[4] for e in events], [e[5].pk if e[5] is not None else None for e in events], [e[6] for e in events]))],
         )
 

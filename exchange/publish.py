@@ -69,9 +69,9 @@ class Publication:
 
     @classmethod
     def order(cls, order, fills) -> Publication:
-        maker = order.pk
+        maker = order.id
         return cls(organisation_group(order.organisation_id), {
-            "type": "order", "id": order.pk, "client_order_id": order.client_order_id, "instrument": order.instrument_id,
+            "type": "order", "id": order.id, "client_order_id": order.client_order_id, "instrument": order.instrument_id,
             "organisation": order.organisation_id, "side": order.side, "order_type": order.type,
             "price_fen_per_lot": order.price_fen_per_lot, "quantity": order.quantity, "status": order.status,
             "filled_quantity": order.filled_quantity, "open_quantity": order.open_quantity, "reason": order.reason,

@@ -580,7 +580,7 @@ def holds_move(
                 raise InvalidEntry(f"Unknown hold {m.hold_id}.", field="hold")
             if m.fee_fen and (m.destination_id is None or m.fee_destination_id is None):
                 raise InvalidEntry("A fee is taken only by a capture, into a fee account.", field="fee")
-            left = hold.remaining_fen - captured.get(hold.pk, 0) - released.get(hold.pk, 0)
+            left = hold.remaining_fen - captured.get(hold.id, 0) - released.get(hold.id, 0)
             amount = m.amount_fen
             if amount is None:
                 if m.destination_id is not None:
@@ -599,7 +599,7 @@ def holds_move(
                 destination, kind, bucket = accounts[(hold.organisation_id, AccountKind.AVAILABLE)], EntryKind.RELEASE, released
             else:
                 destination, kind, bucket = m.destination_id, m.kind, captured
-            bucket[hold.pk] = bucket.get(hold.pk, 0) + taken
+            bucket[hold.id] = bucket.get(hold.id, 0) + taken
             postings = [(held, -taken), (destination, amount)]
             if fee:
                 postings.append((m.fee_destination_id, fee))
