@@ -9,12 +9,14 @@ outlived it (the order-rate throttle's client kept every request's connection op
 life of the process, so all backends share its connections (redis-py pools are thread-safe and reset
 themselves in a forked child).
 
-``RedisCache`` is Django's backend with one more saving: Django's client builds a new redis-py client object
-for every call (`get_client`), a third of the CPU of a cache read (py-spy, bench/RESULTS.md); here one client
-per pool is kept (redis-py clients are thread-safe: each command borrows a connection from the pool)."""
+``RedisCache`` is Django's backend with two more savings: Django's client builds a new redis-py client object
+for every call (`get_client`), a third of the CPU of a cache read (py-spy, bench/RESULTS.md); here each thread
+keeps one client per pool, which holds one connection of the pool for the thread's life instead of borrowing
+one for every command."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import redis
@@ -38,15 +40,23 @@ class SharedConnectionPool(redis.ConnectionPool):
         return pool
 
 
-_clients: dict[redis.ConnectionPool, redis.Redis] = {}
+_local = threading.local()
 
 
 class _CacheClient(RedisCacheClient):
     def get_client(self, key=None, *, write=False) -> redis.Redis:
+        """This thread's client of the pool, holding one connection of it for the thread's life: a command
+        then skips the pool's checkout and return (a lock each, and a poll of the socket for unread data):
+        ~40 us of CPU of ~130 per command (bench/RESULTS.md, seventeenth session). A thread's connection goes
+        back to the pool when the thread ends; a forked child makes its own."""
         pool = self._get_connection_pool(write)
-        client = _clients.get(pool)
+        clients = getattr(_local, "clients", None)
+        if clients is None or _local.pid != os.getpid():
+            clients = _local.clients = {}
+            _local.pid = os.getpid()
+        client = clients.get(pool)
         if client is None:
-            client = _clients.setdefault(pool, self._client(connection_pool=pool))
+            client = clients[pool] = self._client(connection_pool=pool, single_connection_client=True)
         return client
 
 

@@ -114,17 +114,22 @@ def _count(key: str, ttl: int, n: int = 1) -> int:
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        return int(_count_script(backend, raw)(keys=[raw], args=[n, ttl]))
+        client = backend._cache.get_client(raw, write=True)
+        return int(_count_script(client)(keys=[raw], args=[n, ttl], client=client))
     backend.add(key, 0, ttl)
     return backend.incr(key, n)
 
 
-def _count_script(backend: RedisCache, raw_key: str):
-    """The counter script on the cache's write client (one client per process, common/cache.py), registered once."""
-    client = backend._cache.get_client(raw_key, write=True)
-    script = getattr(client, "_suanli_count", None)
+_count_scripts: dict = {}  # connection pool -> the counter script (its SHA known after the first EVALSHA)
+
+
+def _count_script(client):
+    """The counter script for the cache's write client (one per thread, common/cache.py), made once per
+    pool: kept here, not on the client (a script holds its client, and a client holding its script would
+    keep a thread's Redis connection until the cyclic collector ran)."""
+    script = _count_scripts.get(client.connection_pool)
     if script is None:
-        script = client._suanli_count = client.register_script(_COUNT_LUA)
+        script = _count_scripts.setdefault(client.connection_pool, client.register_script(_COUNT_LUA))
     return script
 
 
@@ -136,8 +141,9 @@ def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
     if not isinstance(backend, RedisCache):
         return [_count(*c) for c in counts]
     raws = [backend.make_and_validate_key(key) for key, _, _ in counts]
-    script = _count_script(backend, raws[0])
-    pipe = script.registered_client.pipeline(transaction=False)
+    client = backend._cache.get_client(raws[0], write=True)
+    script = _count_script(client)
+    pipe = client.pipeline(transaction=False)
     for raw, (_, ttl, n) in zip(raws, counts, strict=True):
         script(keys=[raw], args=[n, ttl], client=pipe)
     return [int(total) for total in pipe.execute()]
