@@ -618,9 +618,9 @@ class Matcher:
         ]
 
     def _settle_holds(self, batch: _Batch) -> None:
-        """Captures (a trade's value into escrow and its fee, one entry each trade) and then releases of whatever each finished order's hold has left (and the
-        trims of amended ones), in ONE ledger call: every account is locked in one statement, so a batch never
-        deadlocks with a placement."""
+        """Captures (each trade's value into escrow with its fee, one entry a trade) and then releases of
+        whatever each finished order's hold has left (and the trims of amended ones), in ONE ledger call: every
+        account is locked in one statement, so a batch never deadlocks with a placement."""
         trims = self._trims(batch) if batch.amended else []
         if not batch.captures and not batch.releases and not trims:
             if batch.hold_entries:
