@@ -207,8 +207,7 @@ class Matcher:
             raise
         self.risk.apply(batch.orders[pk] for pk in batch.dirty)
         self.risk.swept.update(s.pk for s in batch.swept)
-        self._book_checksums(batch)
-        publish(batch.publications)
+        self._publish(batch)
         return [self._reply(outcome, batch) for outcome in outcomes]
 
     def _place(self, result: Order | Refusal, created: bool, batch: _Batch, now: int) -> dict:
@@ -488,7 +487,7 @@ class Matcher:
                 self._finish(order, OrderStatus.CANCELLED, order.reason or "cancelled", batch)
         if book_levels or trades:
             # One book message per instrument and batch, where its first change was: the batch's updates in
-            # order, and the checksum of the book as the batch leaves it (filled in by _book_checksums).
+            # order, and the checksum of the book as the batch leaves it (filled in by _publish).
             pending = batch.books.get(instrument_id)
             if pending is None:
                 pending = batch.books[instrument_id] = Publication.market(
@@ -499,10 +498,13 @@ class Matcher:
         for trade in trades:
             batch.publications.append(Publication.trade(instrument_id, trade, book_seq=state.book_seq))
 
-    def _book_checksums(self, batch: _Batch) -> None:
+    def _publish(self, batch: _Batch) -> None:
+        """After the batch committed: its book messages get the checksums of the books as the batch left them,
+        then everything goes out."""
         for instrument_id, pending in batch.books.items():
             book = self.engine.books.get(instrument_id)
             pending.payload["checksum"] = book.checksum() if book is not None else 0
+        publish(batch.publications)
 
     def _trade(self, instrument: Instrument, state: BookState, e: tuple, batch: _Batch) -> TradeRow:
         _, maker_id, taker_id, price, qty, taker_side, maker_rem, taker_rem, _, _ = e
@@ -661,8 +663,7 @@ class Matcher:
         with transaction.atomic():
             self._persist(batch)
         self.risk.apply([order])
-        self._book_checksums(batch)
-        publish(batch.publications)
+        self._publish(batch)
 
     # --- recovery ---------------------------------------------------------------------------------------
 
