@@ -63,8 +63,8 @@ class Publication:
         return cls(market_group(instrument_id), payload, instrument_id)
 
     @classmethod
-    def trade(cls, instrument_id: int, trade, book_seq: int | None = None) -> Publication:
-        """`book_seq`: the book's seq once the trade is reflected in it (else the last book message's before it)."""
+    def trade(cls, instrument_id: int, trade, book_seq: int) -> Publication:
+        """`book_seq`: the book's seq once the trade is reflected in it."""
         return cls(market_group(instrument_id), {"type": "trade", "book_seq": book_seq}, instrument_id, (trade,))
 
     @classmethod
@@ -138,9 +138,7 @@ def envelopes(publications: list[Publication]) -> list[tuple[str, dict[str, Any]
             out.append((p.group, {"type": "market.message", "kind": "book", "instrument": iid, "first": first, "seq": seq, "text": text}))
         elif kind == "trade":
             t = p.objects[0]
-            seq = p.payload.get("book_seq")
-            if seq is None:
-                seq = book_seq.get(iid)
+            seq = p.payload["book_seq"]
             last_trade[iid] = t
             text = _text({
                 "type": "trade", "instrument": iid, "trade_seq": t.seq, "book_seq": seq, "price": cny(iid, t.price_fen_per_lot),
