@@ -41,6 +41,7 @@ class SharedConnectionPool(redis.ConnectionPool):
 
 
 _local = threading.local()
+os.register_at_fork(after_in_child=lambda: _local.__dict__.clear())  # the forking thread's clients hold the parent's sockets
 
 
 class _CacheClient(RedisCacheClient):
@@ -50,10 +51,7 @@ class _CacheClient(RedisCacheClient):
         ~40 us of CPU of ~130 per command (bench/RESULTS.md, seventeenth session). A thread's connection goes
         back to the pool when the thread ends; a forked child makes its own."""
         pool = self._get_connection_pool(write)
-        clients = getattr(_local, "clients", None)
-        if clients is None or _local.pid != os.getpid():
-            clients = _local.clients = {}
-            _local.pid = os.getpid()
+        clients = _local.__dict__.setdefault("clients", {})
         client = clients.get(pool)
         if client is None:
             client = clients[pool] = self._client(connection_pool=pool, single_connection_client=True)

@@ -4,6 +4,7 @@ Django keeps a cache backend per thread and, under ASGI, per request; its Redis 
 pool per backend object. Without the shared pool every request opened a TCP connection to Redis, and the
 order-rate throttle kept each one: uvicorn grew by 200 MB and Redis held 550 clients after a ten-minute soak."""
 
+import os
 import threading
 import uuid
 
@@ -62,3 +63,20 @@ def test_a_throttle_counter_expires_with_its_window():
         assert 0 < r.ttl(caches["default"].make_and_validate_key(key)) <= 61
     finally:
         r.close()
+
+
+def test_a_forked_child_uses_its_own_redis_connection():
+    backend = caches["default"]
+    backend.set("test-cache-fork", 1, 30)
+    parent = backend._cache.get_client(None, write=True)
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own, and it works
+        try:
+            child = caches["default"]._cache.get_client(None, write=True)
+            ok = child is not parent and child.connection is not parent.connection and caches["default"].get("test-cache-fork") == 1
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.get("test-cache-fork") == 1  # the parent's connection is undisturbed
