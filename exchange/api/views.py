@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 
 import django_filters
+import redis
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.shortcuts import get_object_or_404
@@ -124,12 +125,14 @@ _count_scripts: dict = {}  # connection pool -> the counter script (its SHA know
 
 
 def _count_script(client):
-    """The counter script for the cache's write client (one per thread, common/cache.py), made once per
-    pool: kept here, not on the client (a script holds its client, and a client holding its script would
-    keep a thread's Redis connection until the cyclic collector ran)."""
-    script = _count_scripts.get(client.connection_pool)
+    """The counter script for the cache's write client's pool, made once per pool and always called with the
+    caller's client. It is registered on a pooled client of its own, which holds no connection: a thread's
+    client (common/cache.py keeps one per thread, holding a connection) would stay referenced, with its
+    connection, after its thread ended."""
+    pool = client.connection_pool
+    script = _count_scripts.get(pool)
     if script is None:
-        script = _count_scripts.setdefault(client.connection_pool, client.register_script(_COUNT_LUA))
+        script = _count_scripts.setdefault(pool, redis.Redis(connection_pool=pool).register_script(_COUNT_LUA))
     return script
 
 
