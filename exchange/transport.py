@@ -22,8 +22,10 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
@@ -95,11 +97,40 @@ class MatcherLoop:
         self.run(commands)
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A counter in front of the queue (the order-rate limit): `send` adds `n` to it and queues the commands
+    only while its total stays within `allowed`, else raises RateExceeded and queues nothing. `count` adds
+    to it wherever it is kept (the cache) and returns the new total; `redis_key`, when the counter is on the
+    transport's own Redis, lets one script count and queue in the round trip that sends the commands."""
+
+    count: Callable[[int], int]
+    allowed: int
+    ttl: int
+    redis_key: str | None = None
+    n: int = 1
+
+    def passes(self) -> None:
+        total = self.count(self.n)
+        if total > self.allowed:
+            raise RateExceeded(total)
+
+
+class RateExceeded(Exception):
+    """A gated send refused: the counter's total (this send's included) is past what is allowed."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"rate exceeded ({total})")
+        self.total = total
+
+
 class InlineClient:
     _lock = threading.Lock()
     _loops: dict[int, MatcherLoop] = {}
 
-    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+    def request(self, commands: list[dict], timeout: float, gate: Gate | None = None) -> list[dict] | None:
+        if gate is not None:
+            gate.passes()
         with self._lock:
             loop = self._loops.get(0)
             if loop is None:
@@ -131,7 +162,9 @@ class ThreadClient:
         self.figures = LoadFigures(0)
         self.thread.start()
 
-    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+    def request(self, commands: list[dict], timeout: float, gate: Gate | None = None) -> list[dict] | None:
+        if gate is not None:
+            gate.passes()
         future: Future = Future()
         self.queue.put((commands, future))
         try:
@@ -207,6 +240,23 @@ def _answer(loop: MatcherLoop, items: list[tuple[list[dict], Future]]) -> None:
 BLOCK_SECONDS = 4.0
 
 
+# A gated push (RedisClient.request): KEYS counter, queue, reply; ARGV n, ttl, allowed, message. Adds n to the
+# counter (its expiry set when the count is new, as exchange.api.views' counter does) and queues the message
+# only if the total is within `allowed`; else puts a marker on the reply list, so the BLPOP sent after it in
+# the same pipeline returns at once. Returns the total.
+_GATED_PUSH_LUA = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[3]) then
+  redis.call('LPUSH', KEYS[3], '')
+  redis.call('EXPIRE', KEYS[3], 60)
+else
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+end
+return n
+"""
+
+
 class RedisClient:
     def __init__(self) -> None:
         import redis
@@ -214,22 +264,33 @@ class RedisClient:
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
         self._hubs: dict[asyncio.AbstractEventLoop, _ReplyHub] = {}
 
-    def request(self, commands: list[dict], timeout: float) -> list[dict] | None:
+    def request(self, commands: list[dict], timeout: float, gate: Gate | None = None) -> list[dict] | None:
         by_shard = _by_shard(commands)
         replies: list[dict | None] = [None] * len(commands)
         if not by_shard:
             return []
+        if gate is not None and (gate.redis_key is None or len(by_shard) > 1):
+            gate.passes()  # counted on its own, before anything is queued
+            gate = None
         keys = []
         deadline = time.monotonic() + timeout
         # The pushes and the wait for the first answer in one round trip (Redis runs a pipeline's commands
-        # in order, so BLPOP blocks only once the commands are queued).
+        # in order, so BLPOP blocks only once the commands are queued). A gate's count rides in the same
+        # round trip: its script queues the commands only within the rate, else wakes the BLPOP at once.
         pipe = self.redis.pipeline(transaction=False)
         for shard, items in by_shard.items():
             key = f"suanli:reply:{uuid.uuid4().hex}"
             keys.append((key, items))
-            pipe.lpush(queue_key(shard), _dumps({"reply": key, "commands": [c for _, c in items]}))
+            message = _dumps({"reply": key, "commands": [c for _, c in items]})
+            if gate is None:
+                pipe.lpush(queue_key(shard), message)
+            else:
+                pipe.eval(_GATED_PUSH_LUA, 3, gate.redis_key, queue_key(shard), key, gate.n, gate.ttl, gate.allowed, message)
         pipe.blpop([keys[0][0]], timeout=max(min(timeout, BLOCK_SECONDS), 0.01))
-        got = pipe.execute()[-1]
+        results = pipe.execute()
+        if gate is not None and int(results[0]) > gate.allowed:
+            raise RateExceeded(int(results[0]))
+        got = results[-1]
         for n, (key, items) in enumerate(keys):
             if n:  # the other shards' answers, within what is left of the timeout
                 got = None
@@ -564,9 +625,10 @@ async def _within(future, timeout: float) -> list[dict] | None:
         return None
 
 
-def send(commands: list[dict], *, timeout: float | None = None) -> list[dict] | None:
+def send(commands: list[dict], *, timeout: float | None = None, gate: Gate | None = None) -> list[dict] | None:
     """Send commands after the current transaction commits (the matcher must see the stored order);
-    returns the replies, or None when the matcher did not answer in time."""
+    returns the replies, or None when the matcher did not answer in time. With a gate, the commands are
+    counted against it first and not sent at all past its limit (RateExceeded)."""
     if transaction.get_connection().in_atomic_block and not settings.MATCHER_TRANSPORT == "inline":
         raise RuntimeError("send() must be called outside a transaction: the matcher reads what you stored")
-    return client().request(commands, settings.MATCHER_REPLY_TIMEOUT if timeout is None else timeout)
+    return client().request(commands, settings.MATCHER_REPLY_TIMEOUT if timeout is None else timeout, gate)
