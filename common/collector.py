@@ -5,8 +5,9 @@ through `parser_context`, the lazy `request.user` closes over the request, the m
 request that holds it), which only the cyclic collector frees. Under load, a threaded worker's in-flight
 requests were alive at each young collection, so their objects were promoted and died in the oldest
 generation: a worker then spent 85-185 ms in one full collection about once a second, with everything
-loaded since start-up walked again each time, and REST order entry's p99 was that pause (bench/RESULTS.md,
-eighteenth session). Two settings, once the server's code is loaded:
+loaded since start-up walked again each time, and REST order entry's p99 was that pause; uvicorn paused
+50-60 ms a dozen times a minute under websocket load (bench/RESULTS.md, eighteenth session). Both servers
+(config.wsgi, config.asgi) make two settings once their code is loaded:
 
 - `gc.freeze()`: what start-up built (modules, settings, URL patterns, the app) moves to a permanent
   generation that collections skip; under `gunicorn --preload` the workers inherit it frozen, and its pages

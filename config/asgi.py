@@ -16,6 +16,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from common.collector import tune_for_serving  # noqa: E402
 from config.routing import websocket_app  # noqa: E402
 from config.scheduler import start_embedded_scheduler  # noqa: E402
 from config.startup import describe_backends  # noqa: E402
@@ -38,3 +39,4 @@ if settings.MATCHER_TRANSPORT == "thread":
     from exchange import transport  # noqa: E402
 
     transport.client()
+tune_for_serving()  # last: what start-up built is frozen out of the collector's scans (common/collector.py)
