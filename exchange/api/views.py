@@ -216,7 +216,7 @@ class OrderListCreate(generics.ListAPIView):
                 self.throttled(request, throttle.wait())
             raise
         try:
-            # The rate is counted in the round trip that queues the order (services.order_place, plus its gate).
+            # services.order_place's send, with the rate counted in the round trip that queues the order.
             replies = transport.send([command], gate=throttle.gate(request.user, organisation.pk))
         except transport.RateExceeded:
             self.throttled(request, throttle.wait())
