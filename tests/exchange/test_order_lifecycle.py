@@ -190,15 +190,19 @@ def test_a_batch_sends_one_book_message_per_instrument_with_every_update_and_the
 
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)  # the transport sends only outside a transaction
-def test_the_rate_counted_with_the_push_over_redis_is_the_one_websockets_count(api, market_setup, settings, rate_window):
-    """On Redis the REST order is counted in the round trip that queues it (transport.Gate); the budget is the
-    account's, shared with websocket order entry (OrderRateThrottle.allow_each), and a refused order is never
-    queued for the matcher."""
+def test_the_rate_counted_with_the_push_over_redis_is_the_one_websockets_count(api, market_setup, settings, rate_window, monkeypatch):
+    """On Redis the REST order is counted in the round trip that queues it (transport.Gate), not by a count of
+    its own; the budget is the account's, shared with websocket order entry (OrderRateThrottle.allow_each), and
+    a refused order is never queued for the matcher."""
     import redis
     from django.core.cache import cache
 
+    from exchange.api import views
     from exchange.api.views import OrderRateThrottle
 
+    counted_apart = []
+    count = views._count
+    monkeypatch.setattr(views, "_count", lambda *a: counted_apart.append(a) or count(*a))
     m = market_setup
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"orders": "3/min"}}
     settings.MATCHER_TRANSPORT, settings.MATCHER_SHARDS, settings.MATCHER_REPLY_TIMEOUT = "redis", 1, 0.2
@@ -208,6 +212,7 @@ def test_the_rate_counted_with_the_push_over_redis_is_the_one_websockets_count(a
     r.delete(transport.queue_key(0))
     codes = [place(api, m["buyer_user"], m["instrument"], price="14.00", client_order_id=f"r{i}").status_code for i in range(2)]
     assert codes == [202, 202]  # queued; no matcher runs here to answer
+    assert counted_apart == []  # each counted by the script that queued it
     request = type("R", (), {"user": m["buyer_user"], "data": {}})()
     assert OrderRateThrottle().allow_many(m["buyer_user"], [request]) == [None]  # the third of the minute, by websocket
     response = place(api, m["buyer_user"], m["instrument"], price="14.00", client_order_id="r3")
@@ -215,4 +220,5 @@ def test_the_rate_counted_with_the_push_over_redis_is_the_one_websockets_count(a
     assert r.llen(transport.queue_key(0)) == 2  # the two accepted, not the refused one
     invalid = place(api, m["buyer_user"], m["instrument"], price="14.003", client_order_id="r4")
     assert invalid.status_code == 429  # past the rate, a refusal is 429 too, as before validation
+    assert len(counted_apart) == 2  # the websocket's count, and the invalid order's: it never reached the queue
     r.delete(transport.queue_key(0))

@@ -52,7 +52,7 @@ def test_no_reply_within_a_long_timeout_is_none_not_an_error(queue):
     assert queue.llen(transport.queue_key(0)) == 1  # still queued: a matcher that starts later processes it
 
 
-def gate_on(r, key: str, allowed: int) -> transport.Gate:
+def gate_on(key: str, allowed: int) -> transport.Gate:
     """A gate whose counter is on the transport's Redis; counting anywhere else would be a second round trip."""
 
     def elsewhere(n: int) -> int:
@@ -63,7 +63,7 @@ def gate_on(r, key: str, allowed: int) -> transport.Gate:
 
 def test_a_gated_send_counts_and_queues_in_one_round_trip_within_the_rate(queue):
     matcher = answer_after(queue, 0)
-    replies = transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=3, gate=gate_on(queue, "test:rate", 1))
+    replies = transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=3, gate=gate_on("test:rate", 1))
     assert replies == [{"op": "place", "answered": True}]
     assert int(queue.get("test:rate")) == 1 and 0 < queue.ttl("test:rate") <= 60  # the window's counter expires
     matcher.join()
@@ -73,7 +73,7 @@ def test_a_gated_send_past_the_rate_queues_nothing_and_answers_at_once(queue):
     queue.set("test:rate", 2)
     began = time.monotonic()
     with pytest.raises(transport.RateExceeded) as refused:
-        transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=3, gate=gate_on(queue, "test:rate", 2))
+        transport.RedisClient().request([{"op": "place", "instrument": 1}], timeout=3, gate=gate_on("test:rate", 2))
     assert refused.value.total == 3
     assert time.monotonic() - began < 1  # not a wait for the reply timeout
     assert queue.llen(transport.queue_key(0)) == 0  # the matcher never sees the order
