@@ -99,19 +99,18 @@ class MatcherLoop:
 
 @dataclass(frozen=True)
 class Gate:
-    """A counter in front of the queue (the order-rate limit): `send` adds `n` to it and queues the commands
+    """A counter in front of the queue (the order-rate limit): `send` adds one to it and queues the commands
     only while its total stays within `allowed`, else raises RateExceeded and queues nothing. `count` adds
-    to it wherever it is kept (the cache) and returns the new total; `redis_key`, when the counter is on the
+    one wherever it is kept (the cache) and returns the new total; `redis_key`, when the counter is on the
     transport's own Redis, lets one script count and queue in the round trip that sends the commands."""
 
-    count: Callable[[int], int]
+    count: Callable[[], int]
     allowed: int
     ttl: int
     redis_key: str | None = None
-    n: int = 1
 
     def passes(self) -> None:
-        total = self.count(self.n)
+        total = self.count()
         if total > self.allowed:
             raise RateExceeded(total)
 
@@ -240,13 +239,17 @@ def _answer(loop: MatcherLoop, items: list[tuple[list[dict], Future]]) -> None:
 BLOCK_SECONDS = 4.0
 
 
-# A gated push (RedisClient.request): KEYS counter, queue, reply; ARGV n, ttl, allowed, message. Adds n to the
-# counter (its expiry set when the count is new, as exchange.api.views' counter does) and queues the message
-# only if the total is within `allowed`; else puts a marker on the reply list, so the BLPOP sent after it in
-# the same pipeline returns at once. Returns the total.
-_GATED_PUSH_LUA = """
+# A fixed window's counter, KEYS[1], ARGV n and ttl: INCRBY, and EXPIRE when the count is new, atomically and in
+# one round trip. The order-rate counter (exchange.api.views) is this and `return n`.
+COUNT_LUA = """
 local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+"""
+
+# A gated push (RedisClient.request): KEYS counter, queue, reply; ARGV n, ttl, allowed, message. Counts as
+# COUNT_LUA and queues the message only if the total is within `allowed`; else puts a marker on the reply
+# list, so the BLPOP sent after it in the same pipeline returns at once. Returns the total.
+_GATED_PUSH_LUA = COUNT_LUA + """
 if n > tonumber(ARGV[3]) then
   redis.call('LPUSH', KEYS[3], '')
   redis.call('EXPIRE', KEYS[3], 60)
@@ -285,7 +288,7 @@ class RedisClient:
             if gate is None:
                 pipe.lpush(queue_key(shard), message)
             else:
-                pipe.eval(_GATED_PUSH_LUA, 3, gate.redis_key, queue_key(shard), key, gate.n, gate.ttl, gate.allowed, message)
+                pipe.eval(_GATED_PUSH_LUA, 3, gate.redis_key, queue_key(shard), key, 1, gate.ttl, gate.allowed, message)
         pipe.blpop([keys[0][0]], timeout=max(min(timeout, BLOCK_SECONDS), 0.01))
         results = pipe.execute()
         if gate is not None and int(results[0]) > gate.allowed:

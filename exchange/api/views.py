@@ -117,11 +117,7 @@ def _account_of(request) -> int | None:
 
 # INCRBY, and EXPIRE when the count is new, in one round trip and atomically (two commands were two round
 # trips for most orders: with a one-second window, an account's first order of the second is the usual case).
-_COUNT_LUA = """
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return n
-"""
+_COUNT_LUA = transport.COUNT_LUA + "return n\n"
 
 
 def _count(key: str, ttl: int, n: int = 1) -> int:

@@ -55,7 +55,7 @@ def test_no_reply_within_a_long_timeout_is_none_not_an_error(queue):
 def gate_on(key: str, allowed: int) -> transport.Gate:
     """A gate whose counter is on the transport's Redis; counting anywhere else would be a second round trip."""
 
-    def elsewhere(n: int) -> int:
+    def elsewhere() -> int:
         raise AssertionError("counted apart from the push")
 
     return transport.Gate(count=elsewhere, allowed=allowed, ttl=60, redis_key=key)
