@@ -141,10 +141,16 @@ def order_place(*, user: User, organisation: Organisation, request: OrderRequest
     maximum fee; seller: lots on a listing covering the window) by the matcher in its batch's transaction,
     then matched. Idempotent on (organisation, client_order_id): a retry with the same terms returns the
     stored order with created=False; different terms under the same id are a conflict (409)."""
+    return order_submit(order_command(user=user, organisation=organisation, request=request, now=now), timeout=timeout)
+
+
+def order_submit(command: dict, *, timeout: float | None = None, gate=None) -> Placement:
+    """Send a `place` command (order_command's) to the matcher and read its answer: order_place's second half,
+    for a caller that counts what is refused before it apart (REST: the order rate, with `gate`, a
+    transport.Gate, counted in the round trip that queues the order)."""
     from exchange import transport
 
-    command = order_command(user=user, organisation=organisation, request=request, now=now)
-    return placement_from_replies(transport.send([command], timeout=timeout))
+    return placement_from_replies(transport.send([command], timeout=timeout, gate=gate))
 
 
 def placement_from_replies(replies: list[dict] | None) -> Placement:

@@ -212,11 +212,9 @@ class OrderListCreate(generics.ListAPIView):
                 self.throttled(request, throttle.wait())
             raise
         try:
-            # services.order_place's send, with the rate counted in the round trip that queues the order.
-            replies = transport.send([command], gate=throttle.gate(request.user, organisation.pk))
+            placed = services.order_submit(command, gate=throttle.gate(request.user, organisation.pk))
         except transport.RateExceeded:
             self.throttled(request, throttle.wait())
-        placed = services.placement_from_replies(replies)
         if placed.state is None:
             return Response(
                 {"client_order_id": v["client_order_id"], "instrument": v["instrument"].pk, "status": "pending", "confirmed": False,
