@@ -126,8 +126,8 @@ def _count(key: str, ttl: int, n: int = 1) -> int:
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         raw = backend.make_and_validate_key(key)
-        client = backend._cache.get_client(raw, write=True)
-        return int(_count_script(client)(keys=[raw], args=[n, ttl], client=client))
+        client, script = _count_script(backend, raw)
+        return int(script(keys=[raw], args=[n, ttl], client=client))
     backend.add(key, 0, ttl)
     return backend.incr(key, n)
 
@@ -135,16 +135,17 @@ def _count(key: str, ttl: int, n: int = 1) -> int:
 _count_scripts: dict = {}  # connection pool -> the counter script (its SHA known after the first EVALSHA)
 
 
-def _count_script(client):
-    """The counter script for the cache's write client's pool, made once per pool and always called with the
-    caller's client. It is registered on a pooled client of its own, which holds no connection: a thread's
-    client (common/cache.py keeps one per thread, holding a connection) would stay referenced, with its
-    connection, after its thread ended."""
+def _count_script(backend: RedisCache, raw_key: str):
+    """(This thread's write client of the cache, the counter script for its pool.) The script is made once per
+    pool and always called with the caller's client. It is registered on a pooled client of its own, which
+    holds no connection: a thread's client (common/cache.py keeps one per thread, holding a connection) would
+    stay referenced, with its connection, after its thread ended."""
+    client = backend._cache.get_client(raw_key, write=True)
     pool = client.connection_pool
     script = _count_scripts.get(pool)
     if script is None:
         script = _count_scripts.setdefault(pool, redis.Redis(connection_pool=pool).register_script(_COUNT_LUA))
-    return script
+    return client, script
 
 
 def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
@@ -155,8 +156,7 @@ def _count_many(counts: list[tuple[str, int, int]]) -> list[int]:
     if not isinstance(backend, RedisCache):
         return [_count(*c) for c in counts]
     raws = [backend.make_and_validate_key(key) for key, _, _ in counts]
-    client = backend._cache.get_client(raws[0], write=True)
-    script = _count_script(client)
+    client, script = _count_script(backend, raws[0])
     pipe = client.pipeline(transaction=False)
     for raw, (_, ttl, n) in zip(raws, counts, strict=True):
         script(keys=[raw], args=[n, ttl], client=pipe)
