@@ -3,7 +3,8 @@ PostgreSQL array literals (common.db). Client CPU per call, in this process, on 
 
 1. Account-token lookup: DRF's `Token.objects.select_related("user").get(key=...)` against
    marketplace.authentication's one constant statement (`User.objects.raw`, its cache off), and against
-   its cache (`token_cached_us`: the default cache, Redis when REDIS_URL is set).
+   its cache (`token_cached_us`: the default cache, Redis when REDIS_URL is set, and then the process's own
+   copy, common.near, once its listener is subscribed).
 2. A trader's organisations: the ORM query exchange.selectors used before, against its constant statement now.
 3. One `unnest` of 9 arrays x 3 rows (the shape of the matcher's inserts): Python lists, adapted by psycopg
    element by element, against common.db.pg_array literals.

@@ -5,6 +5,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from rest_framework import exceptions
 from rest_framework.authtoken.models import Token
 
 from exchange.selectors import _trading_organisations
@@ -110,4 +111,23 @@ def test_signing_in_keeps_the_cached_token(django_assert_num_queries):
     with django_assert_num_queries(1):  # the UPDATE of last_login, nothing else
         update_last_login(None, user)
     with django_assert_num_queries(0):
+        TokenAuthentication().authenticate_credentials(key)
+
+
+def test_a_token_deleted_in_a_transaction_is_forgotten_again_when_it_commits(django_capture_on_commit_callbacks):
+    """Between a deletion and its commit another request still reads the token's row and may cache it again:
+    the forget is repeated on commit, so the token is refused once the deletion is visible."""
+    import time
+
+    from django.core.cache import cache
+
+    from marketplace.authentication import TokenAuthentication, _cache_key
+
+    user = UserFactory(username="revoked-in-a-transaction")
+    token = Token.objects.create(user=user)
+    key = token.key
+    with django_capture_on_commit_callbacks(execute=True):
+        token.delete()
+        cache.set(_cache_key(key), (time.time() + 60, user), 60)  # a concurrent request read the old row
+    with pytest.raises(exceptions.AuthenticationFailed):
         TokenAuthentication().authenticate_credentials(key)
