@@ -171,5 +171,5 @@ class NearCache:
                 if pubsub is not None:
                     try:
                         pubsub.close()
-                    except Exception:  # noqa: BLE001
-                        pass
+                    except Exception as exc:  # noqa: BLE001 - closing what is already broken
+                        log.debug("near cache %s: closing the subscription: %s", self.name, exc)
