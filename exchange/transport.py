@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -266,6 +267,24 @@ class RedisClient:
 
         self.redis = redis.Redis.from_url(settings.REDIS_URL)
         self._hubs: dict[asyncio.AbstractEventLoop, _ReplyHub] = {}
+        self._local = threading.local()
+
+    def _round_trip(self, commands: list[tuple]) -> list:
+        """Send `commands` in one write on this thread's own connection and read their replies in order:
+        redis-py's pipeline object (its pool checkout, retry wrapper and per-command bookkeeping) cost ~40 us
+        of a REST order's CPU more (bench/RESULTS.md, nineteenth session). Any failure drops the connection
+        (an unread reply would answer the next request); the thread opens another on its next request."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # a forked child must not share its parent's socket
+            conn = self._local.conn = self.redis.connection_pool.make_connection()
+            self._local.pid = os.getpid()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            return [conn.read_response() for _ in commands]
+        except BaseException:
+            self._local.conn = None
+            conn.disconnect()
+            raise
 
     def request(self, commands: list[dict], timeout: float, gate: Gate | None = None) -> list[dict] | None:
         by_shard = _by_shard(commands)
@@ -280,17 +299,17 @@ class RedisClient:
         # The pushes and the wait for the first answer in one round trip (Redis runs a pipeline's commands
         # in order, so BLPOP blocks only once the commands are queued). A gate's count rides in the same
         # round trip: its script queues the commands only within the rate, else wakes the BLPOP at once.
-        pipe = self.redis.pipeline(transaction=False)
+        sends: list[tuple] = []
         for shard, items in by_shard.items():
             key = f"suanli:reply:{uuid.uuid4().hex}"
             keys.append((key, items))
             message = _dumps({"reply": key, "commands": [c for _, c in items]})
             if gate is None:
-                pipe.lpush(queue_key(shard), message)
+                sends.append(("LPUSH", queue_key(shard), message))
             else:
-                pipe.eval(_GATED_PUSH_LUA, 3, gate.redis_key, queue_key(shard), key, 1, gate.ttl, gate.allowed, message)
-        pipe.blpop([keys[0][0]], timeout=max(min(timeout, BLOCK_SECONDS), 0.01))
-        results = pipe.execute()
+                sends.append(("EVAL", _GATED_PUSH_LUA, 3, gate.redis_key, queue_key(shard), key, 1, gate.ttl, gate.allowed, message))
+        sends.append(("BLPOP", keys[0][0], max(min(timeout, BLOCK_SECONDS), 0.01)))
+        results = self._round_trip(sends)
         if gate is not None and int(results[0]) > gate.allowed:
             raise RateExceeded(int(results[0]))
         got = results[-1]

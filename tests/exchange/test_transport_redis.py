@@ -78,3 +78,16 @@ def test_a_gated_send_past_the_rate_queues_nothing_and_answers_at_once(queue):
     assert time.monotonic() - began < 1  # not a wait for the reply timeout
     assert queue.llen(transport.queue_key(0)) == 0  # the matcher never sees the order
     assert queue.keys("suanli:reply:*") == []  # the marker that woke the wait is gone with it
+
+
+def test_a_failed_round_trip_leaves_no_reply_behind_for_the_threads_next_request(queue):
+    """Each thread sends its requests on its own connection: an error reply must not leave the rest of that
+    round trip's replies to be read as the next request's."""
+    client = transport.RedisClient()
+    queue.set("test:rate", "not a number")  # the gated push's INCRBY fails: an error reply, then the BLPOP's
+    with pytest.raises(redis.ResponseError):
+        client.request([{"op": "place", "instrument": 1}], timeout=0.5, gate=gate_on("test:rate", 5))
+    assert queue.llen(transport.queue_key(0)) == 0
+    matcher = answer_after(queue, 0)
+    assert client.request([{"op": "cancel", "instrument": 1}], timeout=3) == [{"op": "cancel", "answered": True}]
+    matcher.join()
