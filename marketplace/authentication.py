@@ -84,7 +84,7 @@ def token_cache_forget(keys) -> None:
     _forget(keys)
     connection = transaction.get_connection()
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: _forget(keys))
+        transaction.on_commit(lambda: _forget(keys), robust=True)  # the change is committed: a failure is logged
 
 
 def _forget(keys: list[str]) -> None:
