@@ -81,7 +81,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "common.middleware.LazyMessageMiddleware",  # Django's, its storage made only when used
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
