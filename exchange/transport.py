@@ -271,13 +271,21 @@ class RedisClient:
 
     def _round_trip(self, commands: list[tuple]) -> list:
         """Send `commands` in one write on this thread's own connection and read their replies in order:
-        redis-py's pipeline object (its pool checkout, retry wrapper and per-command bookkeeping) cost ~40 us
-        of a REST order's CPU more (bench/RESULTS.md, nineteenth session). Any failure drops the connection
-        (an unread reply would answer the next request); the thread opens another on its next request."""
+        redis-py's pipeline object (its pool checkout, retry wrapper and per-command bookkeeping) cost ~45 us
+        of a REST order's CPU more (bench/RESULTS.md, nineteenth session). As the pool does on checkout, a
+        connection with something to read while idle (closed by the server: Redis restarted, or the client
+        killed) is opened anew before use. Any failure drops the connection (an unread reply would answer the
+        next request); the thread opens another on its next request."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():  # a forked child must not share its parent's socket
             conn = self._local.conn = self.redis.connection_pool.make_connection()
             self._local.pid = os.getpid()
+        try:
+            stale = conn.can_read()  # connects a new one; raises for a socket the server closed
+        except Exception:  # noqa: BLE001 - whatever ails an idle connection, a new one replaces it
+            stale = True
+        if stale:
+            conn.disconnect()  # sending connects again
         try:
             conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             return [conn.read_response() for _ in commands]

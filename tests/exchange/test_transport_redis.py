@@ -91,3 +91,19 @@ def test_a_failed_round_trip_leaves_no_reply_behind_for_the_threads_next_request
     matcher = answer_after(queue, 0)
     assert client.request([{"op": "cancel", "instrument": 1}], timeout=3) == [{"op": "cancel", "answered": True}]
     matcher.join()
+
+
+def test_a_threads_connection_closed_by_redis_while_idle_is_opened_anew_not_failed(queue):
+    """After a Redis restart (here: the connection killed) the next order goes through, as with a pooled
+    connection, which redis-py checks on checkout."""
+    client = transport.RedisClient()
+    matcher = answer_after(queue, 0)
+    assert client.request([{"op": "place", "instrument": 1}], timeout=3) == [{"op": "place", "answered": True}]
+    matcher.join()
+    conn = client._local.conn
+    conn.send_command("CLIENT", "ID")
+    queue.client_kill_filter(_id=conn.read_response())
+    time.sleep(0.05)
+    matcher = answer_after(queue, 0)
+    assert client.request([{"op": "cancel", "instrument": 1}], timeout=3) == [{"op": "cancel", "answered": True}]
+    matcher.join()
