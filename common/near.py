@@ -31,6 +31,10 @@ import time
 import uuid
 from typing import Any
 
+from django.core.cache import caches
+
+from common.cache import RedisCache
+
 log = logging.getLogger(__name__)
 
 SILENCE = 3.0  # seconds without a word from Redis after which this process's copies are not trusted
@@ -47,19 +51,14 @@ class NearCache:
         self._subscribed = False
         self._heard = 0.0  # monotonic time of the last word from Redis
         self._pid = 0
-        self._thread: threading.Thread | None = None
         self._pubsub = None  # the listener's subscription (tests cut its connection)
         self._origin = uuid.uuid4().hex  # this process's name on the channel; a message is "origin key key ..."
 
     # --- the shared cache this one sits in front of
     def _backend(self):
-        from django.core.cache import caches
-
         return caches[self.alias]
 
     def enabled(self) -> bool:
-        from common.cache import RedisCache
-
         return isinstance(self._backend(), RedisCache)
 
     def _redis(self):
@@ -131,8 +130,7 @@ class NearCache:
             self._entries.clear()
             self._forgets += 1
             self._subscribed = False
-            self._thread = threading.Thread(target=self._listen, name=f"near-cache-{self.name}", daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._listen, name=f"near-cache-{self.name}", daemon=True).start()
 
     def _listen(self) -> None:
         pause = 0.1
