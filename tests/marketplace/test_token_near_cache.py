@@ -11,6 +11,7 @@ from django.db import connection
 from rest_framework import exceptions
 from rest_framework.authtoken.models import Token
 
+from common.near import NearCache
 from marketplace import authentication
 from marketplace.authentication import TokenAuthentication, _cache_key, _near
 from tests.factories import UserFactory
@@ -38,13 +39,10 @@ class _NoSharedCache:
 
 
 def _another_process_forgets(key: str) -> None:
-    """What another process's token_cache_forget does: delete the shared entry, publish its key."""
-    r = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        r.delete(authentication.cache.make_and_validate_key(_cache_key(key)))
-        r.publish(_near.channel(), "another-process " + _cache_key(key))
-    finally:
-        r.close()
+    """What another process's token_cache_forget does: delete the shared entry, then forget it through its own
+    near cache (another origin on the same channel)."""
+    authentication.cache.delete(_cache_key(key))
+    NearCache("auth-token").forget([_cache_key(key)])
 
 
 def _delete_token_behind_the_orm(key: str) -> None:
