@@ -52,7 +52,9 @@ class NearCache:
         self._heard = 0.0  # monotonic time of the last word from Redis
         self._pid = 0
         self._pubsub = None  # the listener's subscription (tests cut its connection)
-        self._origin = uuid.uuid4().hex  # this process's name on the channel; a message is "origin key key ..."
+        # The listening process's name on the channel (a message is "origin key key ..."), made with its listener;
+        # a process that has none publishes as "-", which no listener is called.
+        self._origin = "-"
 
     # --- the shared cache this one sits in front of
     def _backend(self):
@@ -104,7 +106,9 @@ class NearCache:
         if not keys:
             return
         self._drop(keys)
-        self._redis().publish(self.channel(), " ".join([self._origin, *keys]))
+        # A forked child that has not listened yet must not publish as its parent (whose listener would ignore it).
+        origin = self._origin if self._pid == os.getpid() else "-"
+        self._redis().publish(self.channel(), " ".join([origin, *keys]))
 
     def _drop(self, keys) -> None:
         with self._lock:

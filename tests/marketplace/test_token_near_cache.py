@@ -1,6 +1,7 @@
 """On Redis each process keeps the token users it read (common.near) and drops them when any process forgets
 them: no Redis round trip per API request, and a revoked token still refused everywhere."""
 
+import multiprocessing
 import socket
 import time
 
@@ -75,6 +76,34 @@ def test_a_token_forgotten_by_another_process_is_refused_here_once_redis_deliver
             TokenAuthentication().authenticate_credentials(key)
         except exceptions.AuthenticationFailed as exc:
             return str(exc.detail) == "Invalid token."
+        return False
+
+    assert _until(refused, 1.0)
+
+
+def _forget_in_this_process(key: str) -> None:
+    _near.forget([_cache_key(key)])
+
+
+def test_a_forked_child_that_forgets_before_it_listens_is_heard_by_its_parent():
+    """A process forked from one that listens (a pre-forking server's worker, a task pool's child) has its
+    parent's near cache: its first forget must not go out in the parent's name, which the parent's listener
+    ignores as its own."""
+    _listening()
+    key = Token.objects.create(user=UserFactory(username="near-forked")).key
+    TokenAuthentication().authenticate_credentials(key)
+    _delete_token_behind_the_orm(key)
+    authentication.cache.delete(_cache_key(key))
+    child = multiprocessing.get_context("fork").Process(target=_forget_in_this_process, args=(key,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+
+    def refused() -> bool:
+        try:
+            TokenAuthentication().authenticate_credentials(key)
+        except exceptions.AuthenticationFailed:
+            return True
         return False
 
     assert _until(refused, 1.0)
